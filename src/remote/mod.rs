@@ -43,3 +43,8 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// Keys that start with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError>;
 }
+
+/// A fresh opaque object id: 128 random bits, hex. Reveals nothing about content.
+pub fn new_object_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
