@@ -643,6 +643,16 @@ impl Store {
         self.upload_notify.notify_one();
     }
 
+    /// Chunks that are complete but not yet safe in the remote (queued or in flight).
+    pub fn not_uploaded_chunks(&self) -> usize {
+        let st = self.lock();
+        st.torrents
+            .values()
+            .flat_map(|t| t.chunks.iter())
+            .filter(|c| c.state == ChunkState::Complete)
+            .count()
+    }
+
     /// Number of complete chunks waiting for upload.
     pub fn pending_uploads(&self) -> usize {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
