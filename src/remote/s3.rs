@@ -98,8 +98,18 @@ impl S3Store {
             return Err(RemoteError::Permanent("S3 bucket name is empty".into()));
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &cfg.region {
-            loader = loader.region(Region::new(region.clone()));
+        // With a custom endpoint the region only matters for signing: take the config,
+        // then the environment, then a fallback, and never probe EC2 instance metadata.
+        let region = cfg.region.clone().or_else(|| {
+            cfg.endpoint.as_ref().map(|_| {
+                ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                    .iter()
+                    .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+                    .unwrap_or_else(|| FALLBACK_REGION.to_string())
+            })
+        });
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
         }
         if let Some(c) = &cfg.credentials {
             loader = loader.credentials_provider(Credentials::new(

@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests: real servers and processes on 127.0.0.1,
+//! each cleaned up by a Drop guard.
+#![allow(dead_code)]
+
+pub mod s3;
