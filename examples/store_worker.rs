@@ -24,14 +24,21 @@ pub fn content_byte(i: u64) -> u8 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 6, "usage: store_worker HOME ENDPOINT BUCKET CHUNKS PUT_LATENCY_MS");
+    anyhow::ensure!(
+        args.len() == 6,
+        "usage: store_worker HOME ENDPOINT BUCKET CHUNKS PUT_LATENCY_MS"
+    );
     let home = PathBuf::from(&args[1]);
     let chunks: u64 = args[4].parse()?;
     let latency_ms: u64 = args[5].parse()?;
     std::fs::create_dir_all(&home)?;
 
     let key_path = home.join("key");
-    let key = if key_path.exists() { Key::load(&key_path)? } else { Key::write_new(&key_path)? };
+    let key = if key_path.exists() {
+        Key::load(&key_path)?
+    } else {
+        Key::write_new(&key_path)?
+    };
     let catalog = Arc::new(Catalog::open(&home.join("bae.db"))?);
     let id = match catalog.torrents()?.first() {
         Some(t) => t.id,
@@ -62,7 +69,12 @@ async fn main() -> anyhow::Result<()> {
             id
         }
     };
-    let store = Store::open(&home.join("cache"), catalog.clone(), 1 << 40, tokio::runtime::Handle::current())?;
+    let store = Store::open(
+        &home.join("cache"),
+        catalog.clone(),
+        1 << 40,
+        tokio::runtime::Handle::current(),
+    )?;
     let g = store.register_torrent(id)?;
     if store.torrent_stats(id).map(|s| s.pieces_verified) == Some(0) {
         let data: Vec<u8> = (0..g.total_len()).map(content_byte).collect();

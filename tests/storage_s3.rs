@@ -79,7 +79,9 @@ fn downloaded_library(len: u64, piece_len: u64) -> Lib {
     let data = content(len, 11);
     for off in (0..len).step_by(16384) {
         let end = (off + 16384).min(len);
-        store.write(id, off, &data[off as usize..end as usize]).unwrap();
+        store
+            .write(id, off, &data[off as usize..end as usize])
+            .unwrap();
     }
     let pieces: Vec<PieceIndex> = (0..g.num_pieces()).map(PieceIndex).collect();
     store.pieces_verified(id, &pieces);
@@ -133,7 +135,9 @@ async fn chunks_round_trip_through_s3_encrypted() {
     // Object names reveal nothing: no torrent or file names anywhere in the bucket.
     let names = remote.list("").await.unwrap();
     assert_eq!(names.len(), 6);
-    assert!(names.iter().all(|n| !n.contains("album") && !n.contains("flac")));
+    assert!(names
+        .iter()
+        .all(|n| !n.contains("album") && !n.contains("flac")));
 
     assert_eq!(lib.store.evict_all(), 6);
     assert_eq!(lib.store.stats().used_bytes, 0);
@@ -237,7 +241,11 @@ fn worker_binary() -> PathBuf {
         .parent()
         .unwrap()
         .join("examples/store_worker");
-    assert!(path.exists(), "build the examples first: {}", path.display());
+    assert!(
+        path.exists(),
+        "build the examples first: {}",
+        path.display()
+    );
     path
 }
 
@@ -274,7 +282,10 @@ fn objects(dir: &Path) -> HashMap<PathBuf, (u64, i64)> {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                out.insert(e.path(), (m.ino(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
+                out.insert(
+                    e.path(),
+                    (m.ino(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+                );
             }
         }
     }
@@ -317,10 +328,19 @@ fn sigkill_mid_upload_then_restart_uploads_everything_once() {
     let after = catalog.chunks(TorrentId(1)).unwrap();
     assert!(after.iter().all(|c| c.state == ChunkState::Uploaded));
     let now = objects(&bucket_dir);
-    assert_eq!(now.len(), CHUNKS as usize, "one object per chunk, no strays");
+    assert_eq!(
+        now.len(),
+        CHUNKS as usize,
+        "one object per chunk, no strays"
+    );
     // Chunks recorded as uploaded before the kill were not uploaded again.
     for c in uploaded_before {
         let p = bucket_dir.join(object_key_for(c.object_id.as_ref().unwrap()));
-        assert_eq!(seen.get(&p), now.get(&p), "{} was uploaded twice", p.display());
+        assert_eq!(
+            seen.get(&p),
+            now.get(&p),
+            "{} was uploaded twice",
+            p.display()
+        );
     }
 }

@@ -125,7 +125,10 @@ impl Config {
             source,
         };
         let text = toml::to_string_pretty(self).map_err(|e| {
-            err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.to_string(),
+            ))
         })?;
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, text).map_err(err)?;
@@ -194,7 +197,10 @@ mod tests {
 
     #[test]
     fn remote_urls() {
-        assert_eq!(parse_remote_url("s3://music").unwrap(), ("music".into(), "".into()));
+        assert_eq!(
+            parse_remote_url("s3://music").unwrap(),
+            ("music".into(), "".into())
+        );
         assert_eq!(
             parse_remote_url("s3://music/bae/lib/").unwrap(),
             ("music".into(), "bae/lib".into())

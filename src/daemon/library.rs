@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::remote::crypto::{Key, KeyError};
-use crate::remote::{LocalDirStore, ObjectStore, Remote, RemoteError, RemoteOptions, S3Config, S3Store};
+use crate::remote::{
+    LocalDirStore, ObjectStore, Remote, RemoteError, RemoteOptions, S3Config, S3Store,
+};
 use crate::tiering::snapshot::{self, SnapshotError};
 
 use super::config::{parse_remote_url, parse_size, Config, ConfigError, RemoteConfig};

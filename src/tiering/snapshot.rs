@@ -25,7 +25,9 @@ pub enum SnapshotError {
     Missing,
     #[error("the remote holds several libraries ({0}); keep one per bucket/prefix")]
     Several(String),
-    #[error("the library snapshot cannot be decrypted with this key (wrong key, or corrupted): {0}")]
+    #[error(
+        "the library snapshot cannot be decrypted with this key (wrong key, or corrupted): {0}"
+    )]
     Crypto(#[from] crypto::CryptoError),
 }
 
@@ -45,7 +47,11 @@ pub async fn upload(
     catalog.backup_to(&path)?;
     let plain = std::fs::read(&path)?;
     let _ = std::fs::remove_file(&path);
-    let object = crypto::seal(key, &ObjectIdentity::Snapshot { library_uid: uid }.aad(), &plain);
+    let object = crypto::seal(
+        key,
+        &ObjectIdentity::Snapshot { library_uid: uid }.aad(),
+        &plain,
+    );
     remote.put(&object_name(&uid), Bytes::from(object)).await?;
     Ok(())
 }

@@ -92,7 +92,11 @@ impl Uploader {
             uploaded_bytes: s.uploaded_bytes.load(Ordering::Relaxed),
             in_flight: s.in_flight.load(Ordering::Relaxed),
             queued: s.store.pending_uploads(),
-            last_error: s.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: s
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
