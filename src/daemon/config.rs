@@ -214,13 +214,15 @@ mod tests {
     fn round_trips_through_toml() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.toml");
-        let mut c = Config::default();
-        c.remote = RemoteConfig::S3 {
-            bucket: "b".into(),
-            prefix: "p".into(),
-            endpoint: Some("http://127.0.0.1:9000".into()),
-            region: None,
-            path_style: None,
+        let mut c = Config {
+            remote: RemoteConfig::S3 {
+                bucket: "b".into(),
+                prefix: "p".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: None,
+                path_style: None,
+            },
+            ..Config::default()
         };
         c.network.dht = false;
         c.save(&p).unwrap();
