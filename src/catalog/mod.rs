@@ -57,6 +57,8 @@ pub struct NewTorrent {
     pub magnet: Option<String>,
     pub metainfo: Option<Vec<u8>>,
     pub paused: bool,
+    /// Peers to connect to directly (`bae add --peer`), as "ip:port".
+    pub peers: Vec<String>,
 }
 
 /// One file of a torrent as recorded (path components are raw and untrusted).
@@ -111,6 +113,7 @@ pub struct TorrentRecord {
     /// Seeding keeps the torrent's chunks pinned in the cache.
     pub pin: bool,
     pub added_at: i64,
+    pub peers: Vec<String>,
 }
 
 impl TorrentRecord {
@@ -153,7 +156,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, \
-                            piece_len, total_len, paused, seeding, pin, added_at";
+                            piece_len, total_len, paused, seeding, pin, added_at, peers";
 
 impl Catalog {
     /// Opens (creating if needed) the database and brings its schema up to date.
@@ -226,8 +229,8 @@ impl Catalog {
         }
         let uid: [u8; 16] = rand::random();
         conn.execute(
-            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, paused, added_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, paused, added_at, peers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 uid.to_vec(),
                 t.info_hash_v1.map(|h| h.to_vec()),
@@ -237,6 +240,7 @@ impl Catalog {
                 t.metainfo,
                 t.paused,
                 unix_now(),
+                serde_json::to_string(&t.peers).unwrap_or_else(|_| "[]".into()),
             ],
         )?;
         Ok(TorrentId(conn.last_insert_rowid()))
@@ -521,6 +525,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// Keeps a magnet's metadata once it arrived (and its real name), so the torrent is
+    /// re-added from it after a restart.
+    pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE torrents SET metainfo = ?2, name = COALESCE(?3, name) WHERE id = ?1",
+            params![id.0, metainfo, name],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::UnknownTorrent(id));
+        }
+        Ok(())
+    }
+
     pub fn set_paused(&self, id: TorrentId, paused: bool) -> Result<()> {
         self.update_torrent(id, "paused", paused)
     }
@@ -611,6 +628,7 @@ fn torrent_row(r: &Row<'_>) -> rusqlite::Result<TorrentRecord> {
         seeding: r.get(10)?,
         pin: r.get(11)?,
         added_at: r.get(12)?,
+        peers: serde_json::from_str(&r.get::<_, String>(13)?).map_err(|_| bad("peers"))?,
     })
 }
 

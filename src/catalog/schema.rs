@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
         info_hash_v2 BLOB UNIQUE,
         name         TEXT NOT NULL,
         magnet       TEXT,                      -- source when added by magnet link
+        peers        TEXT NOT NULL DEFAULT '[]',-- JSON list of peer addresses to dial
         metainfo     BLOB,                      -- bencoded .torrent, once known
         piece_len    INTEGER,                   -- NULL until metadata is known
         total_len    INTEGER,

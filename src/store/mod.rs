@@ -34,6 +34,12 @@ use crate::model::{ChunkIndex, ChunkKey, ChunkState, Geometry, PieceIndex, Torre
 use cache::CacheState;
 pub use cache::{CacheStats, ChunkEntry};
 
+/// Where a torrent's chunk files live under a cache root (for tools that inspect the
+/// cache without opening a store).
+pub fn torrent_cache_dir(root: &Path, uid: &[u8; 16]) -> PathBuf {
+    files::torrent_dir(root, uid)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("chunk cache I/O on {path}: {source}")]
@@ -700,6 +706,50 @@ impl Store {
             });
         }
         Ok(Some((chunk, data)))
+    }
+
+    /// Identity of an uploaded chunk (for `verify`), `None` if it is not in the remote.
+    pub fn remote_chunk(&self, key: ChunkKey) -> Option<RemoteChunk> {
+        let st = self.lock();
+        let uid = st.torrents.get(&key.torrent)?.uid;
+        let c = st.entry(key)?;
+        match (c.state, c.hash, &c.object_id) {
+            (ChunkState::Uploaded, Some(hash), Some(oid)) => Some(RemoteChunk {
+                key,
+                torrent_uid: uid,
+                len: c.len,
+                hash,
+                object_id: oid.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Re-hashes a chunk's local copy against its recorded hash. `None` when there is
+    /// nothing to check (no local copy, or the chunk is not complete yet).
+    pub fn check_local(self: &Arc<Self>, key: ChunkKey) -> Result<Option<bool>, StoreError> {
+        let (uid, len, hash) = {
+            let mut st = self.lock();
+            let Some(uid) = st.torrents.get(&key.torrent).map(|t| t.uid) else {
+                return Err(StoreError::UnknownTorrent(key.torrent));
+            };
+            let Some(c) = st.entry(key) else {
+                return Ok(None);
+            };
+            let (true, Some(hash)) = (c.present, c.hash) else {
+                return Ok(None);
+            };
+            let len = c.len;
+            st.pin(key);
+            (uid, len, hash)
+        };
+        let _guard = PinGuard {
+            store: Arc::clone(self),
+            key,
+        };
+        let path = self.chunk_file(&uid, key.index);
+        let data = files::read_whole(&path, len).map_err(|e| StoreError::io(&path, e))?;
+        Ok(Some(*blake3::hash(&data).as_bytes() == hash))
     }
 
     /// Records a successful upload: durable in the catalog first, then evictable.
