@@ -199,6 +199,10 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         let d = daemon.clone();
         rt.spawn(async move { d.snapshot_loop().await });
     }
+    let pid_file = daemon.lib.home.join("daemon.pid");
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(error = %e, "cannot write {}", pid_file.display());
+    }
     tracing::info!(mountpoint = %mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
     ready();
 
@@ -245,6 +249,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     }
     drop(mount);
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pid_file);
     rt.block_on(daemon.clone().shutdown());
     // Ends the tasks holding the daemon, then the session itself (libtorrent says
     // goodbye to trackers and joins its disk workers).
