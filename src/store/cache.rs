@@ -53,7 +53,7 @@ pub struct CacheState {
 }
 
 /// A summary for `status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheStats {
     pub used_bytes: u64,
     pub evictable_bytes: u64,

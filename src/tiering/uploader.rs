@@ -21,7 +21,7 @@ use crate::store::Store;
 use super::chunk_identity;
 
 /// What `status` shows about uploads.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct UploaderStatus {
     pub uploaded_chunks: u64,
     pub uploaded_bytes: u64,
