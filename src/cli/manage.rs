@@ -109,7 +109,7 @@ pub fn evict(home: &Path) -> anyhow::Result<()> {
         None => {
             let _lock = crate::daemon::run::lock_library(&lib.home)?;
             let rt = runtime()?;
-            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), 0, rt.handle().clone())?;
+            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
             for t in lib.catalog.torrents()? {
                 if t.geometry.is_some() {
                     store.register_torrent(t.id)?;
