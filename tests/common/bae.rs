@@ -175,7 +175,7 @@ impl Drop for Bae {
 
 /// A small album: FLAC tracks made with sox, a cover image, a cue sheet and a log.
 /// Returns the album directory.
-pub fn make_album(parent: &Path, name: &str, seconds_per_track: u32, tracks: u32) -> PathBuf {
+pub fn make_flac_album(parent: &Path, name: &str, seconds_per_track: u32, tracks: u32) -> PathBuf {
     let dir = parent.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut cue = format!("PERFORMER \"bae test\"\nTITLE \"{name}\"\n");
