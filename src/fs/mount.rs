@@ -358,14 +358,12 @@ fn mount_fstype(canonical: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = canonical.as_os_str().as_bytes();
     // The last mount at a path is the visible one.
-    info.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let mount_point = fields.nth(4)?;
-            let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
-            (unescape_mountinfo(mount_point) == want).then(|| fstype.to_string())
-        })
-        .last()
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mount_point = fields.nth(4)?;
+        let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
+        (unescape_mountinfo(mount_point) == want).then(|| fstype.to_string())
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
