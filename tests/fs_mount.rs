@@ -50,9 +50,17 @@ fn names(dir: &Path) -> BTreeSet<String> {
 fn library(src: &Path) -> Vec<TestTorrent> {
     vec![
         TorrentBuilder::new(src, 1, "Artist - Album (2001) [FLAC]")
-            .file(&["Artist - Album", "01 - Intro.flac"], 3 * MIB + 123, 1_000_000_001)
+            .file(
+                &["Artist - Album", "01 - Intro.flac"],
+                3 * MIB + 123,
+                1_000_000_001,
+            )
             .pad(16 * 1024 - 123)
-            .file(&["Artist - Album", "02 - Song.flac"], 5 * MIB + 7, 1_000_000_002)
+            .file(
+                &["Artist - Album", "02 - Song.flac"],
+                5 * MIB + 7,
+                1_000_000_002,
+            )
             .file(&["Artist - Album", "cover.jpg"], 70_000, 1_000_000_003)
             .file(&["Artist - Album", "empty.log"], 0, 1_000_000_004)
             .build(),
@@ -86,7 +94,13 @@ fn tree_names_sizes_and_mtimes_match_the_metadata() {
     assert_eq!(
         names(&album),
         BTreeSet::from(
-            ["01 - Intro.flac", "02 - Song.flac", "cover.jpg", "empty.log"].map(String::from)
+            [
+                "01 - Intro.flac",
+                "02 - Song.flac",
+                "cover.jpg",
+                "empty.log"
+            ]
+            .map(String::from)
         )
     );
     for (name, len, mtime) in [
@@ -113,7 +127,9 @@ fn tree_names_sizes_and_mtimes_match_the_metadata() {
     drop(m);
     let again = Mounted::new(DiskContent::new(library(src.path())));
     assert_eq!(
-        fs::metadata(again.path().join("single.flac/single.flac")).unwrap().ino(),
+        fs::metadata(again.path().join("single.flac/single.flac"))
+            .unwrap()
+            .ino(),
         ino
     );
     let st = nix_statvfs(again.path());
@@ -141,15 +157,28 @@ fn mounted_files_hash_like_their_sources() {
         (album.join("02 - Song.flac"), torrents[0].source(2)),
         (album.join("cover.jpg"), torrents[0].source(3)),
         (album.join("empty.log"), torrents[0].source(4)),
-        (m.path().join("single.flac/single.flac"), torrents[1].source(0)),
+        (
+            m.path().join("single.flac/single.flac"),
+            torrents[1].source(0),
+        ),
         (
             m.path().join("Artist - Album (2001) [FLAC] (2)/other.flac"),
             torrents[2].source(0),
         ),
     ];
     for (mounted, source) in pairs {
-        assert_eq!(sha256_file(&mounted), sha256_file(source), "{}", mounted.display());
+        assert_eq!(
+            sha256_file(&mounted),
+            sha256_file(source),
+            "{}",
+            mounted.display()
+        );
     }
+    // Sequential reading reaches the kernel's largest request, one chunk (as root, the
+    // mount raises the kernel read-ahead to match).
+    let reads = m.content.reads.lock().unwrap().clone();
+    let largest = reads.iter().map(|(_, r)| r.end - r.start).max().unwrap();
+    assert_eq!(largest, MIB, "{reads:?}");
     // The open of a file asked for its first and last chunk early.
     let prefetched = m.content.prefetches.lock().unwrap().clone();
     let song_start = 3 * MIB + 16 * 1024;
@@ -167,8 +196,14 @@ fn eight_concurrent_readers_at_random_offsets_get_the_right_bytes() {
         .build()];
     let m = Mounted::new(DiskContent::new(torrents.clone()));
     let files = [
-        (m.path().join("Big/a.flac"), fs::read(torrents[0].source(0)).unwrap()),
-        (m.path().join("Big/b.flac"), fs::read(torrents[0].source(1)).unwrap()),
+        (
+            m.path().join("Big/a.flac"),
+            fs::read(torrents[0].source(0)).unwrap(),
+        ),
+        (
+            m.path().join("Big/b.flac"),
+            fs::read(torrents[0].source(1)).unwrap(),
+        ),
     ];
     thread::scope(|s| {
         for reader in 0..8u64 {
@@ -184,7 +219,10 @@ fn eight_concurrent_readers_at_random_offsets_get_the_right_bytes() {
                     let start = (offset as usize).min(expected.len());
                     let end = (offset as usize + len).min(expected.len());
                     assert_eq!(n, end - start, "reader {reader} at {offset}+{len}");
-                    assert!(buf[..n] == expected[start..end], "reader {reader} at {offset}+{len}");
+                    assert!(
+                        buf[..n] == expected[start..end],
+                        "reader {reader} at {offset}+{len}"
+                    );
                 }
             });
         }
@@ -217,9 +255,15 @@ fn every_change_is_refused_with_erofs() {
     let file = dir.join("single.flac");
     assert_erofs("create", File::create(dir.join("new")));
     assert_erofs("open for write", OpenOptions::new().write(true).open(&file));
-    assert_erofs("open read-write", OpenOptions::new().read(true).write(true).open(&file));
+    assert_erofs(
+        "open read-write",
+        OpenOptions::new().read(true).write(true).open(&file),
+    );
     assert_erofs("append", OpenOptions::new().append(true).open(&file));
-    assert_erofs("truncate", OpenOptions::new().write(true).truncate(true).open(&file));
+    assert_erofs(
+        "truncate",
+        OpenOptions::new().write(true).truncate(true).open(&file),
+    );
     assert_erofs("mkdir", fs::create_dir(dir.join("d")));
     assert_erofs("mkdir at root", fs::create_dir(m.path().join("d")));
     assert_erofs("rename", fs::rename(&file, dir.join("renamed")));
@@ -227,12 +271,22 @@ fn every_change_is_refused_with_erofs() {
     assert_erofs("rmdir", fs::remove_dir(&dir));
     assert_erofs("symlink", std::os::unix::fs::symlink("x", dir.join("l")));
     assert_erofs("hard link", fs::hard_link(&file, dir.join("h")));
-    assert_erofs("chmod", fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o777)));
+    assert_erofs(
+        "chmod",
+        fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o777)),
+    );
     // ftruncate needs a writable descriptor, which cannot be had; truncate(2) by path:
     let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string for the duration of the call.
     let rc = unsafe { libc::truncate(c.as_ptr(), 0) };
-    assert_erofs("truncate(2)", if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+    assert_erofs(
+        "truncate(2)",
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        },
+    );
     // Nothing changed.
     assert_eq!(fs::metadata(&file).unwrap().len(), 2 * MIB);
     assert_eq!(names(&dir), BTreeSet::from(["single.flac".to_string()]));
@@ -257,7 +311,16 @@ fn hostile_paths_stay_inside_their_torrent_directory() {
     assert_eq!(
         names(&top),
         BTreeSet::from(
-            ["escaped", "_etc", "x", "a_.._.._b", "nul_byte", "file 5", "x (2)"].map(String::from)
+            [
+                "escaped",
+                "_etc",
+                "x",
+                "a_.._.._b",
+                "nul_byte",
+                "file 5",
+                "x (2)"
+            ]
+            .map(String::from)
         )
     );
     let expect = [
@@ -271,7 +334,11 @@ fn hostile_paths_stay_inside_their_torrent_directory() {
     ];
     for (rel, index) in expect {
         let mounted = top.join(rel);
-        assert_eq!(fs::read(&mounted).unwrap(), fs::read(torrents[0].source(index)).unwrap(), "{rel}");
+        assert_eq!(
+            fs::read(&mounted).unwrap(),
+            fs::read(torrents[0].source(index)).unwrap(),
+            "{rel}"
+        );
     }
     // Nothing appeared next to the mount point or above it.
     let parent = m.path().parent().unwrap();
@@ -283,8 +350,12 @@ fn hostile_paths_stay_inside_their_torrent_directory() {
 fn a_stuck_read_does_not_stall_reads_of_other_files() {
     let src = src_dir();
     let torrents = vec![
-        TorrentBuilder::new(src.path(), 1, "Slow").file(&["slow.flac"], 3 * MIB, 1).build(),
-        TorrentBuilder::new(src.path(), 2, "Fast").file(&["fast.flac"], 3 * MIB, 1).build(),
+        TorrentBuilder::new(src.path(), 1, "Slow")
+            .file(&["slow.flac"], 3 * MIB, 1)
+            .build(),
+        TorrentBuilder::new(src.path(), 2, "Fast")
+            .file(&["fast.flac"], 3 * MIB, 1)
+            .build(),
     ];
     let content = DiskContent::new(torrents.clone());
     let gate = content.gate(TorrentId(1));
@@ -305,12 +376,21 @@ fn a_stuck_read_does_not_stall_reads_of_other_files() {
         }
     });
     for _ in 0..3 {
-        let got = fast_done.recv_timeout(HANG_LIMIT).expect("fast read stalled").unwrap();
+        let got = fast_done
+            .recv_timeout(HANG_LIMIT)
+            .expect("fast read stalled")
+            .unwrap();
         assert!(got == fast_expected);
     }
-    assert!(stuck_done.try_recv().is_err(), "the gated read finished before its gate opened");
+    assert!(
+        stuck_done.try_recv().is_err(),
+        "the gated read finished before its gate opened"
+    );
     gate.open();
-    let slow_bytes = stuck_done.recv_timeout(HANG_LIMIT).expect("slow read never ended").unwrap();
+    let slow_bytes = stuck_done
+        .recv_timeout(HANG_LIMIT)
+        .expect("slow read never ended")
+        .unwrap();
     assert!(slow_bytes == fs::read(torrents[0].source(0)).unwrap());
     slow_reader.join().unwrap();
     fast_reader.join().unwrap();
@@ -320,8 +400,12 @@ fn a_stuck_read_does_not_stall_reads_of_other_files() {
 fn a_content_error_becomes_eio_and_other_torrents_still_read() {
     let src = src_dir();
     let torrents = vec![
-        TorrentBuilder::new(src.path(), 1, "Broken").file(&["b.flac"], MIB, 1).build(),
-        TorrentBuilder::new(src.path(), 2, "Fine").file(&["f.flac"], MIB, 1).build(),
+        TorrentBuilder::new(src.path(), 1, "Broken")
+            .file(&["b.flac"], MIB, 1)
+            .build(),
+        TorrentBuilder::new(src.path(), 2, "Fine")
+            .file(&["f.flac"], MIB, 1)
+            .build(),
     ];
     let content = DiskContent::new(torrents.clone());
     content.fail(TorrentId(1));
@@ -329,14 +413,21 @@ fn a_content_error_becomes_eio_and_other_torrents_still_read() {
     let err = fs::read(m.path().join("Broken/b.flac")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     // Metadata is still right, and other torrents are unaffected.
-    assert_eq!(fs::metadata(m.path().join("Broken/b.flac")).unwrap().len(), MIB);
-    assert!(fs::read(m.path().join("Fine/f.flac")).unwrap() == fs::read(torrents[1].source(0)).unwrap());
+    assert_eq!(
+        fs::metadata(m.path().join("Broken/b.flac")).unwrap().len(),
+        MIB
+    );
+    assert!(
+        fs::read(m.path().join("Fine/f.flac")).unwrap() == fs::read(torrents[1].source(0)).unwrap()
+    );
 }
 
 #[test]
 fn a_hung_content_read_ends_in_eio_at_the_read_timeout() {
     let src = src_dir();
-    let torrents = vec![TorrentBuilder::new(src.path(), 1, "Hung").file(&["h.flac"], MIB, 1).build()];
+    let torrents = vec![TorrentBuilder::new(src.path(), 1, "Hung")
+        .file(&["h.flac"], MIB, 1)
+        .build()];
     let content = DiskContent::new(torrents);
     let _gate = content.gate(TorrentId(1));
     let options = MountOptions {
@@ -351,8 +442,12 @@ fn a_hung_content_read_ends_in_eio_at_the_read_timeout() {
 #[test]
 fn new_torrents_appear_and_known_inodes_stay() {
     let src = src_dir();
-    let one = TorrentBuilder::new(src.path(), 1, "One").file(&["a"], 10, 1).build();
-    let two = TorrentBuilder::new(src.path(), 2, "Two").file(&["b"], 20, 1).build();
+    let one = TorrentBuilder::new(src.path(), 1, "One")
+        .file(&["a"], 10, 1)
+        .build();
+    let two = TorrentBuilder::new(src.path(), 2, "Two")
+        .file(&["b"], 20, 1)
+        .build();
     let m = Mounted::with_options(
         DiskContent::new(vec![one.clone()]),
         MountOptions {
@@ -362,12 +457,21 @@ fn new_torrents_appear_and_known_inodes_stay() {
     );
     let ino = fs::metadata(m.path().join("One/a")).unwrap().ino();
     m.content.set(vec![two.clone(), one]);
-    assert_eq!(names(m.path()), BTreeSet::from(["One".to_string(), "Two".to_string()]));
-    assert_eq!(fs::read(m.path().join("Two/b")).unwrap(), fs::read(two.source(0)).unwrap());
+    assert_eq!(
+        names(m.path()),
+        BTreeSet::from(["One".to_string(), "Two".to_string()])
+    );
+    assert_eq!(
+        fs::read(m.path().join("Two/b")).unwrap(),
+        fs::read(two.source(0)).unwrap()
+    );
     assert_eq!(fs::metadata(m.path().join("One/a")).unwrap().ino(), ino);
     m.content.set(vec![two]);
     assert_eq!(names(m.path()), BTreeSet::from(["Two".to_string()]));
-    assert_eq!(fs::metadata(m.path().join("One/a")).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        fs::metadata(m.path().join("One/a")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }
 
 #[test]
@@ -427,4 +531,65 @@ fn unmount_with_an_open_file_is_busy_and_lazy_unmount_keeps_it_readable() {
     open.read_to_end(&mut rest).unwrap();
     first.extend_from_slice(&rest);
     assert!(first == expected);
+}
+
+/// A FUSE mount whose server is gone, as a crashed daemon leaves it: the kernel mount
+/// exists, its /dev/fuse descriptor is closed, every access fails with ENOTCONN.
+fn make_stale_mount(mountpoint: &Path) {
+    use std::os::fd::AsRawFd;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .unwrap();
+    let opts = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let target = c(mountpoint.to_str().unwrap());
+    let (source, fstype, data) = (c("bae"), c("fuse.bae"), c(&opts));
+    // SAFETY: valid C strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_RDONLY,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    drop(dev);
+}
+
+#[test]
+fn a_stale_mount_is_reported_and_can_be_cleaned_up() {
+    let src = src_dir();
+    let content = DiskContent::new(library(src.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    make_stale_mount(&mountpoint);
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = bae::fs::unmount_path(self.0, true);
+        }
+    }
+    let _cleanup = Cleanup(&mountpoint);
+    assert_eq!(
+        fs::metadata(&mountpoint).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+    assert!(is_fuse_mount(&mountpoint));
+
+    let err = mount(content.clone(), &mountpoint, MountOptions::default()).unwrap_err();
+    assert!(matches!(err, FsError::StaleMount(_)), "{err}");
+    bae::fs::unmount_path(&mountpoint, false).unwrap();
+    assert!(!is_fuse_mount(&mountpoint));
+    let err = bae::fs::unmount_path(&mountpoint, false).unwrap_err();
+    assert!(matches!(err, FsError::NotMounted(_)), "{err}");
+
+    let mut handle = mount(content, &mountpoint, MountOptions::default()).unwrap();
+    bae::fs::wait_until_mounted(&mountpoint, HANG_LIMIT).unwrap();
+    assert!(fs::metadata(mountpoint.join("single.flac/single.flac")).is_ok());
+    handle.unmount().unwrap();
 }

@@ -17,10 +17,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bae::fs::{is_fuse_mount, mount, Content, ContentError, FileEntry, MountHandle, MountOptions, TorrentEntry};
+use bae::fs::{
+    is_fuse_mount, mount, Content, ContentError, FileEntry, MountHandle, MountOptions, TorrentEntry,
+};
 use bae::model::TorrentId;
 use bytes::Bytes;
-use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
 
 /// Where a piece of a test torrent's stream comes from.
@@ -72,9 +73,13 @@ impl TorrentBuilder {
     pub fn file(self, path: &[&str], len: u64, mtime: i64) -> Self {
         let index = self.files.len();
         let source = self.src_dir.join(format!("t{}-f{index}", self.id));
-        let mut rng = rand::rngs::StdRng::seed_from_u64((self.id as u64) << 32 | index as u64);
+        // Pseudo-random, distinct per file, and fast even in debug builds.
         let mut bytes = vec![0u8; len as usize];
-        rng.fill_bytes(&mut bytes);
+        blake3::Hasher::new()
+            .update(&self.id.to_le_bytes())
+            .update(&(index as u64).to_le_bytes())
+            .finalize_xof()
+            .fill(&mut bytes);
         fs::write(&source, &bytes).unwrap();
         self.push(path, len, false, mtime, Source::File(source))
     }
@@ -125,6 +130,8 @@ pub struct DiskContent {
     gates: Mutex<HashMap<TorrentId, watch::Receiver<bool>>>,
     failing: Mutex<HashSet<TorrentId>>,
     pub prefetches: Mutex<Vec<(TorrentId, Range<u64>)>>,
+    /// Every range asked of `read`, in order of arrival.
+    pub reads: Mutex<Vec<(TorrentId, Range<u64>)>>,
 }
 
 /// Holding this keeps a gated torrent's reads waiting; `open()` lets them through.
@@ -188,7 +195,10 @@ fn read_stream(t: &TestTorrent, range: Range<u64>) -> std::io::Result<Vec<u8>> {
 impl Content for DiskContent {
     fn snapshot(&self) -> (u64, Vec<TorrentEntry>) {
         let s = self.state.lock().unwrap();
-        (s.generation, s.torrents.iter().map(|t| t.entry.clone()).collect())
+        (
+            s.generation,
+            s.torrents.iter().map(|t| t.entry.clone()).collect(),
+        )
     }
 
     fn generation(&self) -> u64 {
@@ -196,6 +206,7 @@ impl Content for DiskContent {
     }
 
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
+        self.reads.lock().unwrap().push((t, range.clone()));
         let gate = self.gates.lock().unwrap().get(&t).cloned();
         if let Some(mut gate) = gate {
             gate.wait_for(|open| *open)
@@ -265,7 +276,10 @@ impl Drop for Mounted {
             if !is_fuse_mount(&self.mountpoint) {
                 return;
             }
-            let _ = Command::new("fusermount3").arg(flag).arg(&self.mountpoint).status();
+            let _ = Command::new("fusermount3")
+                .arg(flag)
+                .arg(&self.mountpoint)
+                .status();
         }
     }
 }
