@@ -132,12 +132,12 @@ fn tree_names_sizes_and_mtimes_match_the_metadata() {
             .ino(),
         ino
     );
-    let st = nix_statvfs(again.path());
+    let st = statvfs_blocks(again.path());
     assert!(st > 0);
 }
 
 /// `statvfs` block count of the mount (total shown bytes / block size).
-fn nix_statvfs(path: &Path) -> u64 {
+fn statvfs_blocks(path: &Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-pointer for the duration of the call.
@@ -531,6 +531,17 @@ fn unmount_with_an_open_file_is_busy_and_lazy_unmount_keeps_it_readable() {
     open.read_to_end(&mut rest).unwrap();
     first.extend_from_slice(&rest);
     assert!(first == expected);
+    drop(open);
+
+    // Dropping a handle while a file is open falls back to the lazy unmount.
+    let src3 = src_dir();
+    let mut m = Mounted::new(DiskContent::new(library(src3.path())));
+    let open = File::open(m.path().join("single.flac/single.flac")).unwrap();
+    drop(m.handle.take());
+    assert!(!is_fuse_mount(m.path()));
+    let mut all = Vec::new();
+    (&open).read_to_end(&mut all).unwrap();
+    assert!(all == expected);
 }
 
 /// A FUSE mount whose server is gone, as a crashed daemon leaves it: the kernel mount
@@ -592,4 +603,26 @@ fn a_stale_mount_is_reported_and_can_be_cleaned_up() {
     bae::fs::wait_until_mounted(&mountpoint, HANG_LIMIT).unwrap();
     assert!(fs::metadata(mountpoint.join("single.flac/single.flac")).is_ok());
     handle.unmount().unwrap();
+}
+
+#[test]
+fn a_large_directory_lists_completely_and_in_order() {
+    let src = src_dir();
+    let mut b = TorrentBuilder::new(src.path(), 1, "Many");
+    for i in 0..1500 {
+        b = b.file(
+            &[&format!("track {i:04} with a fairly long name.flac")],
+            1,
+            1,
+        );
+    }
+    let m = Mounted::new(DiskContent::new(vec![b.build()]));
+    let listed: Vec<String> = fs::read_dir(m.path().join("Many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..1500)
+        .map(|i| format!("track {i:04} with a fairly long name.flac"))
+        .collect();
+    assert_eq!(listed, expected);
 }

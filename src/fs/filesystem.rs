@@ -208,9 +208,14 @@ impl Filesystem {
         Ok(())
     }
 
-    /// Entries of directory `ino` from `offset` on (0 = from the start): `.`, `..`, then
-    /// the children by name.
-    pub fn readdir(&self, ino: InodeNo, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+    /// Up to `max_entries` entries of directory `ino` from `offset` on (0 = from the
+    /// start): `.`, `..`, then the children by name. Empty at the end.
+    pub fn readdir(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        max_entries: usize,
+    ) -> Result<Vec<DirEntry>, FsError> {
         let tree = self.tree_for(ino);
         let node = tree.get(ino).ok_or(FsError::NotFound)?;
         let dir = node.as_dir().ok_or(FsError::NotDir)?;
@@ -226,6 +231,7 @@ impl Filesystem {
             .chain(children)
             .enumerate()
             .skip(skip)
+            .take(max_entries)
             .map(|(i, (name, node))| DirEntry {
                 name: name.to_string(),
                 next_offset: i as u64 + 1,

@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 use crate::model::CHUNK_LEN;
 
 use super::error::FsError;
-use super::filesystem::{Attr, EntryKind, Filesystem};
+use super::filesystem::{Attr, DirEntry, EntryKind, Filesystem};
 use super::tree::InodeNo;
 
 /// Read-ahead the kernel may do on its own, per file (it asks in requests of at most
@@ -33,6 +33,36 @@ const KERNEL_READAHEAD_BYTES: u32 = CHUNK_LEN as u32;
 
 /// Background (read-ahead) requests the kernel may have in flight to us at once.
 const MAX_BACKGROUND_REQUESTS: u16 = 64;
+
+/// Directory entries fetched from the filesystem per step while filling a reply.
+const READDIR_BATCH: usize = 128;
+
+/// Feeds entries of directory `ino` from `offset` to `add` until it reports the reply
+/// buffer full (returns true) or the directory ends.
+fn fill_dir(
+    fs: &Filesystem,
+    ino: InodeNo,
+    offset: i64,
+    mut add: impl FnMut(&DirEntry) -> bool,
+) -> Result<(), FsError> {
+    let mut offset = u64::try_from(offset).unwrap_or(0);
+    loop {
+        let batch = fs.readdir(ino, offset, READDIR_BATCH)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for e in &batch {
+            if add(e) {
+                return Ok(());
+            }
+            offset = e.next_offset;
+        }
+    }
+}
+
+fn next_offset(e: &DirEntry) -> i64 {
+    i64::try_from(e.next_offset).unwrap_or(i64::MAX)
+}
 
 /// The `fuser::Filesystem` implementation handed to the session.
 pub struct FuseAdapter {
@@ -134,17 +164,12 @@ impl fuser::Filesystem for FuseAdapter {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let offset = u64::try_from(offset).unwrap_or(0);
-        match self.fs.readdir(InodeNo(ino), offset) {
-            Ok(entries) => {
-                for e in entries {
-                    let next = i64::try_from(e.next_offset).unwrap_or(i64::MAX);
-                    if reply.add(e.attr.ino.0, next, to_file_type(e.attr.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
+        let filled = fill_dir(&self.fs, InodeNo(ino), offset, |e| {
+            let kind = to_file_type(e.attr.kind);
+            reply.add(e.attr.ino.0, next_offset(e), kind, &e.name)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e.errno()),
         }
     }
@@ -157,18 +182,13 @@ impl fuser::Filesystem for FuseAdapter {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let offset = u64::try_from(offset).unwrap_or(0);
-        match self.fs.readdir(InodeNo(ino), offset) {
-            Ok(entries) => {
-                let ttl = self.ttl();
-                for e in entries {
-                    let next = i64::try_from(e.next_offset).unwrap_or(i64::MAX);
-                    if reply.add(e.attr.ino.0, next, &e.name, &ttl, &to_file_attr(&e.attr), 0) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
+        let ttl = self.ttl();
+        let filled = fill_dir(&self.fs, InodeNo(ino), offset, |e| {
+            let attr = to_file_attr(&e.attr);
+            reply.add(e.attr.ino.0, next_offset(e), &e.name, &ttl, &attr, 0)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e.errno()),
         }
     }

@@ -317,17 +317,22 @@ fn lookup_getattr_and_readdir_show_the_tree() {
     );
     assert_eq!(fs.getattr(b.ino).unwrap(), b);
 
-    let all = fs.readdir(album.ino, 0).unwrap();
+    let all = fs.readdir(album.ino, 0, 100).unwrap();
     let names: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, [".", "..", "b.flac", "cd1"]);
     assert_eq!(all[1].attr.ino, InodeNo::ROOT);
     // Resuming from an entry's offset continues after it.
-    let rest = fs.readdir(album.ino, all[2].next_offset).unwrap();
+    let rest = fs.readdir(album.ino, all[2].next_offset, 100).unwrap();
     assert_eq!(
         rest.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
         ["cd1"]
     );
-    assert!(fs.readdir(album.ino, 99).unwrap().is_empty());
+    assert!(fs.readdir(album.ino, 99, 100).unwrap().is_empty());
+    let two = fs.readdir(album.ino, 1, 2).unwrap();
+    assert_eq!(
+        two.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["..", "b.flac"]
+    );
 
     assert_eq!(
         fs.lookup(album.ino, OsStr::new("nope"))
@@ -339,7 +344,10 @@ fn lookup_getattr_and_readdir_show_the_tree() {
         fs.lookup(b.ino, OsStr::new("x")).unwrap_err().errno(),
         libc::ENOTDIR
     );
-    assert_eq!(fs.readdir(b.ino, 0).unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(
+        fs.readdir(b.ino, 0, 100).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
     assert_eq!(
         fs.getattr(InodeNo(12345)).unwrap_err().errno(),
         libc::ENOENT
