@@ -199,6 +199,17 @@ rust::Vec<std::uint32_t> Session::have_pieces(std::int64_t id) const {
 rust::Vec<AlertFfi> Session::wait_alerts(std::uint32_t timeout_ms) const {
     rust::Vec<AlertFfi> out;
     if (!session_->wait_for_alert(lt::milliseconds(timeout_ms))) return out;
+    // Not a cxx Result: a torrent removed meanwhile makes handle calls throw; report
+    // that as a session error rather than letting it cross the bridge.
+    try {
+        collect_alerts(out);
+    } catch (std::exception const& e) {
+        out.push_back(alert(AlertKind::SessionError, -1, 0, std::string("reading alerts: ") + e.what()));
+    }
+    return out;
+}
+
+void Session::collect_alerts(rust::Vec<AlertFfi>& out) const {
     std::vector<lt::alert*> alerts;
     session_->pop_alerts(&alerts);
     for (lt::alert const* a : alerts) {
@@ -231,7 +242,6 @@ rust::Vec<AlertFfi> Session::wait_alerts(std::uint32_t timeout_ms) const {
             out.push_back(alert(AlertKind::SessionError, -1, 0, p->message()));
         }
     }
-    return out;
 }
 
 MetainfoFfi parse_torrent(rust::Slice<std::uint8_t const> bytes) {

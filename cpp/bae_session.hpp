@@ -52,6 +52,7 @@ public:
 private:
     lt::torrent_handle find(std::int64_t id) const;
     std::int64_t id_of(lt::torrent_handle const& h) const;
+    void collect_alerts(rust::Vec<AlertFfi>& out) const;
 
     // Declared before session_: the disk object libtorrent owns refers to it, and
     // members are destroyed in reverse order.

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
-
 use bae::model::TorrentId;
 use bae::torrent::{parse_metainfo, AddOptions, Event, Session, SessionConfig, Source};
 use common::swarm::{expected_stream, make_album, python_torrent, wait_event, FileStorage, PyPeer};
@@ -21,13 +18,20 @@ const ALBUM: &[(&str, usize)] = &[
     ("album.cue", 999),
 ];
 
-/// bae downloads the album from a python seeder; returns the storage and the stream.
+/// bae downloads the album from a python seeder; the store's bytes must equal the album's.
 fn download(mode: &str, piece_len: u64, magnet: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let album = make_album(&tmp.path().join("seed"), "Album", ALBUM, piece_len);
     let (torrent, magnet_uri) =
         python_torrent(&album, &tmp.path().join("a.torrent"), piece_len, mode);
     let meta = parse_metainfo(&torrent).unwrap();
+    assert_eq!(meta.info_hash_v1().is_some(), mode != "v2");
+    assert_eq!(
+        meta.info_hash_v2().is_some(),
+        mode == "v2" || mode == "hybrid"
+    );
+    let has_pads = meta.layout.files.iter().any(|f| f.pad);
+    assert_eq!(has_pads, mode != "v1", "pad files in a {mode} torrent");
     let seeder = PyPeer::seed(&tmp.path().join("a.torrent"), &tmp.path().join("seed"));
 
     let storage = FileStorage::new(&tmp.path().join("store"));
@@ -112,7 +116,7 @@ fn seeds_to_a_python_leecher() {
 
     let storage = FileStorage::new(&tmp.path().join("store"));
     let t = TorrentId(1);
-    storage.prefill(t, expected_stream(&album, &meta.layout));
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
     let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
     session
         .add(t, Source::Metainfo(torrent), AddOptions::default())
@@ -128,6 +132,4 @@ fn seeds_to_a_python_leecher() {
         assert!(got == want, "{rel} differs");
     }
     assert!(storage.stats().bytes_read >= ALBUM.iter().map(|f| f.1 as u64).sum::<u64>());
-    let _ = Path::new("");
-    let _ = Arc::clone(&storage);
 }

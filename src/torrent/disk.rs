@@ -6,12 +6,14 @@
 //! - `write`: writes, check_files, clear_piece, stop/release barriers, close — one worker,
 //!   FIFO, so a barrier or a `piece_failed` runs after every write issued before it;
 //! - `hash`: v1/v2 piece and block hashes — one worker;
-//! - `read`: peer reads, which may fetch evicted chunks from the remote — two workers,
+//! - `read`: peer reads, which may fetch evicted chunks from the remote — four workers,
 //!   so a slow fetch never stalls writes or hashing.
 //!
-//! libtorrent hashes a piece, and may read a block, as soon as its last write is queued,
-//! not completed. Each slot therefore keeps the blocks handed to the write queue and not
-//! yet stored (`pending`); reads and hashes copy them over what the storage returns.
+//! libtorrent may read a block as soon as its write is queued, not completed. Each slot
+//! therefore keeps the blocks handed to the write queue and not yet stored (`pending`);
+//! reads copy them over what the storage returns. Hashes instead wait until the piece's
+//! pending blocks are stored: a piece is reported verified (and the store told so) only
+//! once every byte that was hashed is in the store.
 //!
 //! Every job completes exactly once: normally through `complete_job`, or — if a job is
 //! dropped (queue closed, panic in a storage implementation) — by the C++ destructor,
@@ -38,7 +40,7 @@ use crate::torrent::storage::{StorageError, TorrentLayout, TorrentStorage};
 pub(crate) const BLOCK_LEN: u64 = 16 * 1024;
 
 const SAVE_PATH_PREFIX: &str = "bae-torrent:";
-const READ_WORKERS: usize = 2;
+const READ_WORKERS: usize = 4;
 
 /// libtorrent's `save_path` for a torrent: the only per-torrent string that reaches
 /// `new_torrent`, so it carries the TorrentId. Absolute, because libtorrent makes a
@@ -82,10 +84,27 @@ struct Slot {
     prepared: Prepared,
     /// Blocks queued for writing and not yet stored: stream offset → (sequence, bytes).
     pending: Mutex<BTreeMap<u64, PendingBlock>>,
+    /// Signalled whenever a block leaves `pending`.
+    stored: Condvar,
     next_seq: Mutex<u64>,
 }
 
 impl Slot {
+    /// Blocks until no write overlapping `[offset, offset + len)` is pending.
+    fn wait_for_writes(&self, offset: u64, len: u64) {
+        let end = offset + len;
+        let mut pending = lock(&self.pending);
+        while pending
+            .range(offset.saturating_sub(BLOCK_LEN)..end)
+            .any(|(&at, (_, data))| at + data.len() as u64 > offset)
+        {
+            pending = self
+                .stored
+                .wait(pending)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
     /// Reads `buf.len()` stream bytes at `offset`, overlaid with pending writes. The
     /// overlay is snapshotted before reading the storage: a block that leaves `pending`
     /// meanwhile is in the storage by then.
@@ -344,6 +363,7 @@ impl DiskHandle {
             layout,
             prepared,
             pending: Mutex::new(BTreeMap::new()),
+            stored: Condvar::new(),
             next_seq: Mutex::new(0),
         });
         let mut slots = lock(&self.core.slots);
@@ -432,6 +452,7 @@ impl DiskHandle {
                 if pending.get(&start).is_some_and(|(s, _)| *s == seq) {
                     pending.remove(&start);
                 }
+                target.slot.stored.notify_all();
             }
             match result {
                 Ok(()) => ffi::complete_job(job, ok(Vec::new())),
@@ -464,6 +485,7 @@ impl DiskHandle {
             let read_len = if v1 { size_v1 } else { size_v2.min(size_v1) };
             let mut buf = vec![0u8; read_len as usize];
             let start = u64::from(piece.0) * layout.piece_len;
+            target.slot.wait_for_writes(start, read_len);
             if let Err(e) = target
                 .slot
                 .read_through(target.storage.as_ref(), target.torrent, start, &mut buf)
@@ -490,6 +512,7 @@ impl DiskHandle {
             }
             let mut buf = vec![0u8; (size_v2 - offset).min(BLOCK_LEN) as usize];
             let start = u64::from(piece) * layout.piece_len + offset;
+            target.slot.wait_for_writes(start, buf.len() as u64);
             match target
                 .slot
                 .read_through(target.storage.as_ref(), target.torrent, start, &mut buf)

@@ -130,3 +130,46 @@ pub fn create_torrent(
     ffi::make_torrent(dir_str, piece_len.unwrap_or(0), &trackers)
         .map_err(|e| create_err(e.what().to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_torrents_are_clear_errors() {
+        for bytes in [&b""[..], b"not bencode", b"d4:infod4:name1:xee", b"le"] {
+            let err = parse_metainfo(bytes).unwrap_err();
+            assert!(matches!(err, TorrentError::InvalidTorrent(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn magnets_are_parsed_and_bad_ones_rejected() {
+        let uri = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=Album&tr=http%3A%2F%2Ft.example%2Fannounce";
+        let m = parse_magnet(uri).unwrap();
+        assert_eq!(m.info_hash_v1.unwrap()[0], 0x01);
+        assert_eq!(m.info_hash_v2, None);
+        assert_eq!(m.display_name.as_deref(), Some("Album"));
+        assert_eq!(m.trackers, vec!["http://t.example/announce".to_owned()]);
+        for bad in ["", "http://x", "magnet:?dn=x", "magnet:?xt=urn:btih:zz"] {
+            assert!(
+                matches!(parse_magnet(bad), Err(TorrentError::InvalidMagnet(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn create_torrent_rejects_bad_input() {
+        let tmp = std::env::temp_dir().join("bae-no-such-dir-for-create");
+        assert!(matches!(
+            create_torrent(&tmp, None, &[]),
+            Err(TorrentError::Create { .. })
+        ));
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("cpp");
+        assert!(matches!(
+            create_torrent(&here, Some(48 << 10), &[]),
+            Err(TorrentError::Create { .. })
+        ));
+    }
+}

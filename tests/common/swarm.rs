@@ -76,9 +76,9 @@ pub struct PyPeer {
 }
 
 impl PyPeer {
-    fn spawn(args: &[&std::ffi::OsStr]) -> PyPeer {
+    fn spawn(script_name: &str, args: &[&std::ffi::OsStr]) -> PyPeer {
         let mut child = Command::new(PYTHON)
-            .arg(script("peer.py"))
+            .arg(script(script_name))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -102,7 +102,10 @@ impl PyPeer {
 
     /// Starts a seeder of `torrent` whose data is under `save_dir`; returns once seeding.
     pub fn seed(torrent: &Path, save_dir: &Path) -> PyPeer {
-        let mut peer = PyPeer::spawn(&["seed".as_ref(), torrent.as_os_str(), save_dir.as_os_str()]);
+        let mut peer = PyPeer::spawn(
+            "peer.py",
+            &["seed".as_ref(), torrent.as_os_str(), save_dir.as_os_str()],
+        );
         let line = peer.wait_line("PORT");
         peer.port = line["PORT ".len()..].parse().unwrap();
         peer
@@ -111,12 +114,23 @@ impl PyPeer {
     /// Starts a leecher of `torrent` into `save_dir`, dialling `from`.
     pub fn leech(torrent: &Path, save_dir: &Path, from: SocketAddr) -> PyPeer {
         let from = from.to_string();
-        PyPeer::spawn(&[
-            "leech".as_ref(),
-            torrent.as_os_str(),
-            save_dir.as_os_str(),
-            from.as_ref(),
-        ])
+        PyPeer::spawn(
+            "peer.py",
+            &[
+                "leech".as_ref(),
+                torrent.as_os_str(),
+                save_dir.as_os_str(),
+                from.as_ref(),
+            ],
+        )
+    }
+
+    /// Starts a peer that claims every piece of `torrent` (v1) and sends garbage.
+    pub fn corrupt_seeder(torrent: &Path) -> PyPeer {
+        let mut peer = PyPeer::spawn("corrupt_seeder.py", &[torrent.as_os_str()]);
+        let line = peer.wait_line("PORT");
+        peer.port = line["PORT ".len()..].parse().unwrap();
+        peer
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -182,8 +196,9 @@ struct Stored {
 pub struct FileStorage {
     dir: PathBuf,
     torrents: Mutex<HashMap<TorrentId, Stored>>,
-    /// Streams written before the torrent is added (seeding tests): all pieces verified.
-    prefilled: Mutex<HashMap<TorrentId, Vec<u8>>>,
+    /// Streams written before the torrent is added, and whether their pieces count as
+    /// verified (seeding) or not (import, to be checked by libtorrent).
+    prefilled: Mutex<HashMap<TorrentId, (Vec<u8>, bool)>>,
     pub stats: Mutex<Stats>,
 }
 
@@ -205,9 +220,9 @@ impl FileStorage {
         })
     }
 
-    /// Makes `t`'s stream be `stream` with every piece verified when it is opened.
-    pub fn prefill(&self, t: TorrentId, stream: Vec<u8>) {
-        self.prefilled.lock().unwrap().insert(t, stream);
+    /// Makes `t`'s stream be `stream` when it is opened, every piece verified or none.
+    pub fn prefill(&self, t: TorrentId, stream: Vec<u8>, verified: bool) {
+        self.prefilled.lock().unwrap().insert(t, (stream, verified));
     }
 
     /// The whole content stream of `t` (pads included).
@@ -249,9 +264,9 @@ impl TorrentStorage for FileStorage {
         file.set_len(layout.total_len).map_err(io)?;
         let pieces = layout.num_pieces() as usize;
         let verified = match self.prefilled.lock().unwrap().remove(&t) {
-            Some(stream) => {
+            Some((stream, verified)) => {
                 file.write_all_at(&stream, 0).map_err(io)?;
-                vec![true; pieces]
+                vec![verified; pieces]
             }
             None => vec![false; pieces],
         };
