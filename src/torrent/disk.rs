@@ -1,0 +1,638 @@
+//! Rust's half of libtorrent's disk subsystem: the storages libtorrent opened, the job
+//! queues, and the workers that run jobs against [`TorrentStorage`].
+//!
+//! The C++ `BaeDisk` calls the `submit_*` methods on libtorrent's network thread; they
+//! only copy and enqueue, never block on I/O. Three queues keep slow work apart:
+//! - `write`: writes, check_files, clear_piece, stop/release barriers, close — one worker,
+//!   FIFO, so a barrier or a `piece_failed` runs after every write issued before it;
+//! - `hash`: v1/v2 piece and block hashes — one worker;
+//! - `read`: peer reads, which may fetch evicted chunks from the remote — four workers,
+//!   so a slow fetch never stalls writes or hashing.
+//!
+//! libtorrent may read a block as soon as its write is queued, not completed. Each slot
+//! therefore keeps the blocks handed to the write queue and not yet stored (`pending`);
+//! reads copy them over what the storage returns. Hashes instead wait until the piece's
+//! pending blocks are stored: a piece is reported verified (and the store told so) only
+//! once every byte that was hashed is in the store.
+//!
+//! Every job completes exactly once: normally through `complete_job`, or — if a job is
+//! dropped (queue closed, panic in a storage implementation) — by the C++ destructor,
+//! which posts `operation_aborted`. Nothing here panics into C++.
+//!
+//! Lock order: `slots` → `prepared` are never held together with a slot's `pending`;
+//! each lock is held only for map operations, never across storage calls.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use cxx::UniquePtr;
+use sha1::{Digest, Sha1};
+use sha2::Sha256;
+
+use crate::model::{PieceIndex, TorrentId};
+use crate::torrent::bridge::ffi::{self, CheckStatus, DiskJob, DiskOp, JobResult};
+use crate::torrent::metainfo::layout_from_ffi;
+use crate::torrent::storage::{StorageError, TorrentLayout, TorrentStorage};
+
+/// BitTorrent's block size: v2 hashes one leaf per block.
+pub(crate) const BLOCK_LEN: u64 = 16 * 1024;
+
+const SAVE_PATH_PREFIX: &str = "bae-torrent:";
+const READ_WORKERS: usize = 4;
+
+/// libtorrent's `save_path` for a torrent: the only per-torrent string that reaches
+/// `new_torrent`, so it carries the TorrentId. Absolute, because libtorrent makes a
+/// relative save_path absolute; nothing is ever created there.
+pub(crate) fn save_path_for(t: TorrentId) -> String {
+    format!("/{SAVE_PATH_PREFIX}{}", t.0)
+}
+
+fn torrent_of_save_path(path: &str) -> Option<TorrentId> {
+    path.rsplit('/')
+        .next()?
+        .strip_prefix(SAVE_PATH_PREFIX)?
+        .parse()
+        .ok()
+        .map(TorrentId)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What `Session::add` learned about a torrent before libtorrent creates its storage.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Prepared {
+    /// `open()` already ran and its have-pieces went into add_torrent_params.
+    pub opened: bool,
+    /// Hash the existing data once (import) instead of trusting the have-pieces.
+    pub full_check: bool,
+    pub info_hash_v1: Option<[u8; 20]>,
+    pub info_hash_v2: Option<[u8; 32]>,
+}
+
+/// A block queued for writing: its write sequence number and bytes.
+type PendingBlock = (u64, Arc<[u8]>);
+
+/// One storage libtorrent opened.
+struct Slot {
+    /// None when libtorrent's save_path was not ours: every job then fails.
+    torrent: Option<TorrentId>,
+    layout: TorrentLayout,
+    prepared: Prepared,
+    /// Blocks queued for writing and not yet stored: stream offset → (sequence, bytes).
+    pending: Mutex<BTreeMap<u64, PendingBlock>>,
+    /// Signalled whenever a block leaves `pending`.
+    stored: Condvar,
+    next_seq: Mutex<u64>,
+}
+
+impl Slot {
+    /// Blocks until no write overlapping `[offset, offset + len)` is pending.
+    fn wait_for_writes(&self, offset: u64, len: u64) {
+        let end = offset + len;
+        let mut pending = lock(&self.pending);
+        while pending
+            .range(offset.saturating_sub(BLOCK_LEN)..end)
+            .any(|(&at, (_, data))| at + data.len() as u64 > offset)
+        {
+            pending = self
+                .stored
+                .wait(pending)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Reads `buf.len()` stream bytes at `offset`, overlaid with pending writes. The
+    /// overlay is snapshotted before reading the storage: a block that leaves `pending`
+    /// meanwhile is in the storage by then.
+    fn read_through(
+        &self,
+        storage: &dyn TorrentStorage,
+        t: TorrentId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let end = offset + buf.len() as u64;
+        let overlay: Vec<(u64, Arc<[u8]>)> = {
+            let pending = lock(&self.pending);
+            let first = offset.saturating_sub(BLOCK_LEN);
+            pending
+                .range(first..end)
+                .map(|(&at, (_, data))| (at, Arc::clone(data)))
+                .filter(|(at, data)| at + data.len() as u64 > offset)
+                .collect()
+        };
+        storage.read(t, offset, buf)?;
+        for (at, data) in overlay {
+            let from = at.max(offset);
+            let to = (at + data.len() as u64).min(end);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            dst.copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
+        }
+        Ok(())
+    }
+}
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// A FIFO of tasks served by its own workers until closed; closing lets the workers
+/// drain what is queued, then exit.
+struct Queue {
+    state: Mutex<(VecDeque<Task>, bool)>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn new() -> Arc<Queue> {
+        Arc::new(Queue {
+            state: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn push(&self, task: Task) {
+        let mut state = lock(&self.state);
+        // A task pushed after close is dropped; its DiskJob completes as aborted.
+        if !state.1 {
+            state.0.push_back(task);
+            self.ready.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.state).1 = true;
+        self.ready.notify_all();
+    }
+
+    fn run(&self) {
+        loop {
+            let task = {
+                let mut state = lock(&self.state);
+                loop {
+                    if let Some(task) = state.0.pop_front() {
+                        break task;
+                    }
+                    if state.1 {
+                        return;
+                    }
+                    state = self
+                        .ready
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            };
+            // A panicking storage must not take the worker down; the job's DiskJob is
+            // dropped during unwinding and completes as aborted.
+            if catch_unwind(AssertUnwindSafe(task)).is_err() {
+                tracing::error!("a disk job panicked; it was reported to libtorrent as aborted");
+            }
+        }
+    }
+}
+
+/// Shared state of the disk subsystem; owned by the Rust `Session` and, through
+/// [`DiskHandle`], by the C++ disk object.
+pub(crate) struct DiskCore {
+    storage: Arc<dyn TorrentStorage>,
+    slots: Mutex<Vec<Option<Arc<Slot>>>>,
+    prepared: Mutex<HashMap<TorrentId, Prepared>>,
+    write_q: Arc<Queue>,
+    hash_q: Arc<Queue>,
+    read_q: Arc<Queue>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl DiskCore {
+    pub(crate) fn start(storage: Arc<dyn TorrentStorage>) -> std::io::Result<Arc<DiskCore>> {
+        let core = Arc::new(DiskCore {
+            storage,
+            slots: Mutex::new(Vec::new()),
+            prepared: Mutex::new(HashMap::new()),
+            write_q: Queue::new(),
+            hash_q: Queue::new(),
+            read_q: Queue::new(),
+            workers: Mutex::new(Vec::new()),
+        });
+        let mut queues = vec![
+            ("bae-disk-write", &core.write_q),
+            ("bae-disk-hash", &core.hash_q),
+        ];
+        queues.extend((0..READ_WORKERS).map(|_| ("bae-disk-read", &core.read_q)));
+        for (name, queue) in queues {
+            let queue = Arc::clone(queue);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || queue.run());
+            match handle {
+                Ok(handle) => lock(&core.workers).push(handle),
+                Err(e) => {
+                    core.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(core)
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<dyn TorrentStorage> {
+        &self.storage
+    }
+
+    /// Records what the next storage libtorrent creates for `t` should know.
+    pub(crate) fn prepare(&self, t: TorrentId, prepared: Prepared) {
+        lock(&self.prepared).insert(t, prepared);
+    }
+
+    pub(crate) fn unprepare(&self, t: TorrentId) -> Option<Prepared> {
+        lock(&self.prepared).remove(&t)
+    }
+
+    /// Stops taking jobs, lets the workers finish what is queued, joins them. Idempotent.
+    pub(crate) fn shutdown(&self) {
+        for q in [&self.write_q, &self.hash_q, &self.read_q] {
+            q.close();
+        }
+        let workers: Vec<_> = lock(&self.workers).drain(..).collect();
+        for w in workers {
+            if w.join().is_err() {
+                tracing::error!("a disk worker panicked");
+            }
+        }
+    }
+
+    fn slot(&self, index: u32) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(index as usize).cloned().flatten()
+    }
+}
+
+impl Drop for DiskCore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The handle C++ holds (as `rust::Box<DiskHandle>`) to call into the disk subsystem.
+pub struct DiskHandle {
+    core: Arc<DiskCore>,
+}
+
+impl DiskHandle {
+    pub(crate) fn new(core: Arc<DiskCore>) -> Self {
+        DiskHandle { core }
+    }
+}
+
+fn ok(data: Vec<u8>) -> JobResult {
+    JobResult {
+        os_error: 0,
+        op: DiskOp::Read,
+        data,
+        check: CheckStatus::Ok,
+    }
+}
+
+fn failed(op: DiskOp, err: &StorageError) -> JobResult {
+    let os_error = match err {
+        StorageError::Io(_) | StorageError::Fetch(_) => libc::EIO,
+        StorageError::NotFound => libc::ENOENT,
+        StorageError::NoSpace => libc::ENOSPC,
+    };
+    JobResult {
+        os_error,
+        op,
+        data: Vec::new(),
+        check: CheckStatus::Fatal,
+    }
+}
+
+fn invalid(op: DiskOp) -> JobResult {
+    JobResult {
+        os_error: libc::EINVAL,
+        op,
+        data: Vec::new(),
+        check: CheckStatus::Fatal,
+    }
+}
+
+/// Everything a task needs about its storage, checked at submit time.
+struct Target {
+    slot: Arc<Slot>,
+    torrent: TorrentId,
+    storage: Arc<dyn TorrentStorage>,
+}
+
+impl DiskHandle {
+    /// Resolves a storage index, or completes `job` with EINVAL and returns None.
+    fn target(
+        &self,
+        index: u32,
+        op: DiskOp,
+        job: &mut Option<UniquePtr<DiskJob>>,
+    ) -> Option<Target> {
+        let slot = self.core.slot(index);
+        match slot.as_ref().and_then(|s| s.torrent) {
+            Some(torrent) => Some(Target {
+                slot: slot?,
+                torrent,
+                storage: Arc::clone(&self.core.storage),
+            }),
+            None => {
+                tracing::error!(index, "disk job for an unknown storage");
+                if let Some(job) = job.take() {
+                    ffi::complete_job(job, invalid(op));
+                }
+                None
+            }
+        }
+    }
+
+    pub fn open_storage(&self, index: u32, save_path: &str, layout: ffi::Layout) {
+        let torrent = torrent_of_save_path(save_path);
+        if torrent.is_none() {
+            tracing::error!(save_path, "libtorrent opened a storage that is not bae's");
+        }
+        let prepared = torrent
+            .and_then(|t| self.core.unprepare(t))
+            .unwrap_or_default();
+        let layout = layout_from_ffi(layout, prepared.info_hash_v1, prepared.info_hash_v2);
+        let slot = Arc::new(Slot {
+            torrent,
+            layout,
+            prepared,
+            pending: Mutex::new(BTreeMap::new()),
+            stored: Condvar::new(),
+            next_seq: Mutex::new(0),
+        });
+        let mut slots = lock(&self.core.slots);
+        let index = index as usize;
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
+        }
+        slots[index] = Some(slot);
+    }
+
+    pub fn close_storage(&self, index: u32) {
+        let slot = lock(&self.core.slots)
+            .get_mut(index as usize)
+            .and_then(Option::take);
+        let Some(slot) = slot else { return };
+        let Some(t) = slot.torrent else { return };
+        let storage = Arc::clone(&self.core.storage);
+        // Behind every write already queued for this storage.
+        self.core.write_q.push(Box::new(move || storage.close(t)));
+    }
+
+    pub fn submit_read(
+        &self,
+        index: u32,
+        piece: u32,
+        offset: u32,
+        len: u32,
+        job: UniquePtr<DiskJob>,
+    ) {
+        let mut job = Some(job);
+        let Some(target) = self.target(index, DiskOp::Read, &mut job) else {
+            return;
+        };
+        let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
+        self.core.read_q.push(Box::new(move || {
+            let Some(job) = job else { return };
+            if start + u64::from(len) > target.slot.layout.total_len {
+                return ffi::complete_job(job, invalid(DiskOp::Read));
+            }
+            let mut buf = vec![0u8; len as usize];
+            let result = target
+                .slot
+                .read_through(target.storage.as_ref(), target.torrent, start, &mut buf);
+            match result {
+                Ok(()) => ffi::complete_job(job, ok(buf)),
+                Err(e) => {
+                    tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "read failed");
+                    ffi::complete_job(job, failed(DiskOp::Read, &e))
+                }
+            }
+        }));
+    }
+
+    pub fn submit_write(
+        &self,
+        index: u32,
+        piece: u32,
+        offset: u32,
+        data: &[u8],
+        job: UniquePtr<DiskJob>,
+    ) {
+        let mut job = Some(job);
+        let Some(target) = self.target(index, DiskOp::Write, &mut job) else {
+            return;
+        };
+        let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
+        if start + data.len() as u64 > target.slot.layout.total_len {
+            if let Some(job) = job {
+                ffi::complete_job(job, invalid(DiskOp::Write));
+            }
+            return;
+        }
+        // libtorrent's buffer is only valid during this call: copy it now.
+        let data: Arc<[u8]> = Arc::from(data);
+        let seq = {
+            let mut next = lock(&target.slot.next_seq);
+            *next += 1;
+            *next
+        };
+        lock(&target.slot.pending).insert(start, (seq, Arc::clone(&data)));
+        self.core.write_q.push(Box::new(move || {
+            let Some(job) = job else { return };
+            let result = target.storage.write(target.torrent, start, &data);
+            {
+                let mut pending = lock(&target.slot.pending);
+                if pending.get(&start).is_some_and(|(s, _)| *s == seq) {
+                    pending.remove(&start);
+                }
+                target.slot.stored.notify_all();
+            }
+            match result {
+                Ok(()) => ffi::complete_job(job, ok(Vec::new())),
+                Err(e) => {
+                    tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "write failed");
+                    ffi::complete_job(job, failed(DiskOp::Write, &e))
+                }
+            }
+        }));
+    }
+
+    pub fn submit_hash(
+        &self,
+        index: u32,
+        piece: u32,
+        v1: bool,
+        v2_blocks: u32,
+        job: UniquePtr<DiskJob>,
+    ) {
+        let mut job = Some(job);
+        let Some(target) = self.target(index, DiskOp::Read, &mut job) else {
+            return;
+        };
+        self.core.hash_q.push(Box::new(move || {
+            let Some(job) = job else { return };
+            let layout = &target.slot.layout;
+            let piece = PieceIndex(piece);
+            let size_v1 = layout.piece_size(piece);
+            let size_v2 = if v2_blocks > 0 { layout.piece_size_v2(piece) } else { 0 };
+            let read_len = if v1 { size_v1 } else { size_v2.min(size_v1) };
+            let mut buf = vec![0u8; read_len as usize];
+            let start = u64::from(piece.0) * layout.piece_len;
+            target.slot.wait_for_writes(start, read_len);
+            if let Err(e) = target
+                .slot
+                .read_through(target.storage.as_ref(), target.torrent, start, &mut buf)
+            {
+                tracing::warn!(torrent = %target.torrent, piece = piece.0, error = %e, "hash read failed");
+                return ffi::complete_job(job, failed(DiskOp::Read, &e));
+            }
+            ffi::complete_job(job, ok(piece_hashes(&buf, v1, size_v2, v2_blocks)));
+        }));
+    }
+
+    pub fn submit_hash2(&self, index: u32, piece: u32, offset: u32, job: UniquePtr<DiskJob>) {
+        let mut job = Some(job);
+        let Some(target) = self.target(index, DiskOp::Read, &mut job) else {
+            return;
+        };
+        self.core.hash_q.push(Box::new(move || {
+            let Some(job) = job else { return };
+            let layout = &target.slot.layout;
+            let size_v2 = layout.piece_size_v2(PieceIndex(piece));
+            let offset = u64::from(offset);
+            if offset >= size_v2 {
+                return ffi::complete_job(job, invalid(DiskOp::Read));
+            }
+            let mut buf = vec![0u8; (size_v2 - offset).min(BLOCK_LEN) as usize];
+            let start = u64::from(piece) * layout.piece_len + offset;
+            target.slot.wait_for_writes(start, buf.len() as u64);
+            match target
+                .slot
+                .read_through(target.storage.as_ref(), target.torrent, start, &mut buf)
+            {
+                Ok(()) => ffi::complete_job(job, ok(Sha256::digest(&buf).to_vec())),
+                Err(e) => ffi::complete_job(job, failed(DiskOp::Read, &e)),
+            }
+        }));
+    }
+
+    pub fn submit_check(&self, index: u32, job: UniquePtr<DiskJob>) {
+        let mut job = Some(job);
+        let Some(target) = self.target(index, DiskOp::Check, &mut job) else {
+            return;
+        };
+        self.core.write_q.push(Box::new(move || {
+            let Some(job) = job else { return };
+            let prepared = &target.slot.prepared;
+            let mut result = ok(Vec::new());
+            result.op = DiskOp::Check;
+            if prepared.opened {
+                // The have-pieces given at add time came from the store.
+                if prepared.full_check {
+                    result.check = CheckStatus::NeedFullCheck;
+                }
+                return ffi::complete_job(job, result);
+            }
+            // A magnet whose metadata just arrived: the store learns the layout now.
+            match target.storage.open(target.torrent, &target.slot.layout) {
+                Ok(have) => {
+                    if prepared.full_check || have.iter().any(|&h| h) {
+                        // libtorrent was not told about these pieces: let it hash them once.
+                        result.check = CheckStatus::NeedFullCheck;
+                    }
+                    ffi::complete_job(job, result)
+                }
+                Err(e) => {
+                    tracing::error!(torrent = %target.torrent, error = %e, "opening the storage failed");
+                    ffi::complete_job(job, failed(DiskOp::Check, &e))
+                }
+            }
+        }));
+    }
+
+    pub fn submit_clear_piece(&self, index: u32, piece: u32, job: UniquePtr<DiskJob>) {
+        let mut job = Some(job);
+        let Some(target) = self.target(index, DiskOp::Write, &mut job) else {
+            return;
+        };
+        // Queued behind the piece's writes, so the store hears of the failure before any
+        // block of the piece is written again.
+        self.core.write_q.push(Box::new(move || {
+            let Some(job) = job else { return };
+            target
+                .storage
+                .piece_failed(target.torrent, PieceIndex(piece));
+            ffi::complete_job(job, ok(Vec::new()));
+        }));
+    }
+
+    pub fn submit_flush(&self, index: u32, job: UniquePtr<DiskJob>) {
+        // A barrier: completes once every write queued before it is stored. Also used
+        // for storages that are gone (nothing left to flush).
+        self.core.write_q.push(Box::new(move || {
+            let _ = index;
+            ffi::complete_job(job, ok(Vec::new()));
+        }));
+    }
+
+    pub fn shutdown(&self) {
+        self.core.shutdown();
+    }
+}
+
+/// The answer to libtorrent's `async_hash`: 20 bytes of SHA-1 over `piece` (zeros if
+/// `v1` is false), then one SHA-256 per 16 KiB block of the piece's first `size_v2`
+/// bytes (the last block may be short), at most `v2_blocks` of them.
+fn piece_hashes(piece: &[u8], v1: bool, size_v2: u64, v2_blocks: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + 32 * v2_blocks as usize);
+    if v1 {
+        out.extend_from_slice(&Sha1::digest(piece));
+    } else {
+        out.extend_from_slice(&[0u8; 20]);
+    }
+    let v2_data = &piece[..(size_v2 as usize).min(piece.len())];
+    for block in v2_data.chunks(BLOCK_LEN as usize).take(v2_blocks as usize) {
+        out.extend_from_slice(&Sha256::digest(block));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_path_round_trips_the_torrent_id() {
+        let t = TorrentId(42);
+        assert_eq!(torrent_of_save_path(&save_path_for(t)), Some(t));
+        assert_eq!(torrent_of_save_path("/home/x"), None);
+        assert_eq!(torrent_of_save_path("/bae-torrent:x"), None);
+        assert_eq!(
+            torrent_of_save_path("/cwd/bae-torrent:3"),
+            Some(TorrentId(3))
+        );
+    }
+
+    #[test]
+    fn piece_hashes_cover_v1_and_short_v2_blocks() {
+        let piece: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let out = piece_hashes(&piece, true, 36_000, 4);
+        assert_eq!(&out[..20], Sha1::digest(&piece).as_slice());
+        // 36 000 bytes: two full blocks and one of 3 232 bytes.
+        assert_eq!(out.len(), 20 + 3 * 32);
+        assert_eq!(
+            &out[20 + 64..],
+            Sha256::digest(&piece[32_768..36_000]).as_slice()
+        );
+        let v2_only = piece_hashes(&piece[..16_384], false, 16_384, 2);
+        assert_eq!(&v2_only[..20], &[0u8; 20]);
+        assert_eq!(v2_only.len(), 20 + 32);
+    }
+}

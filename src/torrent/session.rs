@@ -1,0 +1,456 @@
+//! A libtorrent session whose disk I/O goes through bae's [`TorrentStorage`], with a
+//! safe API keyed by [`TorrentId`] and a stream of [`Event`]s.
+//!
+//! Threads: libtorrent's network thread (C++), the disk workers (`disk.rs`), and one
+//! alert thread started here, which turns alerts into store calls (`pieces_verified`)
+//! and events. Dropping the [`Session`] stops the alert thread, then destroys the
+//! libtorrent session, which destroys the C++ disk object, which joins the disk workers.
+//!
+//! Lock order: `torrents` → `sweep`; neither is held across a libtorrent call.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use cxx::UniquePtr;
+
+use crate::model::{PieceIndex, TorrentId};
+use crate::torrent::bridge::ffi;
+use crate::torrent::disk::{save_path_for, DiskCore, DiskHandle, Prepared};
+use crate::torrent::metainfo::{parse_magnet, parse_metainfo};
+use crate::torrent::storage::TorrentStorage;
+use crate::torrent::TorrentError;
+
+/// How long the alert thread waits for alerts before checking for shutdown.
+const ALERT_WAIT_MS: u32 = 200;
+
+/// Session settings. Tests use [`SessionConfig::loopback`].
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// libtorrent's `listen_interfaces`, e.g. "0.0.0.0:6881" or "127.0.0.1:0".
+    pub listen_interfaces: String,
+    pub enable_dht: bool,
+    pub enable_lsd: bool,
+    pub enable_upnp: bool,
+    pub enable_natpmp: bool,
+    /// uTP crawls over loopback with libtorrent 2.0.8; TCP only in tests.
+    pub enable_utp: bool,
+    /// Needed when every peer is on 127.0.0.1.
+    pub allow_multiple_connections_per_ip: bool,
+    pub storage: Arc<dyn TorrentStorage>,
+}
+
+impl SessionConfig {
+    /// Listens on 127.0.0.1 (a free port), TCP only, no DHT/LSD/UPnP/NAT-PMP: for tests.
+    pub fn loopback(storage: Arc<dyn TorrentStorage>) -> Self {
+        SessionConfig {
+            listen_interfaces: "127.0.0.1:0".into(),
+            enable_dht: false,
+            enable_lsd: false,
+            enable_upnp: false,
+            enable_natpmp: false,
+            enable_utp: false,
+            allow_multiple_connections_per_ip: true,
+            storage,
+        }
+    }
+}
+
+/// Where a torrent's metadata comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A bencoded .torrent.
+    Metainfo(Vec<u8>),
+    /// A magnet link: metadata comes from peers ([`Event::MetadataReceived`]).
+    Magnet(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AddOptions {
+    pub paused: bool,
+    /// Peers to connect to right away.
+    pub peers: Vec<SocketAddr>,
+    /// Hash the data already in the store once (for `bae import`) instead of trusting
+    /// the store's verified pieces.
+    pub full_check: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TorrentState {
+    CheckingFiles,
+    DownloadingMetadata,
+    Downloading,
+    Finished,
+    Seeding,
+    CheckingResume,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TorrentStatus {
+    pub state: TorrentState,
+    pub paused: bool,
+    /// 0.0 ..= 1.0
+    pub progress: f32,
+    pub download_rate_bps: u64,
+    pub upload_rate_bps: u64,
+    pub peers: u32,
+    pub seeds: u32,
+    pub pieces_have: u32,
+    /// 0 until the metadata is known.
+    pub pieces_total: u32,
+    pub total_done_bytes: u64,
+    pub total_wanted_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// What happened in the session, in the order libtorrent reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A magnet's metadata arrived: the bencoded torrent (its info dict exactly as
+    /// received, so the info hash is unchanged) to keep for re-adding.
+    MetadataReceived {
+        t: TorrentId,
+        torrent_bytes: Vec<u8>,
+    },
+    /// A piece passed its hash check; the store was told before this event was sent.
+    PieceFinished { t: TorrentId, piece: PieceIndex },
+    /// A piece failed its hash check; it will be downloaded again.
+    HashFailed { t: TorrentId, piece: PieceIndex },
+    /// The torrent's data was checked (after add, or after a full check).
+    TorrentChecked { t: TorrentId },
+    /// Every wanted piece is verified.
+    TorrentFinished { t: TorrentId },
+    /// A torrent (or, with `t: None`, the session) hit an error.
+    Error {
+        t: Option<TorrentId>,
+        message: String,
+    },
+}
+
+struct Inner {
+    ffi: UniquePtr<ffi::Session>,
+    disk: Arc<DiskCore>,
+    torrents: Mutex<HashSet<TorrentId>>,
+    /// Torrents whose verified pieces the store must be told once checked (magnets,
+    /// full checks): libtorrent learned them by hashing, not from the store.
+    sweep: Mutex<HashSet<TorrentId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn session_err(e: cxx::Exception) -> TorrentError {
+    TorrentError::Session(e.what().to_owned())
+}
+
+/// A running libtorrent session. See the module doc for threads and shutdown.
+pub struct Session {
+    inner: Arc<Inner>,
+    stop: Arc<AtomicBool>,
+    alert_thread: Option<JoinHandle<()>>,
+    events: Mutex<Option<Receiver<Event>>>,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig) -> Result<Session, TorrentError> {
+        let disk = DiskCore::start(Arc::clone(&config.storage)).map_err(TorrentError::Workers)?;
+        let opts = ffi::SessionOptions {
+            listen_interfaces: config.listen_interfaces.clone(),
+            enable_dht: config.enable_dht,
+            enable_lsd: config.enable_lsd,
+            enable_upnp: config.enable_upnp,
+            enable_natpmp: config.enable_natpmp,
+            enable_utp: config.enable_utp,
+            allow_multiple_connections_per_ip: config.allow_multiple_connections_per_ip,
+        };
+        let handle = Box::new(DiskHandle::new(Arc::clone(&disk)));
+        let ffi = ffi::new_session(&opts, handle).map_err(session_err)?;
+        let inner = Arc::new(Inner {
+            ffi,
+            disk,
+            torrents: Mutex::new(HashSet::new()),
+            sweep: Mutex::new(HashSet::new()),
+        });
+        let (tx, rx) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let alert_thread = {
+            let inner = Arc::clone(&inner);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("bae-alerts".into())
+                .spawn(move || alert_loop(&inner, &stop, &tx))
+                .map_err(TorrentError::Workers)?
+        };
+        Ok(Session {
+            inner,
+            stop,
+            alert_thread: Some(alert_thread),
+            events: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The session's events. Returns the receiver once; later calls get None.
+    pub fn take_events(&self) -> Option<Receiver<Event>> {
+        lock(&self.events).take()
+    }
+
+    /// The TCP port libtorrent listens on (0 if it listens nowhere).
+    pub fn listen_port(&self) -> u16 {
+        self.inner.ffi.listen_port()
+    }
+
+    /// Adds a torrent. For a .torrent, the store is opened first and its verified pieces
+    /// become the torrent's have-pieces, so nothing verified is checked or downloaded
+    /// again. For a magnet, the store is opened once the metadata arrives.
+    pub fn add(&self, t: TorrentId, source: Source, opts: AddOptions) -> Result<(), TorrentError> {
+        if lock(&self.inner.torrents).contains(&t) {
+            return Err(TorrentError::AlreadyAdded(t));
+        }
+        let storage = self.inner.disk.storage();
+        let mut req = ffi::AddRequest {
+            id: t.0,
+            save_path: save_path_for(t),
+            torrent_bytes: Vec::new(),
+            magnet: String::new(),
+            have_pieces: Vec::new(),
+            paused: opts.paused,
+            peers: opts.peers.iter().map(SocketAddr::to_string).collect(),
+        };
+        let prepared = match source {
+            Source::Metainfo(bytes) => {
+                let meta = parse_metainfo(&bytes)?;
+                let have = storage.open(t, &meta.layout)?;
+                if have.len() != meta.layout.num_pieces() as usize {
+                    storage.close(t);
+                    return Err(TorrentError::HaveMismatch {
+                        t,
+                        got: have.len(),
+                        pieces: meta.layout.num_pieces(),
+                    });
+                }
+                req.have_pieces = have.iter().map(|&h| u8::from(h)).collect();
+                req.torrent_bytes = bytes;
+                Prepared {
+                    opened: true,
+                    full_check: opts.full_check,
+                    info_hash_v1: meta.info_hash_v1(),
+                    info_hash_v2: meta.info_hash_v2(),
+                }
+            }
+            Source::Magnet(uri) => {
+                let magnet = parse_magnet(&uri)?;
+                req.magnet = uri;
+                Prepared {
+                    opened: false,
+                    full_check: opts.full_check,
+                    info_hash_v1: magnet.info_hash_v1,
+                    info_hash_v2: magnet.info_hash_v2,
+                }
+            }
+        };
+        let opened = prepared.opened;
+        if !opened || opts.full_check {
+            lock(&self.inner.sweep).insert(t);
+        }
+        self.inner.disk.prepare(t, prepared);
+        lock(&self.inner.torrents).insert(t);
+        if let Err(e) = self.inner.ffi.add_torrent(&req) {
+            lock(&self.inner.torrents).remove(&t);
+            lock(&self.inner.sweep).remove(&t);
+            self.inner.disk.unprepare(t);
+            if opened {
+                storage.close(t);
+            }
+            return Err(TorrentError::Add {
+                t,
+                reason: e.what().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn known(&self, t: TorrentId) -> Result<(), TorrentError> {
+        if lock(&self.inner.torrents).contains(&t) {
+            Ok(())
+        } else {
+            Err(TorrentError::UnknownTorrent(t))
+        }
+    }
+
+    /// Removes a torrent from the session; the store's data stays (the store is closed
+    /// once libtorrent releases the storage).
+    pub fn remove(&self, t: TorrentId) -> Result<(), TorrentError> {
+        self.known(t)?;
+        self.inner.ffi.remove_torrent(t.0).map_err(session_err)?;
+        lock(&self.inner.torrents).remove(&t);
+        lock(&self.inner.sweep).remove(&t);
+        Ok(())
+    }
+
+    pub fn pause(&self, t: TorrentId) -> Result<(), TorrentError> {
+        self.known(t)?;
+        self.inner.ffi.pause_torrent(t.0).map_err(session_err)
+    }
+
+    pub fn resume(&self, t: TorrentId) -> Result<(), TorrentError> {
+        self.known(t)?;
+        self.inner.ffi.resume_torrent(t.0).map_err(session_err)
+    }
+
+    /// Asks libtorrent to have `piece` within `deadline_ms` (streaming reads).
+    pub fn set_piece_deadline(
+        &self,
+        t: TorrentId,
+        piece: PieceIndex,
+        deadline_ms: u32,
+    ) -> Result<(), TorrentError> {
+        self.known(t)?;
+        let deadline_ms = i32::try_from(deadline_ms).unwrap_or(i32::MAX);
+        self.inner
+            .ffi
+            .set_piece_deadline(t.0, piece.0, deadline_ms)
+            .map_err(session_err)
+    }
+
+    /// libtorrent piece priority: 0 (skip) ..= 7 (top).
+    pub fn set_piece_priority(
+        &self,
+        t: TorrentId,
+        piece: PieceIndex,
+        priority: u8,
+    ) -> Result<(), TorrentError> {
+        self.known(t)?;
+        self.inner
+            .ffi
+            .set_piece_priority(t.0, piece.0, priority.min(7))
+            .map_err(session_err)
+    }
+
+    pub fn connect_peer(&self, t: TorrentId, addr: SocketAddr) -> Result<(), TorrentError> {
+        self.known(t)?;
+        self.inner
+            .ffi
+            .connect_peer(t.0, &addr.to_string())
+            .map_err(session_err)
+    }
+
+    pub fn status(&self, t: TorrentId) -> Result<TorrentStatus, TorrentError> {
+        self.known(t)?;
+        let st = self.inner.ffi.torrent_status(t.0).map_err(session_err)?;
+        let state = match st.state {
+            ffi::TorrentStateFfi::CheckingFiles => TorrentState::CheckingFiles,
+            ffi::TorrentStateFfi::DownloadingMetadata => TorrentState::DownloadingMetadata,
+            ffi::TorrentStateFfi::Downloading => TorrentState::Downloading,
+            ffi::TorrentStateFfi::Finished => TorrentState::Finished,
+            ffi::TorrentStateFfi::Seeding => TorrentState::Seeding,
+            _ => TorrentState::CheckingResume,
+        };
+        Ok(TorrentStatus {
+            state,
+            paused: st.paused,
+            progress: st.progress,
+            download_rate_bps: u64::try_from(st.download_rate).unwrap_or(0),
+            upload_rate_bps: u64::try_from(st.upload_rate).unwrap_or(0),
+            peers: st.peers,
+            seeds: st.seeds,
+            pieces_have: st.pieces_have,
+            pieces_total: st.pieces_total,
+            total_done_bytes: u64::try_from(st.total_done).unwrap_or(0),
+            total_wanted_bytes: u64::try_from(st.total_wanted).unwrap_or(0),
+            error: Some(st.error).filter(|e| !e.is_empty()),
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.alert_thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the alert thread panicked");
+            }
+        }
+        // The alert thread held the only other reference: this drops the C++ session,
+        // which stops libtorrent and joins the disk workers.
+    }
+}
+
+fn torrent_id(id: i64) -> Option<TorrentId> {
+    (id >= 0).then_some(TorrentId(id))
+}
+
+/// Tells the store every piece libtorrent has for `t`.
+fn sweep_verified(inner: &Inner, t: TorrentId) {
+    match inner.ffi.have_pieces(t.0) {
+        Ok(pieces) if !pieces.is_empty() => {
+            let pieces: Vec<PieceIndex> = pieces.into_iter().map(PieceIndex).collect();
+            inner.disk.storage().pieces_verified(t, &pieces);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(torrent = %t, error = e.what(), "cannot list verified pieces"),
+    }
+}
+
+fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
+    while !stop.load(Ordering::Acquire) {
+        let alerts = inner.ffi.wait_alerts(ALERT_WAIT_MS);
+        // Tell the store about a batch of verified pieces at once, before the events.
+        let mut verified: Vec<(TorrentId, Vec<PieceIndex>)> = Vec::new();
+        for a in &alerts {
+            if let (ffi::AlertKind::PieceFinished, Some(t)) = (a.kind, torrent_id(a.id)) {
+                match verified.iter_mut().find(|(vt, _)| *vt == t) {
+                    Some((_, pieces)) => pieces.push(PieceIndex(a.piece)),
+                    None => verified.push((t, vec![PieceIndex(a.piece)])),
+                }
+            }
+        }
+        for (t, pieces) in &verified {
+            inner.disk.storage().pieces_verified(*t, pieces);
+        }
+        for a in alerts {
+            let t = torrent_id(a.id);
+            let event = match (a.kind, t) {
+                (ffi::AlertKind::PieceFinished, Some(t)) => Event::PieceFinished {
+                    t,
+                    piece: PieceIndex(a.piece),
+                },
+                (ffi::AlertKind::HashFailed, Some(t)) => {
+                    tracing::warn!(torrent = %t, piece = a.piece, "piece failed its hash check");
+                    Event::HashFailed {
+                        t,
+                        piece: PieceIndex(a.piece),
+                    }
+                }
+                (ffi::AlertKind::MetadataReceived, Some(t)) => Event::MetadataReceived {
+                    t,
+                    torrent_bytes: a.bytes,
+                },
+                (ffi::AlertKind::TorrentChecked, Some(t)) => {
+                    if lock(&inner.sweep).remove(&t) {
+                        sweep_verified(inner, t);
+                    }
+                    Event::TorrentChecked { t }
+                }
+                (ffi::AlertKind::TorrentFinished, Some(t)) => {
+                    // A safety net in case piece alerts were dropped: idempotent in the store.
+                    sweep_verified(inner, t);
+                    Event::TorrentFinished { t }
+                }
+                (ffi::AlertKind::TorrentError | ffi::AlertKind::SessionError, t) => {
+                    tracing::error!(torrent = ?t, message = %a.message, "libtorrent error");
+                    Event::Error {
+                        t,
+                        message: a.message,
+                    }
+                }
+                _ => continue,
+            };
+            // A dropped receiver only means nobody listens.
+            let _ = events.send(event);
+        }
+    }
+}

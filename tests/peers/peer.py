@@ -1,0 +1,64 @@
+#!/usr/bin/python3
+"""A python3-libtorrent peer (default disk storage) on 127.0.0.1, TCP only.
+
+usage: peer.py seed  TORRENT SAVE_DIR
+       peer.py leech TORRENT SAVE_DIR HOST:PORT
+seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, and runs until killed.
+leech: downloads from HOST:PORT, prints "DONE" once every piece is verified and exits 0.
+Errors go to stderr with a non-zero exit. No timeouts here: the test owns the deadline.
+"""
+import sys
+import time
+
+import libtorrent as lt
+
+
+def session():
+    return lt.session({
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": lt.alert_category.error | lt.alert_category.status,
+    })
+
+
+def main():
+    mode, torrent, save = sys.argv[1], sys.argv[2], sys.argv[3]
+    ses = session()
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent)
+    params.save_path = save
+    params.flags &= ~lt.torrent_flags.auto_managed
+    params.flags &= ~lt.torrent_flags.paused
+    h = ses.add_torrent(params)
+    if mode == "leech":
+        host, port = sys.argv[4].rsplit(":", 1)
+        h.connect_peer((host, int(port)))
+    announced = False
+    last_dial = time.monotonic()
+    while True:
+        for a in ses.pop_alerts():
+            if isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+                print("ERROR", a.message(), file=sys.stderr, flush=True)
+                sys.exit(2)
+        st = h.status()
+        if mode == "seed" and st.is_seeding and not announced:
+            print("PORT", ses.listen_port(), flush=True)
+            announced = True
+        if mode == "leech" and st.is_seeding:
+            print("DONE", flush=True)
+            return
+        if mode == "leech" and st.num_peers == 0 and time.monotonic() - last_dial > 2:
+            # Dial again if the connection dropped (e.g. bae was still checking).
+            h.connect_peer((host, int(port)))
+            last_dial = time.monotonic()
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    main()

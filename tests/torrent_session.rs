@@ -1,0 +1,243 @@
+//! bae's libtorrent session beyond plain transfers: a peer sending corrupt blocks, the
+//! import path (a torrent made by bae, data hashed once), pause/resume/remove, and a
+//! session dropped mid-download then resumed from the store's verified pieces.
+
+mod common;
+
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use bae::model::TorrentId;
+use bae::torrent::{
+    create_torrent, parse_metainfo, AddOptions, Event, Session, SessionConfig, Source, TorrentError,
+};
+use common::swarm::{
+    expected_stream, make_album, python_torrent, wait_event, FileStorage, PyPeer, PEER_DEADLINE,
+};
+
+const ALBUM: &[(&str, usize)] = &[
+    ("01 - One.flac", 2_345_678),
+    ("02 - Two.flac", 1_111_111),
+    ("folder.jpg", 87_654),
+];
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PEER_DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn corrupt_blocks_fail_their_hash_and_are_downloaded_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("seed"), "Album", ALBUM, 11);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 64 << 10, "v1");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let liar = PyPeer::corrupt_seeder(&torrent_path);
+
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let t = TorrentId(3);
+    let opts = AddOptions {
+        peers: vec![liar.addr()],
+        ..AddOptions::default()
+    };
+    session.add(t, Source::Metainfo(torrent), opts).unwrap();
+    let Event::HashFailed { piece, .. } = wait_event(&events, "hash failure", |e| {
+        matches!(e, Event::HashFailed { .. })
+    }) else {
+        unreachable!()
+    };
+    wait_until("store told of the failed piece", || {
+        storage.stats().failed_pieces.contains(&piece)
+    });
+
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    session.connect_peer(t, seeder.addr()).unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    assert!(
+        storage.stream(t) == expected_stream(&album, &meta.layout),
+        "store corrupted"
+    );
+    assert!(storage.verified(t).iter().all(|&v| v));
+}
+
+#[test]
+fn imports_a_directory_hashes_it_once_and_seeds_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 5);
+    let torrent = create_torrent(
+        &album,
+        Some(64 << 10),
+        &["http://127.0.0.1:1/announce".into()],
+    )
+    .unwrap();
+    let meta = parse_metainfo(&torrent).unwrap();
+    assert!(
+        meta.info_hash_v1().is_some() && meta.info_hash_v2().is_some(),
+        "not hybrid"
+    );
+    assert_eq!(meta.name, "Album");
+    assert!(
+        meta.layout.files.iter().any(|f| !f.pad && f.mtime > 0),
+        "no mtimes"
+    );
+    let torrent_path = tmp.path().join("a.torrent");
+    std::fs::write(&torrent_path, &torrent).unwrap();
+
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(9);
+    storage.prefill(t, expected_stream(&album, &meta.layout), false);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let opts = AddOptions {
+        full_check: true,
+        ..AddOptions::default()
+    };
+    session.add(t, Source::Metainfo(torrent), opts).unwrap();
+    wait_event(&events, "checked", |e| *e == Event::TorrentChecked { t });
+    assert!(
+        storage.verified(t).iter().all(|&v| v),
+        "store not told of the checked pieces"
+    );
+    assert_eq!(
+        session.status(t).unwrap().pieces_have,
+        meta.layout.num_pieces()
+    );
+
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    let out = tmp.path().join("leech");
+    let mut leecher = PyPeer::leech(&torrent_path, &out, bae_addr);
+    leecher.wait_line("DONE");
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(out.join("Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}
+
+#[test]
+fn pause_resume_remove_and_add_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 8);
+    let (torrent, _) = python_torrent(&album, &tmp.path().join("a.torrent"), 256 << 10, "hybrid");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(4);
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+
+    let paused = AddOptions {
+        paused: true,
+        ..AddOptions::default()
+    };
+    session
+        .add(t, Source::Metainfo(torrent.clone()), paused.clone())
+        .unwrap();
+    assert!(matches!(
+        session.add(t, Source::Metainfo(torrent.clone()), paused.clone()),
+        Err(TorrentError::AlreadyAdded(_))
+    ));
+    assert!(session.status(t).unwrap().paused);
+    session.resume(t).unwrap();
+    assert!(!session.status(t).unwrap().paused);
+    session.pause(t).unwrap();
+    assert!(session.status(t).unwrap().paused);
+
+    session.remove(t).unwrap();
+    assert!(matches!(
+        session.status(t),
+        Err(TorrentError::UnknownTorrent(_))
+    ));
+    wait_until("storage closed", || storage.stats().closed == 1);
+    // Added again, the store's verified pieces make it a seed without a recheck.
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+    wait_until("seeding again", || {
+        session.status(t).unwrap().pieces_have == meta.layout.num_pieces()
+    });
+    assert_eq!(
+        storage.stats().bytes_read,
+        0,
+        "the data was read back: a recheck happened"
+    );
+}
+
+#[test]
+fn dropped_mid_download_then_resumes_from_verified_pieces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: &[(&str, usize)] = &[("a.flac", 24 << 20), ("b.flac", 9_999_999)];
+    let album = make_album(&tmp.path().join("seed"), "Album", big, 2);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 256 << 10, "hybrid");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(5);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session
+        .add(t, Source::Metainfo(torrent.clone()), opts.clone())
+        .unwrap();
+    // Drop once a good part, but not all, of the torrent is verified.
+    let mut finished = 0;
+    wait_event(&events, "a quarter of the pieces", |e| {
+        finished += u32::from(matches!(e, Event::PieceFinished { .. }));
+        finished >= meta.layout.num_pieces() / 4
+    });
+    // Dropping must stop libtorrent and join every worker, even with transfers going on.
+    let (done_tx, done_rx) = channel();
+    std::thread::spawn(move || {
+        drop(session);
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(PEER_DEADLINE)
+        .expect("session drop did not finish");
+    let verified_before = storage.verified(t).iter().filter(|&&v| v).count();
+    eprintln!(
+        "verified before the drop: {verified_before} of {}; {:?}",
+        meta.layout.num_pieces(),
+        storage.stats()
+    );
+    assert!(verified_before > 0 && verified_before < meta.layout.num_pieces() as usize);
+    let written_before = storage.stats().bytes_written;
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session.add(t, Source::Metainfo(torrent), opts).unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    let (got, want) = (storage.stream(t), expected_stream(&album, &meta.layout));
+    let bad: Vec<u64> = (0..meta.layout.num_pieces() as u64)
+        .filter(|p| {
+            let r = (p * meta.layout.piece_len) as usize
+                ..(((p + 1) * meta.layout.piece_len).min(meta.layout.total_len)) as usize;
+            got[r.clone()] != want[r]
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "pieces differ after resume: {bad:?}; {:?}",
+        storage.stats()
+    );
+    let written_after = storage.stats().bytes_written - written_before;
+    let not_verified_bytes = meta.layout.total_len - verified_before as u64 * meta.layout.piece_len;
+    assert!(
+        written_after <= not_verified_bytes,
+        "verified pieces were downloaded again: {written_after} > {not_verified_bytes}"
+    );
+}
