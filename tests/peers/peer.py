@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A python3-libtorrent peer (default disk storage) on 127.0.0.1, TCP only.
 
-usage: peer.py seed  TORRENT SAVE_DIR
+usage: peer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC]
        peer.py leech TORRENT SAVE_DIR HOST:PORT
 seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, and runs until killed.
 leech: downloads from HOST:PORT, prints "DONE" once every piece is verified and exits 0.
@@ -30,6 +30,9 @@ def session():
 def main():
     mode, torrent, save = sys.argv[1], sys.argv[2], sys.argv[3]
     ses = session()
+    if mode == "seed" and len(sys.argv) > 4:
+        # A slow seeder lets tests read while the download is still going.
+        ses.apply_settings({"upload_rate_limit": int(sys.argv[4])})
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)
     params.save_path = save
