@@ -192,7 +192,7 @@ pub fn make_flac_album(parent: &Path, name: &str, seconds_per_track: u32, tracks
         cue += &format!("FILE \"{file}\" WAVE\n  TRACK {i:02} AUDIO\n    INDEX 01 00:00:00\n");
     }
     std::fs::write(dir.join("album.cue"), cue).unwrap();
-    let cover: Vec<u8> = (0..300_000u32).map(|i| (i * 2654435761u32 >> 24) as u8).collect();
+    let cover: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     std::fs::write(dir.join("cover.jpg"), cover).unwrap();
     std::fs::write(dir.join("rip.log"), "Exact Audio Copy V1.6\nAll tracks accurately ripped\n").unwrap();
     dir
