@@ -32,7 +32,13 @@ def main():
     ses = session()
     if mode == "seed" and len(sys.argv) > 4:
         # A slow seeder lets tests read while the download is still going.
-        ses.apply_settings({"upload_rate_limit": int(sys.argv[4])})
+        # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
+        limit = int(sys.argv[4])
+        ses.apply_settings({"upload_rate_limit": limit})
+        local = ses.get_peer_class(lt.session.local_peer_class_id)
+        local["upload_limit"] = limit
+        local["ignore_unchoke_slots"] = False
+        ses.set_peer_class(lt.session.local_peer_class_id, local)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)
     params.save_path = save
