@@ -143,18 +143,31 @@ impl Key {
             _ => PathBuf::from("."),
         };
         let tmp = dir.join(format!(".key.tmp-{:016x}", rand::rng().next_u64()));
-        let result = (|| {
+        let contents = format!("{}\n", self.to_hex());
+        let write_file = |target: &Path| -> std::io::Result<()> {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(format!("{}\n", self.to_hex()).as_bytes())?;
-            file.sync_all()?;
-            fs::hard_link(&tmp, path)
-        })();
+                .open(target)?;
+            file.write_all(contents.as_bytes())?;
+            file.sync_all()
+        };
+        let result = write_file(&tmp).and_then(|()| fs::hard_link(&tmp, path));
         // The temporary name is removed whether or not the link succeeded.
         let _ = fs::remove_file(&tmp);
+        let result = match result {
+            // File systems without hard links: create the file in place (still
+            // exclusive and 0600, only not all-or-nothing on a crash).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Unsupported
+                    || e.raw_os_error() == Some(libc::EPERM)
+                    || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+            {
+                write_file(path)
+            }
+            other => other,
+        };
         match result {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

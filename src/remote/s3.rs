@@ -22,7 +22,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, ProvideCredentials, Region, RequestChecksumCalculation,
     ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
@@ -130,7 +130,7 @@ impl S3Store {
                         "no usable S3 credentials for bucket {} at {endpoint_name} (set \
                          AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE): {}",
                         cfg.bucket,
-                        DisplayErrorContext(&e)
+                        error_chain(&e)
                     )));
                 }
             }
@@ -198,7 +198,7 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let place = format!("bucket {} at {}", self.bucket, self.endpoint_name);
-        let detail = DisplayErrorContext(&err).to_string();
+        let detail = error_chain(&err);
         match &err {
             SdkError::ConstructionFailure(_) => {
                 RemoteError::Permanent(format!("S3 request for {place} is invalid: {detail}"))
@@ -223,6 +223,28 @@ impl S3Store {
             _ => RemoteError::Transient(format!("S3 request to {place} failed: {detail}")),
         }
     }
+}
+
+/// An error and its sources as one line (`outer: inner: root cause`), without the
+/// Debug dump the SDK's own formatter appends.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        // First lines only: some SDK errors append multi-line listings.
+        let text = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(':')
+            .to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Classifies an error response by HTTP status and S3 error code.
