@@ -41,7 +41,12 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 fn assert_same(a: &Path, b: &Path) {
     for rel in files(a) {
-        assert_eq!(sha256_file(&a.join(&rel)), sha256_file(&b.join(&rel)), "{}", rel.display());
+        assert_eq!(
+            sha256_file(&a.join(&rel)),
+            sha256_file(&b.join(&rel)),
+            "{}",
+            rel.display()
+        );
     }
 }
 
@@ -58,7 +63,13 @@ fn third_party_clients_download_from_bae_cached_and_from_the_remote() {
     bae.mount();
     {
         let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
-        bae.ok(&["add", a.torrent.to_str().unwrap(), "--peer", &seeder.addr().to_string(), "--wait"]);
+        bae.ok(&[
+            "add",
+            a.torrent.to_str().unwrap(),
+            "--peer",
+            &seeder.addr().to_string(),
+            "--wait",
+        ]);
     }
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], bae_port(&bae)));
 
@@ -67,7 +78,9 @@ fn third_party_clients_download_from_bae_cached_and_from_the_remote() {
     leecher.wait_line("DONE");
     assert_same(&a.dir, &got1.path().join("Seeded Album"));
 
-    bae.wait_torrent("uploads", Duration::from_secs(60), |t| t["chunks_uploaded"] == t["chunks_total"]);
+    bae.wait_torrent("uploads", Duration::from_secs(60), |t| {
+        t["chunks_uploaded"] == t["chunks_total"]
+    });
     bae.ok(&["seed", "Seeded Album", "on", "--no-pin"]);
     bae.ok(&["evict"]);
     assert_eq!(bae.status_json()["torrents"][0]["chunks_local"], 0);
@@ -84,7 +97,13 @@ fn a_magnet_link_gets_its_metadata_from_peers() {
     let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
     let bae = Bae::new();
     bae.mount();
-    bae.ok(&["add", &a.magnet, "--peer", &seeder.addr().to_string(), "--wait"]);
+    bae.ok(&[
+        "add",
+        &a.magnet,
+        "--peer",
+        &seeder.addr().to_string(),
+        "--wait",
+    ]);
     let s = bae.status_json();
     assert_eq!(s["torrents"][0]["name"], "Seeded Album", "{s:#}");
     assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
@@ -104,7 +123,13 @@ fn v2_only_torrent_with_a_non_power_of_two_piece_size() {
         let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
         let bae = Bae::new();
         bae.mount();
-        bae.ok(&["add", a.torrent.to_str().unwrap(), "--peer", &seeder.addr().to_string(), "--wait"]);
+        bae.ok(&[
+            "add",
+            a.torrent.to_str().unwrap(),
+            "--peer",
+            &seeder.addr().to_string(),
+            "--wait",
+        ]);
         assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
         bae.umount();
     }
@@ -116,7 +141,12 @@ fn kill_9_mid_download_then_restart_keeps_what_was_verified() {
     let seeder = PyPeer::seed_limited(&a.torrent, a.dir.parent().unwrap(), 768 << 10);
     let bae = Bae::new();
     bae.mount();
-    bae.ok(&["add", a.torrent.to_str().unwrap(), "--peer", &seeder.addr().to_string()]);
+    bae.ok(&[
+        "add",
+        a.torrent.to_str().unwrap(),
+        "--peer",
+        &seeder.addr().to_string(),
+    ]);
     bae.wait_torrent("some progress", Duration::from_secs(120), |t| {
         t["progress"].as_f64().unwrap_or(0.0) > 0.3
     });
@@ -127,13 +157,22 @@ fn kill_9_mid_download_then_restart_keeps_what_was_verified() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // With no daemon, status reads the catalog: what was recorded as verified.
-    let before = bae.status_json()["torrents"][0]["progress"].as_f64().unwrap();
-    assert!(before > 0.2, "verified pieces were recorded before the kill: {before}");
+    let before = bae.status_json()["torrents"][0]["progress"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        before > 0.2,
+        "verified pieces were recorded before the kill: {before}"
+    );
     // The next mount cleans up the stale mount and resumes.
     bae.mount();
-    let after = bae.status_json()["torrents"][0]["progress"].as_f64().unwrap();
+    let after = bae.status_json()["torrents"][0]["progress"]
+        .as_f64()
+        .unwrap();
     assert!(after >= before, "verified pieces lost: {before} -> {after}");
-    bae.wait_torrent("download", Duration::from_secs(120), |t| t["progress"].as_f64() == Some(1.0));
+    bae.wait_torrent("download", Duration::from_secs(120), |t| {
+        t["progress"].as_f64() == Some(1.0)
+    });
     assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
     bae.umount();
 }

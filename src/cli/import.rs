@@ -23,7 +23,8 @@ pub fn run(
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let piece_len = piece_size.map(parse_size).transpose()?;
-    let dir = std::fs::canonicalize(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
@@ -54,7 +55,9 @@ pub fn run(
             dir: dir.display().to_string(),
         };
         match ask_daemon(&lib, &req, Duration::from_secs(3600))? {
-            Some(Response::Done { .. }) => Ok(layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum()),
+            Some(Response::Done { .. }) => {
+                Ok(layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum())
+            }
             Some(Response::Error { message }) => bail!("{message}"),
             Some(_) => bail!("unexpected answer from the daemon"),
             None => {
@@ -81,7 +84,8 @@ pub fn run(
         }
     };
     if let Some(out) = out {
-        std::fs::write(out, &meta.torrent_bytes).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, &meta.torrent_bytes)
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     println!(
         "imported {} ({} bytes, info hash {})",

@@ -21,7 +21,10 @@ pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()>
     nudge_daemon(&lib)?;
     match (on, pin) {
         (true, true) => println!("{}: seeding, chunks pinned in the cache", t.name),
-        (true, false) => println!("{}: seeding without pinning (evicted chunks come back from the remote)", t.name),
+        (true, false) => println!(
+            "{}: seeding without pinning (evicted chunks come back from the remote)",
+            t.name
+        ),
         (false, _) => println!("{}: not seeding", t.name),
     }
     Ok(())
@@ -61,11 +64,21 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
             }
         });
         if failed > 0 {
-            bail!("{} removed, but {failed} of its objects could not be deleted from the remote", t.name);
+            bail!(
+                "{} removed, but {failed} of its objects could not be deleted from the remote",
+                t.name
+            );
         }
-        println!("{} removed, with its {} objects in the remote", t.name, objects.len());
+        println!(
+            "{} removed, with its {} objects in the remote",
+            t.name,
+            objects.len()
+        );
     } else {
-        println!("{} removed (its encrypted chunks stay in the remote; --purge deletes them)", t.name);
+        println!(
+            "{} removed (its encrypted chunks stay in the remote; --purge deletes them)",
+            t.name
+        );
     }
     Ok(())
 }
@@ -73,17 +86,27 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
 pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
-    let report = match ask_daemon(&lib, &Request::Verify { torrent: t.id.0 }, Duration::from_secs(24 * 3600))? {
+    let report = match ask_daemon(
+        &lib,
+        &Request::Verify { torrent: t.id.0 },
+        Duration::from_secs(24 * 3600),
+    )? {
         Some(Response::Verify(r)) => r,
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
             let _lock = crate::daemon::run::lock_library(&lib.home)?;
             let rt = runtime()?;
-            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
+            let store = Store::open(
+                &lib.cache_dir(),
+                lib.catalog.clone(),
+                u64::MAX,
+                rt.handle().clone(),
+            )?;
             let remote = rt.block_on(lib.remote())?;
             let fetcher = Arc::new(Fetcher::new(remote, lib.key.clone()));
             store.register_torrent(t.id)?;
-            let r: VerifyReport = rt.block_on(crate::daemon::verify::verify(&store, &*fetcher, t.id));
+            let r: VerifyReport =
+                rt.block_on(crate::daemon::verify::verify(&store, &*fetcher, t.id));
             store.shutdown()?;
             r
         }
@@ -109,7 +132,12 @@ pub fn evict(home: &Path) -> anyhow::Result<()> {
         None => {
             let _lock = crate::daemon::run::lock_library(&lib.home)?;
             let rt = runtime()?;
-            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
+            let store = Store::open(
+                &lib.cache_dir(),
+                lib.catalog.clone(),
+                u64::MAX,
+                rt.handle().clone(),
+            )?;
             for t in lib.catalog.torrents()? {
                 if t.geometry.is_some() {
                     store.register_torrent(t.id)?;
