@@ -10,10 +10,9 @@ use crate::catalog::NewTorrent;
 use crate::daemon::config::parse_size;
 use crate::daemon::control::{Request, Response};
 use crate::daemon::storage::layout_of;
-use crate::store::Store;
 use crate::torrent::{create_torrent, parse_metainfo};
 
-use super::{ask_daemon, open_library, runtime};
+use super::{ask_daemon, open_library, OfflineStore};
 
 pub fn run(
     home: &Path,
@@ -62,16 +61,9 @@ pub fn run(
             Some(_) => bail!("unexpected answer from the daemon"),
             None => {
                 // No daemon: hold the library lock while writing into the store.
-                let _lock = crate::daemon::run::lock_library(&lib.home)?;
-                let rt = runtime()?;
-                let store = Store::open(
-                    &lib.cache_dir(),
-                    lib.catalog.clone(),
-                    lib.config.cache_size_bytes(),
-                    rt.handle().clone(),
-                )?;
-                let n = crate::daemon::import::store_content(&store, id, &dir, &layout)?;
-                store.shutdown()?;
+                let off = OfflineStore::open(&lib)?;
+                let n = crate::daemon::import::store_content(&off.store, id, &dir, &layout)?;
+                off.close()?;
                 Ok(n)
             }
         }

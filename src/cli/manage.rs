@@ -9,10 +9,9 @@ use anyhow::bail;
 
 use crate::daemon::control::{Request, Response, VerifyReport};
 use crate::remote::{object_key_for, ObjectStore};
-use crate::store::Store;
 use crate::tiering::Fetcher;
 
-use super::{ask_daemon, nudge_daemon, open_library, runtime};
+use super::{ask_daemon, nudge_daemon, open_library, runtime, OfflineStore};
 
 pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
@@ -94,20 +93,14 @@ pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
         Some(Response::Verify(r)) => r,
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
-            let _lock = crate::daemon::run::lock_library(&lib.home)?;
-            let rt = runtime()?;
-            let store = Store::open(
-                &lib.cache_dir(),
-                lib.catalog.clone(),
-                u64::MAX,
-                rt.handle().clone(),
-            )?;
-            let remote = rt.block_on(lib.remote())?;
+            let off = OfflineStore::open(&lib)?;
+            let remote = off.rt.block_on(lib.remote())?;
             let fetcher = Arc::new(Fetcher::new(remote, lib.key.clone()));
-            store.register_torrent(t.id)?;
-            let r: VerifyReport =
-                rt.block_on(crate::daemon::verify::verify(&store, &*fetcher, t.id));
-            store.shutdown()?;
+            off.store.register_torrent(t.id)?;
+            let r: VerifyReport = off
+                .rt
+                .block_on(crate::daemon::verify::verify(&off.store, &*fetcher, t.id));
+            off.close()?;
             r
         }
     };
@@ -130,22 +123,10 @@ pub fn evict(home: &Path) -> anyhow::Result<()> {
         Some(Response::Done { message }) => println!("{message}"),
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
-            let _lock = crate::daemon::run::lock_library(&lib.home)?;
-            let rt = runtime()?;
-            let store = Store::open(
-                &lib.cache_dir(),
-                lib.catalog.clone(),
-                u64::MAX,
-                rt.handle().clone(),
-            )?;
-            for t in lib.catalog.torrents()? {
-                if t.geometry.is_some() {
-                    store.register_torrent(t.id)?;
-                    store.set_torrent_pinned(t.id, t.seeding && t.pin);
-                }
-            }
-            let n = store.evict_all();
-            store.shutdown()?;
+            // Opening the store loads every torrent with its pins from the catalog.
+            let off = OfflineStore::open(&lib)?;
+            let n = off.store.evict_all();
+            off.close()?;
             println!("evicted {n} chunks");
         }
     }

@@ -244,6 +244,39 @@ pub(crate) fn open_library(home: &std::path::Path) -> anyhow::Result<Library> {
     Ok(runtime()?.block_on(Library::open_or_create(home))?)
 }
 
+/// The store of a library with no daemon running, opened by this command. Holds the
+/// library lock, so a daemon cannot start and write to the same cache meanwhile.
+pub(crate) struct OfflineStore {
+    pub store: std::sync::Arc<crate::store::Store>,
+    pub rt: tokio::runtime::Runtime,
+    _lock: crate::daemon::run::LibraryLock,
+}
+
+impl OfflineStore {
+    pub fn open(lib: &Library) -> anyhow::Result<OfflineStore> {
+        let lock = crate::daemon::run::lock_library(&lib.home)?;
+        let rt = runtime()?;
+        // No limit while we work: eviction is what `evict` asks for explicitly.
+        let store = crate::store::Store::open(
+            &lib.cache_dir(),
+            lib.catalog.clone(),
+            u64::MAX,
+            rt.handle().clone(),
+        )?;
+        Ok(OfflineStore {
+            store,
+            rt,
+            _lock: lock,
+        })
+    }
+
+    /// Makes everything durable before the lock is released.
+    pub fn close(self) -> anyhow::Result<()> {
+        self.store.shutdown()?;
+        Ok(())
+    }
+}
+
 /// Sends a request to the running daemon, if there is one.
 pub(crate) fn ask_daemon(
     lib: &Library,
