@@ -132,6 +132,17 @@ fn downloaded_album_reads_back_exactly_and_decodes() {
             entry.display()
         );
     }
+    // Nor does anything appear in the working directory (libtorrent's save path).
+    for dir in [std::env::current_dir().unwrap(), PathBuf::from("/")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().starts_with("bae-torrent"),
+                "{name:?} in {}",
+                dir.display()
+            );
+        }
+    }
     // Read-only: every kind of change is refused with EROFS.
     let erofs =
         |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
