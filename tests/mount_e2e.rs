@@ -364,3 +364,58 @@ fn with_the_remote_down_cached_reads_work_and_uncached_reads_fail_with_eio() {
     }
     bae.umount();
 }
+
+#[test]
+fn mount_flags_status_watch_and_stale_mount_cleanup() {
+    let bae = Bae::new();
+    let port = {
+        // A free port for --listen.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mp = bae.mountpoint.to_str().unwrap().to_owned();
+    bae.ok(&[
+        "mount",
+        &mp,
+        "--listen",
+        &port.to_string(),
+        "--cache-size",
+        "3MiB",
+    ]);
+    let s = bae.status_json();
+    assert_eq!(s["listen_port"], port, "{s:#}");
+    assert_eq!(s["cache_limit_bytes"], 3 << 20, "{s:#}");
+    // A second mount of the same library is refused.
+    let err = bae.fails(&["mount", &mp]);
+    assert!(err.contains("already mounted"), "{err}");
+
+    // status --watch redraws until stopped.
+    let mut watch = bae
+        .cmd(&["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .matches("daemon: running")
+        .count();
+    assert!(frames >= 2, "status --watch drew {frames} frames");
+
+    // A crashed daemon leaves a stale mount; `bae umount` removes it.
+    let pid = bae.daemon_pid().unwrap();
+    // SAFETY: kill(2) on the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .contains(&mp));
+    let out = bae.ok(&["umount", &mp]);
+    assert!(out.contains("stale"), "{out}");
+    assert!(!std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .contains(&mp));
+}
