@@ -241,3 +241,38 @@ fn dropped_mid_download_then_resumes_from_verified_pieces() {
         "verified pieces were downloaded again: {written_after} > {not_verified_bytes}"
     );
 }
+
+#[test]
+fn failed_reads_do_not_stop_seeding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 13);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 128 << 10, "hybrid");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(6);
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
+    storage
+        .fail_reads
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    let mut leecher = PyPeer::leech(&torrent_path, &tmp.path().join("leech"), bae_addr);
+    leecher.wait_line("DONE");
+    assert_eq!(
+        storage.fail_reads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the failing reads never happened"
+    );
+    let status = session.status(t).unwrap();
+    assert!(!status.paused && status.error.is_none(), "{status:?}");
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}

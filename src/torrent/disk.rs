@@ -411,6 +411,8 @@ impl DiskHandle {
                 Ok(()) => ffi::complete_job(job, ok(buf)),
                 Err(e) => {
                     tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "read failed");
+                    // libtorrent 2.0.8 answers a failed peer read by rejecting the request
+                    // and telling that peer it lacks the piece; the torrent goes on.
                     ffi::complete_job(job, failed(DiskOp::Read, &e))
                 }
             }

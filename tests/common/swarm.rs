@@ -200,6 +200,8 @@ pub struct FileStorage {
     /// verified (seeding) or not (import, to be checked by libtorrent).
     prefilled: Mutex<HashMap<TorrentId, (Vec<u8>, bool)>>,
     pub stats: Mutex<Stats>,
+    /// The next this-many reads fail as if the remote were down.
+    pub fail_reads: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -308,6 +310,14 @@ impl TorrentStorage for FileStorage {
             let stored = torrents.get(&t).ok_or(StorageError::NotFound)?;
             (stored.file.try_clone().map_err(io)?, stored.layout.clone())
         };
+        let failing = self.fail_reads.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StorageError::Fetch("remote unavailable (test)".into()));
+        }
         file.read_exact_at(buf, stream_offset).map_err(io)?;
         // Pad bytes read as zeros whatever was written there.
         let end = stream_offset + buf.len() as u64;
