@@ -6,7 +6,10 @@ mod common;
 
 use bae::model::TorrentId;
 use bae::torrent::{parse_metainfo, AddOptions, Event, Session, SessionConfig, Source};
-use common::swarm::{expected_stream, make_album, python_torrent, wait_event, FileStorage, PyPeer};
+use common::swarm::{
+    expected_stream, make_album, python_torrent, python_torrent_with_tracker, wait_event, Aria2,
+    FileStorage, PyPeer,
+};
 
 /// An album: tracks of uneven sizes, so files end mid-piece and pad files appear.
 const ALBUM: &[(&str, usize)] = &[
@@ -132,4 +135,66 @@ fn seeds_to_a_python_leecher() {
         assert!(got == want, "{rel} differs");
     }
     assert!(storage.stats().bytes_read >= ALBUM.iter().map(|f| f.1 as u64).sum::<u64>());
+}
+
+/// aria2 (its own BitTorrent implementation) downloads from bae, found via a tracker.
+#[test]
+fn seeds_to_aria2_via_a_tracker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tracker = PyPeer::tracker();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 21);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent_with_tracker(
+        &album,
+        &torrent_path,
+        256 << 10,
+        "v1pad",
+        Some(&tracker.announce_url()),
+    );
+    let meta = parse_metainfo(&torrent).unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(2);
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+
+    let out = tmp.path().join("aria2");
+    Aria2::leech(&torrent_path, &out).wait_success();
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(out.join("Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}
+
+/// bae downloads from an aria2 seeder, found via a tracker.
+#[test]
+fn downloads_from_aria2_via_a_tracker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tracker = PyPeer::tracker();
+    let album = make_album(&tmp.path().join("seed"), "Album", ALBUM, 22);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent_with_tracker(
+        &album,
+        &torrent_path,
+        128 << 10,
+        "v1",
+        Some(&tracker.announce_url()),
+    );
+    let meta = parse_metainfo(&torrent).unwrap();
+    let _seeder = Aria2::seed(&torrent_path, &tmp.path().join("seed"));
+
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let t = TorrentId(8);
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
 }

@@ -51,12 +51,24 @@ pub fn make_album(dir: &Path, name: &str, files: &[(&str, usize)], seed: u64) ->
 /// Makes a torrent of `album` with python3-libtorrent. `mode`: hybrid, v2, v1pad, v1.
 /// Returns (torrent bytes, magnet link).
 pub fn python_torrent(album: &Path, out: &Path, piece_len: u64, mode: &str) -> (Vec<u8>, String) {
+    python_torrent_with_tracker(album, out, piece_len, mode, None)
+}
+
+/// [`python_torrent`], announcing to `tracker` if given.
+pub fn python_torrent_with_tracker(
+    album: &Path,
+    out: &Path,
+    piece_len: u64,
+    mode: &str,
+    tracker: Option<&str>,
+) -> (Vec<u8>, String) {
     let output = Command::new(PYTHON)
         .arg(script("make_torrent.py"))
         .arg(album)
         .arg(out)
         .arg(piece_len.to_string())
         .arg(mode)
+        .args(tracker)
         .output()
         .unwrap();
     assert!(
@@ -131,6 +143,20 @@ impl PyPeer {
         let line = peer.wait_line("PORT");
         peer.port = line["PORT ".len()..].parse().unwrap();
         peer
+    }
+
+    /// Starts the test tracker (`tests/peers/tracker.py`); see [`PyPeer::announce_url`].
+    pub fn tracker() -> PyPeer {
+        let mut peer = PyPeer::spawn("tracker.py", &[]);
+        let line = peer.wait_line("PORT");
+        peer.port = line["PORT ".len()..].parse().unwrap();
+        peer
+    }
+
+    /// The announce URL of a tracker started with [`PyPeer::tracker`]. The path is
+    /// /announce: libtorrent only announces to localhost trackers on that path.
+    pub fn announce_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -369,4 +395,68 @@ pub fn expected_stream(album: &Path, layout: &TorrentLayout) -> Vec<u8> {
         }
     }
     stream
+}
+
+/// An aria2c process (aria2's own BitTorrent code: v1 torrents), killed on drop. It
+/// finds peers through the torrent's tracker; DHT, LPD and PEX are off.
+pub struct Aria2 {
+    child: Child,
+}
+
+impl Aria2 {
+    fn spawn(torrent: &Path, dir: &Path, extra: &[&str]) -> Aria2 {
+        let child = Command::new("aria2c")
+            .arg(format!("--dir={}", dir.display()))
+            .args([
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--file-allocation=none",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--disable-ipv6=true",
+            ])
+            .args(extra)
+            .arg(torrent)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Aria2 { child }
+    }
+
+    /// Downloads `torrent` into `dir` and exits once complete (no seeding).
+    pub fn leech(torrent: &Path, dir: &Path) -> Aria2 {
+        Aria2::spawn(torrent, dir, &["--seed-time=0"])
+    }
+
+    /// Checks the data under `dir` and seeds it until killed.
+    pub fn seed(torrent: &Path, dir: &Path) -> Aria2 {
+        Aria2::spawn(
+            torrent,
+            dir,
+            &["--check-integrity=true", "--seed-ratio=0.0"],
+        )
+    }
+
+    /// Waits (up to [`PEER_DEADLINE`]) for aria2c to exit successfully.
+    pub fn wait_success(&mut self) {
+        let deadline = Instant::now() + PEER_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "aria2c failed: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "aria2c did not finish in time");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Aria2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
