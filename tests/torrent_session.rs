@@ -276,3 +276,66 @@ fn failed_reads_do_not_stop_seeding() {
         assert!(same, "{rel} differs");
     }
 }
+
+/// A magnet's metadata, re-added after a restart as a .torrent, resumes from the store.
+fn magnet_then_restart(mode: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: &[(&str, usize)] = &[("a.flac", 20 << 20), ("b.flac", 7_777_777)];
+    let album = make_album(&tmp.path().join("seed"), "Album", big, 4);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, magnet) = python_torrent(&album, &torrent_path, 256 << 10, mode);
+    let meta = parse_metainfo(&torrent).unwrap();
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(12);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session
+        .add(t, Source::Magnet(magnet), opts.clone())
+        .unwrap();
+    let Event::MetadataReceived { torrent_bytes, .. } = wait_event(&events, "metadata", |e| {
+        matches!(e, Event::MetadataReceived { .. })
+    }) else {
+        unreachable!()
+    };
+    let mut finished = 0;
+    wait_event(&events, "a quarter of the pieces", |e| {
+        finished += u32::from(matches!(e, Event::PieceFinished { .. }));
+        finished >= meta.layout.num_pieces() / 4
+    });
+    drop(session);
+    let verified_before = storage.verified(t).iter().filter(|&&v| v).count();
+    assert!(verified_before > 0 && verified_before < meta.layout.num_pieces() as usize);
+    let written_before = storage.stats().bytes_written;
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session
+        .add(t, Source::Metainfo(torrent_bytes), opts)
+        .unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
+    let written_after = storage.stats().bytes_written - written_before;
+    let not_verified_bytes = meta.layout.total_len - verified_before as u64 * meta.layout.piece_len;
+    assert!(
+        written_after <= not_verified_bytes,
+        "verified pieces were downloaded again: {written_after} > {not_verified_bytes}"
+    );
+}
+
+#[test]
+fn magnet_metadata_resumes_after_restart_hybrid() {
+    magnet_then_restart("hybrid");
+}
+
+#[test]
+fn magnet_metadata_resumes_after_restart_v2() {
+    magnet_then_restart("v2");
+}

@@ -59,6 +59,7 @@ fn download(mode: &str, piece_len: u64, magnet: bool) {
         };
         let received = parse_metainfo(&torrent_bytes).unwrap();
         assert_eq!(received.layout, meta.layout);
+        assert_eq!(received.name, meta.name);
     }
     wait_event(&events, "torrent finished", |e| {
         *e == Event::TorrentFinished { t }
@@ -197,4 +198,42 @@ fn downloads_from_aria2_via_a_tracker() {
         *e == Event::TorrentFinished { t }
     });
     assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
+}
+
+/// A magnet's trackers survive into the torrent bytes bae keeps for it.
+#[test]
+fn magnet_metadata_keeps_the_trackers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tracker = PyPeer::tracker();
+    let album = make_album(&tmp.path().join("seed"), "Album", ALBUM, 30);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (_, magnet) = python_torrent_with_tracker(
+        &album,
+        &torrent_path,
+        64 << 10,
+        "hybrid",
+        Some(&tracker.announce_url()),
+    );
+    assert!(magnet.contains("tr="), "{magnet}");
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let t = TorrentId(31);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+    session.add(t, Source::Magnet(magnet), opts).unwrap();
+    let Event::MetadataReceived { torrent_bytes, .. } = wait_event(&events, "metadata", |e| {
+        matches!(e, Event::MetadataReceived { .. })
+    }) else {
+        unreachable!()
+    };
+    let needle = tracker.announce_url();
+    let found = torrent_bytes
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes());
+    assert!(found, "tracker missing from the torrent bytes");
+    assert!(parse_metainfo(&torrent_bytes).is_ok());
 }
