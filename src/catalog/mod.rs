@@ -1,1 +1,662 @@
-//! Placeholder: filled in by the catalog work.
+//! The catalog: every durable fact about the library, in SQLite.
+//!
+//! Torrents (identity, metainfo, geometry, flags), their files, their chunks (state,
+//! plaintext hash, opaque object id) and their verified pieces. The catalog is the
+//! source of truth after a crash: callers make data durable *before* they record a
+//! claim about it here (a chunk is `Complete` only after its bytes were fsynced; it is
+//! `Uploaded` only after the remote acknowledged the PUT).
+//!
+//! One connection behind a mutex is the single writer; WAL mode keeps readers of the
+//! file (e.g. `sqlite3` during debugging) out of its way. Nothing here sits on the
+//! per-block hot path: the store keeps its own in-memory view.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::model::{ChunkKey, ChunkState, FileSpan, Geometry, GeometryError, TorrentId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database at {path} could not be opened: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database schema version {found} is newer than this bae understands ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("torrent {0} is already in the library")]
+    Duplicate(String),
+    #[error("no torrent matches {0:?}")]
+    NoMatch(String),
+    #[error("{query:?} matches several torrents: {names}")]
+    Ambiguous { query: String, names: String },
+    #[error("unknown torrent {0}")]
+    UnknownTorrent(TorrentId),
+    #[error("torrent {0} has a layout already, and it differs")]
+    LayoutMismatch(TorrentId),
+    #[error("invalid layout: {0}")]
+    Geometry(#[from] GeometryError),
+    #[error("corrupt catalog row: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, CatalogError>;
+
+/// What `add_torrent` needs; the layout may come later (magnet links).
+#[derive(Clone, Debug, Default)]
+pub struct NewTorrent {
+    pub info_hash_v1: Option<[u8; 20]>,
+    pub info_hash_v2: Option<[u8; 32]>,
+    pub name: String,
+    pub magnet: Option<String>,
+    pub metainfo: Option<Vec<u8>>,
+    pub paused: bool,
+    /// Peers to connect to directly (`bae add --peer`), as "ip:port".
+    pub peers: Vec<String>,
+}
+
+/// One file of a torrent as recorded (path components are raw and untrusted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: Vec<String>,
+    pub stream_offset: u64,
+    pub len: u64,
+    pub pad: bool,
+    pub mtime: i64,
+}
+
+/// The geometry of a torrent's content: enough to rebuild any piece from chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub piece_len: u64,
+    pub total_len: u64,
+    pub files: Vec<FileRecord>,
+}
+
+impl Layout {
+    /// Checks piece length and that the files tile the stream exactly.
+    pub fn validate(&self) -> std::result::Result<Geometry, GeometryError> {
+        let g = Geometry::new(self.total_len, self.piece_len)?;
+        let spans = self
+            .files
+            .iter()
+            .map(|f| FileSpan {
+                offset: f.stream_offset,
+                len: f.len,
+                pad: f.pad,
+            })
+            .collect();
+        crate::model::FileLayout::new(spans, self.total_len)?;
+        Ok(g)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TorrentRecord {
+    pub id: TorrentId,
+    pub uid: [u8; 16],
+    pub info_hash_v1: Option<[u8; 20]>,
+    pub info_hash_v2: Option<[u8; 32]>,
+    pub name: String,
+    pub magnet: Option<String>,
+    pub metainfo: Option<Vec<u8>>,
+    /// Known once metadata is known.
+    pub geometry: Option<Geometry>,
+    pub paused: bool,
+    pub seeding: bool,
+    /// Seeding keeps the torrent's chunks pinned in the cache.
+    pub pin: bool,
+    pub added_at: i64,
+    pub peers: Vec<String>,
+}
+
+impl TorrentRecord {
+    /// Hex of the v1 info hash, else of the v2 one (truncated to 40 chars as clients show).
+    pub fn info_hash_hex(&self) -> String {
+        match (&self.info_hash_v1, &self.info_hash_v2) {
+            (Some(h), _) => hex::encode(h),
+            (None, Some(h)) => hex::encode(h),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub index: u32,
+    pub len: u64,
+    pub state: ChunkState,
+    pub hash: Option<[u8; 32]>,
+    pub object_id: Option<String>,
+}
+
+/// A chunk that just became complete: its hash and remote name.
+#[derive(Clone, Debug)]
+pub struct Completed {
+    pub index: u32,
+    pub hash: [u8; 32],
+    pub object_id: String,
+}
+
+pub struct Catalog {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("path", &self.path).finish()
+    }
+}
+
+const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, \
+                            piece_len, total_len, paused, seeding, pin, added_at, peers";
+
+impl Catalog {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let mut conn = Connection::open(path).map_err(|source| CatalogError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        // WAL + NORMAL: a commit survives a process kill; fsync on checkpoint.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&mut conn)?;
+        let cat = Catalog {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        };
+        cat.library_uid()?;
+        Ok(cat)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back on drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The library's random identity, created with the database.
+    pub fn library_uid(&self) -> Result<[u8; 16]> {
+        let conn = self.conn();
+        let found: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'library_uid'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = found {
+            return v
+                .try_into()
+                .map_err(|_| CatalogError::Corrupt("library_uid".into()));
+        }
+        let uid: [u8; 16] = rand::random();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('library_uid', ?1)",
+            params![uid.to_vec()],
+        )?;
+        Ok(uid)
+    }
+
+    pub fn add_torrent(&self, t: &NewTorrent) -> Result<TorrentId> {
+        let conn = self.conn();
+        let dup: Option<String> = conn
+            .query_row(
+                "SELECT name FROM torrents WHERE info_hash_v1 = ?1 OR info_hash_v2 = ?2",
+                params![
+                    t.info_hash_v1.map(|h| h.to_vec()),
+                    t.info_hash_v2.map(|h| h.to_vec())
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(name) = dup {
+            return Err(CatalogError::Duplicate(name));
+        }
+        let uid: [u8; 16] = rand::random();
+        conn.execute(
+            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, paused, added_at, peers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                uid.to_vec(),
+                t.info_hash_v1.map(|h| h.to_vec()),
+                t.info_hash_v2.map(|h| h.to_vec()),
+                t.name,
+                t.magnet,
+                t.metainfo,
+                t.paused,
+                unix_now(),
+                serde_json::to_string(&t.peers).unwrap_or_else(|_| "[]".into()),
+            ],
+        )?;
+        Ok(TorrentId(conn.last_insert_rowid()))
+    }
+
+    /// Records a torrent's layout (files and chunk rows) once its metadata is known.
+    /// Idempotent: recording the same layout again is a no-op; a different one is an
+    /// error (the content of a torrent never changes).
+    pub fn set_layout(
+        &self,
+        id: TorrentId,
+        layout: &Layout,
+        name: Option<&str>,
+        metainfo: Option<&[u8]>,
+    ) -> Result<Geometry> {
+        let g = layout.validate()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let existing: Option<(Option<i64>, Option<i64>)> = tx
+            .query_row(
+                "SELECT piece_len, total_len FROM torrents WHERE id = ?1",
+                [id.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match existing {
+            None => return Err(CatalogError::UnknownTorrent(id)),
+            Some((Some(pl), Some(tl))) => {
+                if pl as u64 != layout.piece_len || tl as u64 != layout.total_len {
+                    return Err(CatalogError::LayoutMismatch(id));
+                }
+                return Ok(g);
+            }
+            Some(_) => {}
+        }
+        tx.execute(
+            "UPDATE torrents SET piece_len = ?2, total_len = ?3,
+                 metainfo = COALESCE(?4, metainfo), name = COALESCE(?5, name)
+             WHERE id = ?1",
+            params![
+                id.0,
+                layout.piece_len as i64,
+                layout.total_len as i64,
+                metainfo,
+                name
+            ],
+        )?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT INTO files (torrent_id, idx, path, stream_offset, len, pad, mtime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (i, f) in layout.files.iter().enumerate() {
+                let path = serde_json::to_string(&f.path)
+                    .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+                ins.execute(params![
+                    id.0,
+                    i as i64,
+                    path,
+                    f.stream_offset as i64,
+                    f.len as i64,
+                    f.pad,
+                    f.mtime
+                ])?;
+            }
+            let mut ins = tx.prepare(
+                "INSERT INTO chunks (torrent_id, idx, len, state) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for c in 0..g.num_chunks() {
+                ins.execute(params![
+                    id.0,
+                    c,
+                    g.chunk_len(crate::model::ChunkIndex(c)) as i64,
+                    ChunkState::Partial.as_i64()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(g)
+    }
+
+    pub fn torrent(&self, id: TorrentId) -> Result<TorrentRecord> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("SELECT {TORRENT_COLS} FROM torrents WHERE id = ?1"),
+            [id.0],
+            torrent_row,
+        )
+        .optional()?
+        .ok_or(CatalogError::UnknownTorrent(id))
+    }
+
+    pub fn torrents(&self) -> Result<Vec<TorrentRecord>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("SELECT {TORRENT_COLS} FROM torrents ORDER BY id"))?;
+        let rows = st.query_map([], torrent_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Finds a torrent by exact name, else by a unique prefix of its name or info hash.
+    pub fn find(&self, query: &str) -> Result<TorrentRecord> {
+        let all = self.torrents()?;
+        if let Some(t) = all.iter().find(|t| t.name == query) {
+            return Ok(t.clone());
+        }
+        let q = query.to_ascii_lowercase();
+        let hits: Vec<&TorrentRecord> = all
+            .iter()
+            .filter(|t| {
+                !query.is_empty()
+                    && (t.name.starts_with(query)
+                        || t.info_hash_v1
+                            .is_some_and(|h| hex::encode(h).starts_with(&q))
+                        || t.info_hash_v2
+                            .is_some_and(|h| hex::encode(h).starts_with(&q)))
+            })
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(CatalogError::NoMatch(query.to_owned())),
+            many => Err(CatalogError::Ambiguous {
+                query: query.to_owned(),
+                names: many
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    pub fn files(&self, id: TorrentId) -> Result<Vec<FileRecord>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT path, stream_offset, len, pad, mtime FROM files
+             WHERE torrent_id = ?1 ORDER BY idx",
+        )?;
+        let rows = st.query_map([id.0], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (path, off, len, pad, mtime) = row?;
+            let path: Vec<String> = serde_json::from_str(&path)
+                .map_err(|e| CatalogError::Corrupt(format!("file path: {e}")))?;
+            out.push(FileRecord {
+                path,
+                stream_offset: off as u64,
+                len: len as u64,
+                pad,
+                mtime,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn layout(&self, id: TorrentId) -> Result<Option<Layout>> {
+        let t = self.torrent(id)?;
+        let Some(g) = t.geometry else {
+            return Ok(None);
+        };
+        Ok(Some(Layout {
+            piece_len: g.piece_len(),
+            total_len: g.total_len(),
+            files: self.files(id)?,
+        }))
+    }
+
+    pub fn chunks(&self, id: TorrentId) -> Result<Vec<ChunkRecord>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT idx, len, state, hash, object_id FROM chunks
+             WHERE torrent_id = ?1 ORDER BY idx",
+        )?;
+        let rows = st.query_map([id.0], chunk_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    pub fn chunk(&self, key: ChunkKey) -> Result<Option<ChunkRecord>> {
+        let conn = self.conn();
+        let r = conn
+            .query_row(
+                "SELECT idx, len, state, hash, object_id FROM chunks
+                 WHERE torrent_id = ?1 AND idx = ?2",
+                params![key.torrent.0, key.index.0],
+                chunk_row,
+            )
+            .optional()?;
+        r.transpose()
+    }
+
+    pub fn verified_pieces(&self, id: TorrentId) -> Result<Vec<u32>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT idx FROM pieces WHERE torrent_id = ?1 ORDER BY idx")?;
+        let rows = st.query_map([id.0], |r| r.get::<_, u32>(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Records verified pieces and the chunks they completed, in one transaction.
+    /// The caller has made the bytes durable first.
+    pub fn commit_verified(
+        &self,
+        id: TorrentId,
+        pieces: &[u32],
+        completed: &[Completed],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut ins =
+                tx.prepare("INSERT OR IGNORE INTO pieces (torrent_id, idx) VALUES (?1, ?2)")?;
+            for p in pieces {
+                ins.execute(params![id.0, p])?;
+            }
+            let mut up = tx.prepare(
+                "UPDATE chunks SET state = ?3, hash = ?4, object_id = ?5
+                 WHERE torrent_id = ?1 AND idx = ?2 AND state = ?6",
+            )?;
+            for c in completed {
+                up.execute(params![
+                    id.0,
+                    c.index,
+                    ChunkState::Complete.as_i64(),
+                    c.hash.to_vec(),
+                    c.object_id,
+                    ChunkState::Partial.as_i64()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets pieces whose bytes were lost (and reverts their chunks to partial), so
+    /// they are downloaded again. Used by recovery; never touches uploaded chunks.
+    pub fn unverify(&self, id: TorrentId, pieces: &[u32], chunks: &[u32]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut del = tx.prepare("DELETE FROM pieces WHERE torrent_id = ?1 AND idx = ?2")?;
+            for p in pieces {
+                del.execute(params![id.0, p])?;
+            }
+            let mut up = tx.prepare(
+                "UPDATE chunks SET state = ?3, hash = NULL, object_id = NULL
+                 WHERE torrent_id = ?1 AND idx = ?2 AND state != ?4",
+            )?;
+            for c in chunks {
+                up.execute(params![
+                    id.0,
+                    c,
+                    ChunkState::Partial.as_i64(),
+                    ChunkState::Uploaded.as_i64()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks a chunk uploaded; only after the remote acknowledged its PUT.
+    pub fn mark_uploaded(&self, key: ChunkKey) -> Result<()> {
+        self.conn().execute(
+            "UPDATE chunks SET state = ?3 WHERE torrent_id = ?1 AND idx = ?2 AND state = ?4",
+            params![
+                key.torrent.0,
+                key.index.0,
+                ChunkState::Uploaded.as_i64(),
+                ChunkState::Complete.as_i64()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps a magnet's metadata once it arrived (and its real name), so the torrent is
+    /// re-added from it after a restart.
+    pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE torrents SET metainfo = ?2, name = COALESCE(?3, name) WHERE id = ?1",
+            params![id.0, metainfo, name],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::UnknownTorrent(id));
+        }
+        Ok(())
+    }
+
+    pub fn set_paused(&self, id: TorrentId, paused: bool) -> Result<()> {
+        self.update_torrent(id, "paused", paused)
+    }
+
+    pub fn set_seeding(&self, id: TorrentId, seeding: bool, pin: bool) -> Result<()> {
+        self.update_torrent(id, "seeding", seeding)?;
+        self.update_torrent(id, "pin", pin)
+    }
+
+    fn update_torrent(&self, id: TorrentId, col: &str, v: bool) -> Result<()> {
+        let n = self.conn().execute(
+            &format!("UPDATE torrents SET {col} = ?2 WHERE id = ?1"),
+            params![id.0, v],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::UnknownTorrent(id));
+        }
+        Ok(())
+    }
+
+    /// Deletes a torrent and everything about it; returns the object ids it had in the
+    /// remote (for `--purge`).
+    pub fn remove_torrent(&self, id: TorrentId) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids = {
+            let mut st = tx.prepare(
+                "SELECT object_id FROM chunks WHERE torrent_id = ?1 AND object_id IS NOT NULL",
+            )?;
+            let rows = st.query_map([id.0], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let n = tx.execute("DELETE FROM torrents WHERE id = ?1", [id.0])?;
+        if n == 0 {
+            return Err(CatalogError::UnknownTorrent(id));
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when the database file is sound.
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Writes a consistent copy of the whole database to `dest` (for the snapshot).
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let conn = self.conn();
+        let _ = std::fs::remove_file(dest);
+        conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])?;
+        Ok(())
+    }
+}
+
+fn torrent_row(r: &Row<'_>) -> rusqlite::Result<TorrentRecord> {
+    let uid: Vec<u8> = r.get(1)?;
+    let v1: Option<Vec<u8>> = r.get(2)?;
+    let v2: Option<Vec<u8>> = r.get(3)?;
+    let piece_len: Option<i64> = r.get(7)?;
+    let total_len: Option<i64> = r.get(8)?;
+    let bad = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("bad {what}").into(),
+        )
+    };
+    let geometry = match (piece_len, total_len) {
+        (Some(p), Some(t)) => Some(Geometry::new(t as u64, p as u64).map_err(|_| bad("geometry"))?),
+        _ => None,
+    };
+    Ok(TorrentRecord {
+        id: TorrentId(r.get(0)?),
+        uid: uid.try_into().map_err(|_| bad("uid"))?,
+        info_hash_v1: v1
+            .map(|v| v.try_into().map_err(|_| bad("info hash")))
+            .transpose()?,
+        info_hash_v2: v2
+            .map(|v| v.try_into().map_err(|_| bad("info hash")))
+            .transpose()?,
+        name: r.get(4)?,
+        magnet: r.get(5)?,
+        metainfo: r.get(6)?,
+        geometry,
+        paused: r.get(9)?,
+        seeding: r.get(10)?,
+        pin: r.get(11)?,
+        added_at: r.get(12)?,
+        peers: serde_json::from_str(&r.get::<_, String>(13)?).map_err(|_| bad("peers"))?,
+    })
+}
+
+fn chunk_row(r: &Row<'_>) -> rusqlite::Result<Result<ChunkRecord>> {
+    let state: i64 = r.get(2)?;
+    let hash: Option<Vec<u8>> = r.get(3)?;
+    let Some(state) = ChunkState::from_i64(state) else {
+        return Ok(Err(CatalogError::Corrupt(format!("chunk state {state}"))));
+    };
+    let hash = match hash.map(<[u8; 32]>::try_from).transpose() {
+        Ok(h) => h,
+        Err(_) => return Ok(Err(CatalogError::Corrupt("chunk hash".into()))),
+    };
+    Ok(Ok(ChunkRecord {
+        index: r.get(0)?,
+        len: r.get::<_, i64>(1)? as u64,
+        state,
+        hash,
+        object_id: r.get(4)?,
+    }))
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,251 @@
-//! Placeholder: filled in by the cli work.
+//! The command line: one file per command, all behind one `clap` parser. Commands
+//! change the catalog themselves (so they work with no daemon running and are durable
+//! when they return) and then nudge a running daemon over the control socket.
+
+mod add;
+mod import;
+mod manage;
+mod mount;
+mod status;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::daemon::control::{self, ControlError, Request, Response};
+use crate::daemon::{default_home, InitOptions, Library};
+
+#[derive(Debug, Parser)]
+#[command(name = "bae", version, about = "Torrents as encrypted chunks in S3, mounted read-only and seeded from the same chunks")]
+pub struct Cli {
+    /// The library directory (default: $BAE_HOME, else ~/.local/share/bae).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a library (key, config, database).
+    Init {
+        /// Store encrypted chunks in S3: s3://BUCKET[/PREFIX]. Default: a local directory.
+        #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+        remote: Option<String>,
+        /// S3 endpoint URL for S3-compatible services (path-style addressing).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
+        /// Local cache limit, e.g. 20GiB.
+        #[arg(long, value_name = "SIZE")]
+        cache_size: Option<String>,
+        /// Use this key (64 hex characters) instead of generating one.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Rebuild the library from the snapshot in the remote (needs --key).
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Add a torrent from a .torrent file or a magnet link.
+    Add {
+        #[arg(value_name = "FILE.torrent|MAGNET")]
+        source: String,
+        /// Add it paused.
+        #[arg(long)]
+        paused: bool,
+        /// Wait for the download to finish, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+        /// Connect to this peer directly (repeatable), e.g. 192.0.2.7:51413.
+        #[arg(long, value_name = "IP:PORT")]
+        peer: Vec<String>,
+    },
+    /// Make a torrent of a local album folder, store its content and seed it.
+    Import {
+        dir: PathBuf,
+        /// Piece size (a power of two, e.g. 256KiB); default: chosen by size.
+        #[arg(long, value_name = "SIZE")]
+        piece_size: Option<String>,
+        #[arg(long, value_name = "URL")]
+        tracker: Vec<String>,
+        /// Where to write the .torrent file.
+        #[arg(long, value_name = "FILE.torrent")]
+        out: Option<PathBuf>,
+    },
+    /// Mount the library and run the daemon (in the background unless -f).
+    Mount {
+        mountpoint: PathBuf,
+        #[arg(short, long)]
+        foreground: bool,
+        #[arg(long)]
+        allow_other: bool,
+        /// Port to listen on for peers.
+        #[arg(long, value_name = "PORT")]
+        listen: Option<u16>,
+        /// Local cache limit for this run, e.g. 20GiB.
+        #[arg(long, value_name = "SIZE")]
+        cache_size: Option<String>,
+    },
+    /// Unmount and stop the daemon.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach even while files are open (they stay readable until closed).
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Show torrents, transfer rates, chunks and cache use.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Turn seeding on or off.
+    Seed {
+        torrent: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Seed without keeping the chunks pinned in the cache (fetched back from the
+        /// remote when peers ask).
+        #[arg(long)]
+        no_pin: bool,
+    },
+    Pause {
+        torrent: String,
+    },
+    Resume {
+        torrent: String,
+    },
+    /// Remove a torrent from the library (--purge: also its objects in the remote).
+    Remove {
+        torrent: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Check every stored chunk of a torrent, locally and in the remote.
+    Verify {
+        torrent: String,
+    },
+    /// Drop cached chunks that are safe in the remote (not pinned by seeding).
+    Evict,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let verbose = matches!(cli.command, Command::Mount { .. });
+    init_tracing(verbose);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bae: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    match cli.command {
+        Command::Init {
+            remote,
+            endpoint,
+            region,
+            cache_size,
+            key,
+            restore,
+        } => {
+            let opts = InitOptions {
+                remote,
+                endpoint,
+                region,
+                cache_size,
+                key_file: key,
+                restore,
+            };
+            let lib = runtime()?.block_on(Library::init(&home, &opts))?;
+            println!("initialised library in {}", lib.home.display());
+            if restore {
+                println!(
+                    "restored {} torrents from the remote",
+                    lib.catalog.torrents()?.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Add {
+            source,
+            paused,
+            wait,
+            peer,
+        } => add::run(&home, &source, paused, wait, &peer),
+        Command::Import {
+            dir,
+            piece_size,
+            tracker,
+            out,
+        } => import::run(&home, &dir, piece_size.as_deref(), &tracker, out.as_deref()),
+        Command::Mount {
+            mountpoint,
+            foreground,
+            allow_other,
+            listen,
+            cache_size,
+        } => mount::mount(&home, mountpoint, foreground, allow_other, listen, cache_size),
+        Command::Umount { mountpoint, lazy } => mount::umount(&home, &mountpoint, lazy),
+        Command::Status { json, watch } => status::run(&home, json, watch),
+        Command::Seed {
+            torrent,
+            state,
+            no_pin,
+        } => manage::seed(&home, &torrent, state == "on", !no_pin),
+        Command::Pause { torrent } => manage::pause(&home, &torrent, true),
+        Command::Resume { torrent } => manage::pause(&home, &torrent, false),
+        Command::Remove { torrent, purge } => manage::remove(&home, &torrent, purge),
+        Command::Verify { torrent } => manage::verify(&home, &torrent),
+        Command::Evict => manage::evict(&home),
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub(crate) fn open_library(home: &std::path::Path) -> anyhow::Result<Library> {
+    Ok(runtime()?.block_on(Library::open_or_create(home))?)
+}
+
+/// Sends a request to the running daemon, if there is one.
+pub(crate) fn ask_daemon(lib: &Library, req: &Request, timeout: Duration) -> anyhow::Result<Option<Response>> {
+    match runtime()?.block_on(control::call(&lib.socket_path(), req, timeout)) {
+        Ok(r) => Ok(Some(r)),
+        Err(ControlError::NotRunning) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tells a running daemon the catalog changed. Silent when none runs.
+pub(crate) fn nudge_daemon(lib: &Library) -> anyhow::Result<()> {
+    match ask_daemon(lib, &Request::Sync, Duration::from_secs(30))? {
+        Some(Response::Error { message }) => anyhow::bail!("the daemon refused: {message}"),
+        _ => Ok(()),
+    }
+}

@@ -1,1 +1,15 @@
-//! Placeholder: filled in by the daemon work.
+//! The daemon: one process holding the libtorrent session, the chunk store, the
+//! uploader and the FUSE mount, plus the library it runs on and its control socket.
+
+pub mod config;
+pub mod content;
+pub mod control;
+pub mod import;
+pub mod library;
+pub mod report;
+pub mod run;
+pub mod storage;
+pub mod verify;
+
+pub use library::{default_home, InitOptions, Library};
+pub use run::{run, DaemonOptions};

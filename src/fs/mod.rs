@@ -1,1 +1,31 @@
-//! Placeholder: filled in by the fs work.
+//! The read-only FUSE mount: root → one directory per torrent → its files.
+//!
+//! - [`content`]: the [`Content`] trait, the only way the fs sees torrent data.
+//! - [`names`] and [`tree`]: untrusted torrent names turned into a safe, stable tree.
+//! - [`filesystem`]: every supported operation as plain, kernel-free logic.
+//! - [`readahead`]: sequential-reader detection and the read-ahead window.
+//! - [`fuse`]: the thin `fuser` adapter; reads answered off the dispatch thread.
+//! - [`mount`](mod@mount): mounting, readiness, unmounting.
+//!
+//! Nothing here knows about chunks, S3 or libtorrent; nothing but `fuse` and `mount`
+//! knows about `fuser`.
+
+pub mod content;
+mod error;
+pub mod filesystem;
+pub mod fuse;
+mod mount;
+pub mod names;
+pub mod readahead;
+pub mod tree;
+
+#[cfg(test)]
+mod tests;
+
+pub use content::{Content, ContentError, FileEntry, TorrentEntry};
+pub use error::FsError;
+pub use filesystem::{Attr, DirEntry, EntryKind, Filesystem, FsConfig, Opened, StatFs};
+pub use mount::{
+    is_fuse_mount, mount, unmount_path, wait_until_mounted, MountHandle, MountOptions,
+};
+pub use tree::{InodeNo, Tree};

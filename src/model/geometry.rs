@@ -29,7 +29,9 @@ pub enum GeometryError {
         total_len: u64,
         piece_len: u64,
     },
-    #[error("file {index} at offset {offset} does not follow the previous file (expected {expected})")]
+    #[error(
+        "file {index} at offset {offset} does not follow the previous file (expected {expected})"
+    )]
     FileGap {
         index: usize,
         offset: u64,
@@ -62,8 +64,7 @@ impl Geometry {
         if total_len == 0 {
             return Err(GeometryError::Empty);
         }
-        if !(MIN_PIECE_LEN..=MAX_PIECE_LEN).contains(&piece_len) || piece_len % MIN_PIECE_LEN != 0
-        {
+        if !(MIN_PIECE_LEN..=MAX_PIECE_LEN).contains(&piece_len) || piece_len % MIN_PIECE_LEN != 0 {
             return Err(GeometryError::BadPieceLen(piece_len));
         }
         Ok(Geometry {
@@ -286,16 +287,36 @@ mod tests {
     #[test]
     fn file_layout_validates_and_maps() {
         let files = vec![
-            FileSpan { offset: 0, len: 10, pad: false },
-            FileSpan { offset: 10, len: 0, pad: false },
-            FileSpan { offset: 10, len: 6, pad: true },
-            FileSpan { offset: 16, len: 4, pad: false },
+            FileSpan {
+                offset: 0,
+                len: 10,
+                pad: false,
+            },
+            FileSpan {
+                offset: 10,
+                len: 0,
+                pad: false,
+            },
+            FileSpan {
+                offset: 10,
+                len: 6,
+                pad: true,
+            },
+            FileSpan {
+                offset: 16,
+                len: 4,
+                pad: false,
+            },
         ];
         let l = FileLayout::new(files.clone(), 20).unwrap();
         assert_eq!(l.file_block(FileIndex(3), 1, 100), 17..20);
         assert_eq!(
             l.files_of_range(8..18),
-            vec![(FileIndex(0), 8, 2), (FileIndex(2), 0, 6), (FileIndex(3), 0, 2)]
+            vec![
+                (FileIndex(0), 8, 2),
+                (FileIndex(2), 0, 6),
+                (FileIndex(3), 0, 2)
+            ]
         );
         assert!(FileLayout::new(files.clone(), 21).is_err());
         let mut gap = files;

@@ -46,7 +46,11 @@ mod tests {
 
     #[test]
     fn round_trips_through_integers() {
-        for s in [ChunkState::Partial, ChunkState::Complete, ChunkState::Uploaded] {
+        for s in [
+            ChunkState::Partial,
+            ChunkState::Complete,
+            ChunkState::Uploaded,
+        ] {
             assert_eq!(ChunkState::from_i64(s.as_i64()), Some(s));
         }
         assert_eq!(ChunkState::from_i64(7), None);

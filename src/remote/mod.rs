@@ -1,17 +1,30 @@
 //! The remote: where encrypted chunk objects and catalog snapshots live.
 //!
-//! One small trait, [`ObjectStore`], with an S3 implementation and a local-directory
-//! implementation (the embedded default remote) that pass the same conformance tests.
-//! Wrappers add bounded concurrency and retries. Object *contents* are sealed by
-//! [`crypto`] before they reach any store; keys are opaque ids chosen by the caller.
+//! One small trait, [`ObjectStore`], with an S3 implementation ([`s3::S3Store`]) and a
+//! local-directory implementation ([`local::LocalDirStore`], the embedded default remote)
+//! that pass the same conformance tests. [`retry::Remote`] wraps any store with bounded
+//! concurrency and retries; [`retry::FaultyStore`] injects faults and latency for tests.
+//! Object *contents* are sealed by [`crypto`] before they reach any store.
+//!
+//! Invariants: object keys are opaque (random ids, see [`new_object_id`]) so names reveal
+//! nothing about content; keys are `/`-separated ASCII paths without `.`/`..` segments.
+//! Nothing outside this module knows about aws-sdk-s3.
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rand::RngCore;
 
 pub mod crypto;
+pub mod local;
+pub mod retry;
+pub mod s3;
+
+pub use local::LocalDirStore;
+pub use retry::{FaultyStore, Remote, RemoteOptions, RetryPolicy};
+pub use s3::{S3Config, S3Store};
 
 /// Why a remote operation failed, classified for the retry policy.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteError {
     /// The object does not exist.
     #[error("object {0} not found in the remote")]
@@ -19,7 +32,7 @@ pub enum RemoteError {
     /// Worth retrying: 5xx, throttling, timeouts, connection refused/reset.
     #[error("remote temporarily unavailable: {0}")]
     Transient(String),
-    /// Not worth retrying: bad credentials, missing bucket, other 4xx, local I/O.
+    /// Not worth retrying: bad credentials, missing bucket, other 4xx, bad key, local I/O.
     #[error("remote error: {0}")]
     Permanent(String),
 }
@@ -27,6 +40,10 @@ pub enum RemoteError {
 impl RemoteError {
     pub fn is_transient(&self) -> bool {
         matches!(self, RemoteError::Transient(_))
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RemoteError::NotFound(_))
     }
 }
 
@@ -42,4 +59,86 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<(), RemoteError>;
     /// Keys that start with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError>;
+}
+
+/// Prefix under which chunk objects live.
+pub const CHUNK_PREFIX: &str = "chunks/";
+
+/// A fresh opaque object id: 128 random bits as 32 lowercase hex characters.
+pub fn new_object_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The object key of a chunk object: `chunks/<first two hex digits>/<id>`. The fan-out
+/// keeps directories of the local remote small and spreads S3 key prefixes.
+pub fn object_key_for(object_id: &str) -> String {
+    let fan = object_id.get(..2).unwrap_or(object_id);
+    format!("{CHUNK_PREFIX}{fan}/{object_id}")
+}
+
+/// Checks that `key` is a non-empty relative `/`-separated path of printable ASCII with
+/// no empty, `.`-leading (hidden, `.`, `..`) segments. Every store enforces this, so
+/// the same keys are valid everywhere.
+pub fn validate_key(key: &str) -> Result<(), RemoteError> {
+    let bad = |why: &str| {
+        Err(RemoteError::Permanent(format!(
+            "invalid object key {key:?}: {why}"
+        )))
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.len() > 512 {
+        return bad("longer than 512 bytes");
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("only printable ASCII without spaces is allowed");
+    }
+    if key.contains('\\') {
+        return bad("backslash");
+    }
+    for segment in key.split('/') {
+        if segment.is_empty() {
+            return bad("empty path segment (leading, trailing or double '/')");
+        }
+        if segment.starts_with('.') {
+            return bad("segments must not start with '.'");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_ids_are_opaque_and_unique() {
+        let a = new_object_id();
+        let b = new_object_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        let key = object_key_for(&a);
+        assert_eq!(key, format!("chunks/{}/{}", &a[..2], a));
+        assert!(validate_key(&key).is_ok());
+    }
+
+    #[test]
+    fn key_validation() {
+        for ok in ["a", "chunks/ab/abcdef", "snapshot/latest.db", "a-b_c"] {
+            assert!(validate_key(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/abs", "a/../b", "..", ".", "a//b", "a/", "sp ace", "é", "a\\b", ".hidden",
+            "a/.tmp/x", "nul\0",
+        ] {
+            assert!(
+                matches!(validate_key(bad), Err(RemoteError::Permanent(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -123,6 +123,23 @@ impl PyPeer {
         peer
     }
 
+    /// Like [`PyPeer::seed`], uploading at most `bytes_per_sec`.
+    pub fn seed_limited(torrent: &Path, save_dir: &Path, bytes_per_sec: u64) -> PyPeer {
+        let limit = bytes_per_sec.to_string();
+        let mut peer = PyPeer::spawn(
+            "peer.py",
+            &[
+                "seed".as_ref(),
+                torrent.as_os_str(),
+                save_dir.as_os_str(),
+                limit.as_ref(),
+            ],
+        );
+        let line = peer.wait_line("PORT");
+        peer.port = line["PORT ".len()..].parse().unwrap();
+        peer
+    }
+
     /// Starts a leecher of `torrent` into `save_dir`, dialling `from`.
     pub fn leech(torrent: &Path, save_dir: &Path, from: SocketAddr) -> PyPeer {
         let from = from.to_string();

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A python3-libtorrent peer (default disk storage) on 127.0.0.1, TCP only.
 
-usage: peer.py seed  TORRENT SAVE_DIR
+usage: peer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC]
        peer.py leech TORRENT SAVE_DIR HOST:PORT
 seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, and runs until killed.
 leech: downloads from HOST:PORT, prints "DONE" once every piece is verified and exits 0.
@@ -30,6 +30,15 @@ def session():
 def main():
     mode, torrent, save = sys.argv[1], sys.argv[2], sys.argv[3]
     ses = session()
+    if mode == "seed" and len(sys.argv) > 4:
+        # A slow seeder lets tests read while the download is still going.
+        # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
+        limit = int(sys.argv[4])
+        ses.apply_settings({"upload_rate_limit": limit})
+        local = ses.get_peer_class(lt.session.local_peer_class_id)
+        local["upload_limit"] = limit
+        local["ignore_unchoke_slots"] = False
+        ses.set_peer_class(lt.session.local_peer_class_id, local)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)
     params.save_path = save

@@ -1,0 +1,77 @@
+//! Versioned schema migrations, applied in order inside one transaction each.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. A migration is never
+//! edited once released: new changes get a new entry at the end of `MIGRATIONS`.
+
+use rusqlite::Connection;
+
+use super::CatalogError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE torrents (
+        id           INTEGER PRIMARY KEY,
+        uid          BLOB NOT NULL UNIQUE,      -- 16 random bytes: the chunks' identity
+        info_hash_v1 BLOB UNIQUE,
+        info_hash_v2 BLOB UNIQUE,
+        name         TEXT NOT NULL,
+        magnet       TEXT,                      -- source when added by magnet link
+        peers        TEXT NOT NULL DEFAULT '[]',-- JSON list of peer addresses to dial
+        metainfo     BLOB,                      -- bencoded .torrent, once known
+        piece_len    INTEGER,                   -- NULL until metadata is known
+        total_len    INTEGER,
+        paused       INTEGER NOT NULL DEFAULT 0,
+        seeding      INTEGER NOT NULL DEFAULT 1,
+        pin          INTEGER NOT NULL DEFAULT 1,
+        added_at     INTEGER NOT NULL
+    );
+    CREATE TABLE files (
+        torrent_id    INTEGER NOT NULL REFERENCES torrents(id) ON DELETE CASCADE,
+        idx           INTEGER NOT NULL,
+        path          TEXT NOT NULL,            -- JSON array of raw path components
+        stream_offset INTEGER NOT NULL,
+        len           INTEGER NOT NULL,
+        pad           INTEGER NOT NULL,
+        mtime         INTEGER NOT NULL,
+        PRIMARY KEY (torrent_id, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE chunks (
+        torrent_id INTEGER NOT NULL REFERENCES torrents(id) ON DELETE CASCADE,
+        idx        INTEGER NOT NULL,
+        len        INTEGER NOT NULL,
+        state      INTEGER NOT NULL,            -- model::ChunkState
+        hash       BLOB,                        -- blake3 of the plaintext, once complete
+        object_id  TEXT,                        -- opaque remote name, once complete
+        PRIMARY KEY (torrent_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_by_state ON chunks(state);
+    CREATE TABLE pieces (
+        torrent_id INTEGER NOT NULL REFERENCES torrents(id) ON DELETE CASCADE,
+        idx        INTEGER NOT NULL,
+        PRIMARY KEY (torrent_id, idx)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if applied > known {
+        return Err(CatalogError::TooNew {
+            found: applied,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

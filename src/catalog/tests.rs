@@ -1,0 +1,136 @@
+use super::*;
+
+fn layout(total: u64, piece: u64) -> Layout {
+    Layout {
+        piece_len: piece,
+        total_len: total,
+        files: vec![
+            FileRecord {
+                path: vec!["a".into(), "01.flac".into()],
+                stream_offset: 0,
+                len: total - 10,
+                pad: false,
+                mtime: 5,
+            },
+            FileRecord {
+                path: vec!["cover.jpg".into()],
+                stream_offset: total - 10,
+                len: 10,
+                pad: false,
+                mtime: 6,
+            },
+        ],
+    }
+}
+
+fn open() -> (tempfile::TempDir, Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = Catalog::open(&dir.path().join("bae.db")).unwrap();
+    (dir, cat)
+}
+
+fn add(cat: &Catalog, name: &str, h: u8) -> TorrentId {
+    cat.add_torrent(&NewTorrent {
+        info_hash_v1: Some([h; 20]),
+        name: name.into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn torrent_layout_and_chunks_round_trip() {
+    let (_d, cat) = open();
+    let id = add(&cat, "Album", 1);
+    assert!(cat.layout(id).unwrap().is_none());
+    let l = layout(5 << 20, 256 << 10);
+    let g = cat.set_layout(id, &l, None, Some(b"d4:infod")).unwrap();
+    assert_eq!(g.num_chunks(), 5);
+    // Idempotent, but a different layout is refused.
+    cat.set_layout(id, &l, None, None).unwrap();
+    assert!(matches!(
+        cat.set_layout(id, &layout(6 << 20, 256 << 10), None, None),
+        Err(CatalogError::LayoutMismatch(_))
+    ));
+    assert_eq!(cat.layout(id).unwrap().unwrap(), l);
+    let chunks = cat.chunks(id).unwrap();
+    assert_eq!(chunks.len(), 5);
+    assert!(chunks.iter().all(|c| c.state == ChunkState::Partial));
+    let t = cat.torrent(id).unwrap();
+    assert_eq!(t.metainfo.as_deref(), Some(&b"d4:infod"[..]));
+    assert!(t.seeding && t.pin && !t.paused);
+}
+
+#[test]
+fn bad_layout_is_refused_and_changes_nothing() {
+    let (_d, cat) = open();
+    let id = add(&cat, "Album", 1);
+    let mut l = layout(5 << 20, 256 << 10);
+    l.files[1].stream_offset += 1;
+    assert!(cat.set_layout(id, &l, None, None).is_err());
+    assert!(cat.layout(id).unwrap().is_none());
+    assert!(cat.chunks(id).unwrap().is_empty());
+}
+
+#[test]
+fn duplicates_and_lookup() {
+    let (_d, cat) = open();
+    add(&cat, "Abbey Road", 0xab);
+    add(&cat, "Abba Gold", 0xcd);
+    let dup = cat.add_torrent(&NewTorrent {
+        info_hash_v1: Some([0xab; 20]),
+        name: "x".into(),
+        ..Default::default()
+    });
+    assert!(matches!(dup, Err(CatalogError::Duplicate(_))));
+    assert_eq!(cat.find("Abbey").unwrap().name, "Abbey Road");
+    assert_eq!(cat.find("cdcd").unwrap().name, "Abba Gold");
+    assert!(matches!(
+        cat.find("Abb"),
+        Err(CatalogError::Ambiguous { .. })
+    ));
+    assert!(matches!(cat.find("zzz"), Err(CatalogError::NoMatch(_))));
+    assert!(matches!(cat.find(""), Err(CatalogError::NoMatch(_))));
+}
+
+#[test]
+fn verified_pieces_complete_chunks_then_upload() {
+    let (_d, cat) = open();
+    let id = add(&cat, "A", 1);
+    cat.set_layout(id, &layout(3 << 20, 1 << 20), None, None)
+        .unwrap();
+    let done = Completed {
+        index: 1,
+        hash: [7; 32],
+        object_id: "obj".into(),
+    };
+    cat.commit_verified(id, &[1, 1, 2], &[done]).unwrap();
+    assert_eq!(cat.verified_pieces(id).unwrap(), vec![1, 2]);
+    let key = ChunkKey::new(id, 1);
+    let c = cat.chunk(key).unwrap().unwrap();
+    assert_eq!(c.state, ChunkState::Complete);
+    assert_eq!(c.hash, Some([7; 32]));
+    cat.mark_uploaded(key).unwrap();
+    assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Uploaded);
+    // Recovery never reverts an uploaded chunk.
+    cat.unverify(id, &[1], &[1]).unwrap();
+    assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Uploaded);
+    assert_eq!(cat.verified_pieces(id).unwrap(), vec![2]);
+    assert_eq!(cat.remove_torrent(id).unwrap(), vec!["obj".to_string()]);
+    assert!(cat.chunks(id).unwrap().is_empty());
+    assert_eq!(cat.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bae.db");
+    let (uid, id) = {
+        let cat = Catalog::open(&path).unwrap();
+        let id = add(&cat, "A", 1);
+        (cat.library_uid().unwrap(), id)
+    };
+    let cat = Catalog::open(&path).unwrap();
+    assert_eq!(cat.library_uid().unwrap(), uid);
+    assert_eq!(cat.torrent(id).unwrap().name, "A");
+}

@@ -1,0 +1,125 @@
+//! `bae seed`, `pause`, `resume`, `remove`, `verify`, `evict`: change the catalog, then
+//! let a running daemon catch up.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::daemon::control::{Request, Response, VerifyReport};
+use crate::remote::{object_key_for, ObjectStore};
+use crate::store::Store;
+use crate::tiering::Fetcher;
+
+use super::{ask_daemon, nudge_daemon, open_library, runtime};
+
+pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()> {
+    let lib = open_library(home)?;
+    let t = lib.catalog.find(query)?;
+    lib.catalog.set_seeding(t.id, on, pin)?;
+    nudge_daemon(&lib)?;
+    match (on, pin) {
+        (true, true) => println!("{}: seeding, chunks pinned in the cache", t.name),
+        (true, false) => println!("{}: seeding without pinning (evicted chunks come back from the remote)", t.name),
+        (false, _) => println!("{}: not seeding", t.name),
+    }
+    Ok(())
+}
+
+pub fn pause(home: &Path, query: &str, paused: bool) -> anyhow::Result<()> {
+    let lib = open_library(home)?;
+    let t = lib.catalog.find(query)?;
+    lib.catalog.set_paused(t.id, paused)?;
+    nudge_daemon(&lib)?;
+    println!("{}: {}", t.name, if paused { "paused" } else { "resumed" });
+    Ok(())
+}
+
+pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
+    let lib = open_library(home)?;
+    let t = lib.catalog.find(query)?;
+    let objects = lib.catalog.remove_torrent(t.id)?;
+    nudge_daemon(&lib)?;
+    // With no daemon the chunk files go now; a daemon removed them in its sync.
+    let dir = crate::store::torrent_cache_dir(&lib.cache_dir(), &t.uid);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("warning: could not delete {}: {e}", dir.display());
+        }
+    }
+    if purge {
+        let rt = runtime()?;
+        let remote = rt.block_on(lib.remote())?;
+        let mut failed = 0;
+        rt.block_on(async {
+            for oid in &objects {
+                if let Err(e) = remote.delete(&object_key_for(oid)).await {
+                    failed += 1;
+                    tracing::warn!(object = %oid, error = %e, "could not delete");
+                }
+            }
+        });
+        if failed > 0 {
+            bail!("{} removed, but {failed} of its objects could not be deleted from the remote", t.name);
+        }
+        println!("{} removed, with its {} objects in the remote", t.name, objects.len());
+    } else {
+        println!("{} removed (its encrypted chunks stay in the remote; --purge deletes them)", t.name);
+    }
+    Ok(())
+}
+
+pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
+    let lib = open_library(home)?;
+    let t = lib.catalog.find(query)?;
+    let report = match ask_daemon(&lib, &Request::Verify { torrent: t.id.0 }, Duration::from_secs(24 * 3600))? {
+        Some(Response::Verify(r)) => r,
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => {
+            let _lock = crate::daemon::run::lock_library(&lib.home)?;
+            let rt = runtime()?;
+            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
+            let remote = rt.block_on(lib.remote())?;
+            let fetcher = Arc::new(Fetcher::new(remote, lib.key.clone()));
+            store.register_torrent(t.id)?;
+            let r: VerifyReport = rt.block_on(crate::daemon::verify::verify(&store, &*fetcher, t.id));
+            store.shutdown()?;
+            r
+        }
+    };
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    println!(
+        "{}: {} chunks checked, {} ok, {} missing from the remote",
+        t.name, report.chunks_checked, report.chunks_ok, report.chunks_missing
+    );
+    if !report.problems.is_empty() {
+        bail!("{} failed verification", t.name);
+    }
+    Ok(())
+}
+
+pub fn evict(home: &Path) -> anyhow::Result<()> {
+    let lib = open_library(home)?;
+    match ask_daemon(&lib, &Request::Evict, Duration::from_secs(60))? {
+        Some(Response::Done { message }) => println!("{message}"),
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => {
+            let _lock = crate::daemon::run::lock_library(&lib.home)?;
+            let rt = runtime()?;
+            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
+            for t in lib.catalog.torrents()? {
+                if t.geometry.is_some() {
+                    store.register_torrent(t.id)?;
+                    store.set_torrent_pinned(t.id, t.seeding && t.pin);
+                }
+            }
+            let n = store.evict_all();
+            store.shutdown()?;
+            println!("evicted {n} chunks");
+        }
+    }
+    Ok(())
+}

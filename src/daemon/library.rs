@@ -1,0 +1,241 @@
+//! The library on disk: `$BAE_HOME` (default `~/.local/share/bae`) holding
+//! `config.toml`, `key` (0600), `bae.db`, `cache/`, and — for the embedded default
+//! remote — `remote/`. Every command opens it through here; a command run before
+//! `bae init` creates the default library.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::remote::crypto::{Key, KeyError};
+use crate::remote::{
+    LocalDirStore, ObjectStore, Remote, RemoteError, RemoteOptions, S3Config, S3Store,
+};
+use crate::tiering::snapshot::{self, SnapshotError};
+
+use super::config::{parse_remote_url, parse_size, Config, ConfigError, RemoteConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("a library already exists in {0}; remove it first or choose another BAE_HOME")]
+    Exists(PathBuf),
+    #[error("cannot create the library in {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--restore needs --key FILE (the key of the library to restore)")]
+    RestoreNeedsKey,
+    #[error("--endpoint and --region only make sense with --remote s3://…")]
+    EndpointWithoutRemote,
+}
+
+/// What `bae init` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    pub remote: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub cache_size: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub restore: bool,
+}
+
+pub struct Library {
+    pub home: PathBuf,
+    pub config: Config,
+    pub key: Arc<Key>,
+    pub catalog: Arc<Catalog>,
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library").field("home", &self.home).finish()
+    }
+}
+
+/// `$BAE_HOME`, else `$XDG_DATA_HOME/bae`, else `~/.local/share/bae`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("BAE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("bae");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/bae")
+}
+
+pub fn config_path(home: &Path) -> PathBuf {
+    home.join("config.toml")
+}
+
+impl Library {
+    pub fn db_path(&self) -> PathBuf {
+        self.home.join("bae.db")
+    }
+    pub fn cache_dir(&self) -> PathBuf {
+        self.home.join("cache")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.home.join("control.sock")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.home.join("daemon.log")
+    }
+    pub fn local_remote_dir(&self) -> PathBuf {
+        self.home.join("remote")
+    }
+
+    /// Opens the library in `home`, creating the default one if there is none.
+    pub async fn open_or_create(home: &Path) -> Result<Library, LibraryError> {
+        if !config_path(home).exists() {
+            return Library::init(home, &InitOptions::default()).await;
+        }
+        Library::open(home)
+    }
+
+    pub fn open(home: &Path) -> Result<Library, LibraryError> {
+        let config = Config::load(&config_path(home))?;
+        let key = Key::load(&home.join("key"))?;
+        let catalog = Catalog::open(&home.join("bae.db"))?;
+        Ok(Library {
+            home: home.to_owned(),
+            config,
+            key: Arc::new(key),
+            catalog: Arc::new(catalog),
+        })
+    }
+
+    /// Creates a library. Everything is validated (sizes, remote URL, key, bucket
+    /// access) before anything is written, so a failed init leaves nothing behind.
+    pub async fn init(home: &Path, opts: &InitOptions) -> Result<Library, LibraryError> {
+        if config_path(home).exists() {
+            return Err(LibraryError::Exists(home.to_owned()));
+        }
+        let mut config = Config::default();
+        if let Some(s) = &opts.cache_size {
+            parse_size(s)?;
+            config.cache_size = s.clone();
+        }
+        match &opts.remote {
+            Some(url) => {
+                let (bucket, prefix) = parse_remote_url(url)?;
+                config.remote = RemoteConfig::S3 {
+                    bucket,
+                    prefix,
+                    endpoint: opts.endpoint.clone(),
+                    region: opts.region.clone(),
+                    path_style: None,
+                };
+            }
+            None if opts.endpoint.is_some() || opts.region.is_some() => {
+                return Err(LibraryError::EndpointWithoutRemote)
+            }
+            None => {}
+        }
+        if opts.restore && opts.key_file.is_none() {
+            return Err(LibraryError::RestoreNeedsKey);
+        }
+        let key = match &opts.key_file {
+            Some(f) => Key::load(f)?,
+            None => Key::generate(),
+        };
+        let s3 = match config.remote {
+            RemoteConfig::S3 { .. } => {
+                // Bad credentials or a missing bucket are reported now, not at first upload.
+                let remote = build_remote(&config, home).await?;
+                check_remote(&remote).await?;
+                Some(remote)
+            }
+            RemoteConfig::Local => None,
+        };
+
+        let created_dir = !home.exists();
+        let result = async {
+            create_private_dir(home)?;
+            let remote = match s3 {
+                Some(r) => r,
+                None => build_remote(&config, home).await?,
+            };
+            key.write_to(&home.join("key"))?;
+            if opts.restore {
+                snapshot::restore(&remote, &key, &home.join("bae.db")).await?;
+            }
+            Catalog::open(&home.join("bae.db"))?;
+            config.save(&config_path(home))?;
+            Library::open(home)
+        }
+        .await;
+        if result.is_err() {
+            // Leave nothing half-made behind.
+            for f in ["key", "bae.db", "bae.db-wal", "bae.db-shm", "config.toml"] {
+                let _ = std::fs::remove_file(home.join(f));
+            }
+            if created_dir {
+                let _ = std::fs::remove_dir_all(home);
+            }
+        }
+        result
+    }
+
+    pub async fn remote(&self) -> Result<Remote, LibraryError> {
+        build_remote(&self.config, &self.home).await
+    }
+}
+
+async fn check_remote(remote: &Remote) -> Result<(), LibraryError> {
+    // A list is cheap and fails on bad credentials or a missing bucket.
+    remote.list("catalog/").await?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), LibraryError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| LibraryError::Create {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// The remote a config names, wrapped with bounded concurrency and retries.
+pub async fn build_remote(config: &Config, home: &Path) -> Result<Remote, LibraryError> {
+    let store: Arc<dyn ObjectStore> = match &config.remote {
+        RemoteConfig::Local => Arc::new(LocalDirStore::new(home.join("remote"))?),
+        RemoteConfig::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+        } => {
+            let mut c = S3Config::new(bucket.clone());
+            c.prefix = prefix.clone();
+            c.endpoint = endpoint.clone();
+            c.region = region.clone();
+            c.path_style = *path_style;
+            Arc::new(S3Store::new(c).await?)
+        }
+    };
+    Ok(Remote::new(
+        store,
+        RemoteOptions {
+            max_concurrent_requests: config.remote_concurrency,
+            ..RemoteOptions::default()
+        },
+    ))
+}

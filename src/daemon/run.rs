@@ -1,0 +1,501 @@
+//! The daemon process: wires the store, uploader, libtorrent session and FUSE mount of
+//! one library together, serves the control socket, and shuts down cleanly on `bae
+//! umount`, SIGINT or SIGTERM: unmount, stop the session, make verified pieces durable,
+//! give uploads a bounded chance to finish (the rest resume at the next start), upload
+//! the catalog snapshot.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+
+use crate::fs::{FsError, MountHandle, MountOptions};
+use crate::model::TorrentId;
+use crate::remote::Remote;
+use crate::store::Store;
+use crate::tiering::{snapshot, Fetcher, Uploader};
+use crate::torrent::{AddOptions, Event, Session, SessionConfig, Source};
+
+use super::content::StoreContent;
+use super::control::{self, Request, Response, StatusReport};
+use super::library::Library;
+use super::storage::StoreStorage;
+
+/// What `bae mount` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonOptions {
+    pub mountpoint: PathBuf,
+    pub allow_other: bool,
+    pub listen_port: Option<u16>,
+    pub cache_size_bytes: Option<u64>,
+}
+
+/// How long shutdown waits for uploads in flight before leaving them for next time.
+const SHUTDOWN_UPLOAD_GRACE: Duration = Duration::from_secs(10);
+
+struct Daemon {
+    lib: Library,
+    store: Arc<Store>,
+    session: Arc<Session>,
+    content: Arc<StoreContent>,
+    uploader: Uploader,
+    remote: Remote,
+    fetcher: Arc<Fetcher>,
+    mountpoint: PathBuf,
+    /// Torrents the session currently has.
+    added: Mutex<HashSet<TorrentId>>,
+    shutdown_tx: mpsc::UnboundedSender<(bool, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    snapshot_dirty: std::sync::atomic::AtomicBool,
+}
+
+/// An exclusive lock on the library: one daemon per library.
+pub struct LibraryLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_library(home: &Path) -> anyhow::Result<LibraryLock> {
+    let path = home.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        bail!(
+            "a bae daemon is already running for the library in {} (bae umount stops it)",
+            home.display()
+        );
+    }
+    Ok(LibraryLock(f))
+}
+
+/// Runs the daemon in the foreground until it is told to stop. `ready` is called once
+/// the mount answers and the control socket listens.
+pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("bae-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let _lock = lock_library(&lib.home)?;
+
+    // A mount left behind by a crashed daemon is cleaned up first.
+    if crate::fs::is_fuse_mount(&opts.mountpoint)
+        && std::fs::metadata(&opts.mountpoint)
+            .err()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+    {
+        tracing::warn!(mountpoint = %opts.mountpoint.display(), "cleaning up a stale mount");
+        let _ = crate::fs::unmount_path(&opts.mountpoint, true);
+    }
+
+    let remote = rt.block_on(lib.remote())?;
+    let limit = opts
+        .cache_size_bytes
+        .unwrap_or_else(|| lib.config.cache_size_bytes());
+    let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), limit, rt.handle().clone())?;
+    let fetcher = Arc::new(Fetcher::new(remote.clone(), lib.key.clone()));
+    store.set_source(fetcher.clone());
+    let uploader = {
+        let _enter = rt.enter();
+        Uploader::start(
+            store.clone(),
+            remote.clone(),
+            lib.key.clone(),
+            lib.config.upload_concurrency,
+        )
+    };
+    let content = Arc::new(StoreContent::new(
+        store.clone(),
+        lib.catalog.clone(),
+        Duration::from_secs(lib.config.read_timeout_secs),
+    ));
+    let storage = Arc::new(StoreStorage {
+        store: store.clone(),
+        catalog: lib.catalog.clone(),
+        content: content.clone(),
+    });
+    let net = &lib.config.network;
+    let port = opts.listen_port.unwrap_or(net.listen_port);
+    let session = Arc::new(Session::new(SessionConfig {
+        listen_interfaces: format!("{}:{port}", net.listen_address),
+        enable_dht: net.dht,
+        enable_lsd: net.lsd,
+        enable_upnp: net.upnp,
+        enable_natpmp: net.natpmp,
+        enable_utp: net.utp,
+        allow_multiple_connections_per_ip: true,
+        storage,
+    })?);
+    content.set_session(&session);
+    let events = session.take_events();
+
+    let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+    let mountpoint = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
+    let daemon = Arc::new(Daemon {
+        lib,
+        store,
+        session,
+        content,
+        uploader,
+        remote,
+        fetcher,
+        mountpoint: mountpoint.clone(),
+        added: Mutex::new(HashSet::new()),
+        shutdown_tx,
+        snapshot_dirty: true.into(),
+    });
+    daemon.sync();
+
+    if let Some(events) = events {
+        // Weak: the thread ends when the session (owned by the daemon) is dropped.
+        let d = Arc::downgrade(&daemon);
+        std::thread::Builder::new()
+            .name("bae-events".into())
+            .spawn(move || {
+                for ev in events {
+                    let Some(d) = d.upgrade() else { return };
+                    d.on_event(ev);
+                }
+            })
+            .context("starting the event thread")?;
+    }
+
+    let mut mount: MountHandle = crate::fs::mount(
+        daemon.content.clone(),
+        &opts.mountpoint,
+        MountOptions {
+            allow_other: opts.allow_other,
+            // The content bounds its own waits; this is a backstop a little beyond it.
+            read_timeout: Some(Duration::from_secs(daemon.lib.config.read_timeout_secs + 5)),
+            runtime: Some(rt.handle().clone()),
+            max_readahead_bytes: u64::from(daemon.lib.config.readahead_chunks) * crate::model::CHUNK_LEN,
+            ..MountOptions::default()
+        },
+    )?;
+
+    let socket = daemon.lib.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let listener = {
+        let _enter = rt.enter();
+        tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("binding the control socket {}", socket.display()))?
+    };
+    {
+        let d = daemon.clone();
+        rt.spawn(control::serve(listener, move |req| {
+            let d = d.clone();
+            async move { d.handle(req).await }
+        }));
+    }
+    {
+        let d = daemon.clone();
+        rt.spawn(async move { d.snapshot_loop().await });
+    }
+    let pid_file = daemon.lib.home.join("daemon.pid");
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(error = %e, "cannot write {}", pid_file.display());
+    }
+    tracing::info!(mountpoint = %mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
+    ready();
+
+    // Wait for a stop request, a signal, or the mount being taken away from us.
+    let lazy = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                Some((lazy, reply)) = shutdown_rx.recv() => {
+                    let r = if lazy { mount.unmount_lazy() } else { mount.unmount() };
+                    match r {
+                        Ok(()) => {
+                            let _ = reply.send(Ok(()));
+                            return false;
+                        }
+                        Err(e @ FsError::Busy(_)) => {
+                            tracing::warn!("unmount refused: the mount is busy");
+                            let _ = reply.send(Err(e.to_string()));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => return true,
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return true,
+                _ = watch.tick() => {
+                    if !crate::fs::is_fuse_mount(&mountpoint) {
+                        tracing::warn!("the mount was removed from outside; stopping");
+                        return false;
+                    }
+                }
+            }
+        }
+    });
+    if lazy {
+        if let Err(e) = mount.unmount() {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            let _ = mount.unmount_lazy();
+        }
+    }
+    drop(mount);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pid_file);
+    rt.block_on(daemon.clone().shutdown());
+    // Ends the tasks holding the daemon, then the session itself (libtorrent says
+    // goodbye to trackers and joins its disk workers).
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(daemon);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Daemon {
+    /// Brings the session in line with the catalog: adds new torrents, removes
+    /// deleted ones, applies pause, seeding and pin flags.
+    fn sync(&self) {
+        let torrents = match self.lib.catalog.torrents() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the catalog");
+                return;
+            }
+        };
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted: HashSet<TorrentId> = torrents.iter().map(|t| t.id).collect();
+        for gone in added.iter().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
+            if let Err(e) = self.session.remove(gone) {
+                tracing::warn!(torrent = %gone, error = %e, "removing from the session");
+            }
+            if let Err(e) = self.store.remove_torrent(gone) {
+                tracing::warn!(torrent = %gone, error = %e, "removing cached chunks");
+            }
+            added.remove(&gone);
+            self.content.invalidate();
+        }
+        for t in &torrents {
+            if !added.contains(&t.id) {
+                let source = match (&t.metainfo, &t.magnet) {
+                    (Some(m), _) => Source::Metainfo(m.clone()),
+                    (None, Some(m)) => Source::Magnet(m.clone()),
+                    (None, None) => {
+                        tracing::error!(torrent = %t.id, "torrent has neither metainfo nor magnet");
+                        continue;
+                    }
+                };
+                let peers: Vec<SocketAddr> = t.peers.iter().filter_map(|p| p.parse().ok()).collect();
+                let complete = t.geometry.is_some() && {
+                    let _ = self.store.register_torrent(t.id);
+                    self.store.is_complete(t.id)
+                };
+                let opts = AddOptions {
+                    paused: t.paused || (complete && !t.seeding),
+                    peers,
+                    full_check: false,
+                };
+                match self.session.add(t.id, source, opts) {
+                    Ok(()) => {
+                        added.insert(t.id);
+                    }
+                    Err(e) => tracing::error!(torrent = %t.id, error = %e, "cannot add torrent"),
+                }
+            } else {
+                let complete = self.store.is_complete(t.id);
+                let r = if t.paused || (complete && !t.seeding) {
+                    self.session.pause(t.id)
+                } else {
+                    self.session.resume(t.id)
+                };
+                if let Err(e) = r {
+                    tracing::warn!(torrent = %t.id, error = %e, "applying pause state");
+                }
+            }
+            if t.geometry.is_some() {
+                self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
+            }
+        }
+        self.content.invalidate();
+        self.snapshot_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn on_event(&self, ev: Event) {
+        match ev {
+            Event::MetadataReceived { t, torrent_bytes } => {
+                let name = crate::torrent::parse_metainfo(&torrent_bytes).ok().map(|m| m.name);
+                if let Err(e) = self
+                    .lib
+                    .catalog
+                    .set_metainfo(t, &torrent_bytes, name.as_deref())
+                {
+                    tracing::error!(torrent = %t, error = %e, "cannot record metadata");
+                }
+                self.content.invalidate();
+                self.snapshot_dirty
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Event::TorrentFinished { t } => {
+                tracing::info!(torrent = %t, "download complete");
+                if let Ok(rec) = self.lib.catalog.torrent(t) {
+                    if !rec.seeding {
+                        let _ = self.session.pause(t);
+                    }
+                }
+                self.snapshot_dirty
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Event::HashFailed { t, piece } => {
+                tracing::warn!(torrent = %t, piece = piece.0, "piece failed its hash check; downloading it again");
+            }
+            Event::Error { t, message } => {
+                tracing::error!(torrent = ?t, %message, "torrent error");
+            }
+            Event::PieceFinished { .. } | Event::TorrentChecked { .. } => {}
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request) -> Response {
+        match req {
+            Request::Ping => Response::Pong {
+                pid: std::process::id(),
+                mountpoint: self.mountpoint.display().to_string(),
+            },
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Sync => {
+                let d = self.clone();
+                let _ = tokio::task::spawn_blocking(move || d.sync()).await;
+                Response::Done {
+                    message: "ok".into(),
+                }
+            }
+            Request::Evict => {
+                let n = self.store.evict_all();
+                Response::Done {
+                    message: format!("evicted {n} chunks"),
+                }
+            }
+            Request::Verify { torrent } => {
+                let report = super::verify::verify(&self.store, &*self.fetcher, TorrentId(torrent)).await;
+                Response::Verify(report)
+            }
+            Request::Import { torrent, dir } => {
+                let d = self.clone();
+                let r = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                    let id = TorrentId(torrent);
+                    let layout = d
+                        .lib
+                        .catalog
+                        .layout(id)?
+                        .ok_or_else(|| anyhow::anyhow!("torrent {id} has no layout"))?;
+                    let n = super::import::store_content(&d.store, id, Path::new(&dir), &layout)?;
+                    d.sync();
+                    Ok(n)
+                })
+                .await;
+                match r {
+                    Ok(Ok(n)) => Response::Done {
+                        message: format!("stored {n} bytes"),
+                    },
+                    Ok(Err(e)) => Response::Error {
+                        message: format!("{e:#}"),
+                    },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
+            Request::Shutdown { lazy } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = self.shutdown_tx.send((lazy, tx));
+                match rx.await {
+                    Ok(Ok(())) => Response::Done {
+                        message: "stopping".into(),
+                    },
+                    Ok(Err(message)) => Response::Error { message },
+                    Err(_) => Response::Done {
+                        message: "stopping".into(),
+                    },
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let mut report = StatusReport {
+            daemon_running: true,
+            mountpoint: Some(self.mountpoint.display().to_string()),
+            listen_port: Some(self.session.listen_port()),
+            cache: self.store.stats(),
+            cache_limit_bytes: self.store.limit_bytes(),
+            uploader: Some(self.uploader.status()),
+            ..Default::default()
+        };
+        match super::report::live(&self.lib.catalog, &self.store, &self.session) {
+            Ok(t) => report.torrents = t,
+            Err(e) => report.warnings.push(format!("catalog: {e}")),
+        }
+        if report.cache.used_bytes > report.cache_limit_bytes {
+            report.warnings.push(format!(
+                "cache holds {} MiB, over its {} MiB limit: {} MiB are not uploaded yet or pinned by seeding",
+                report.cache.used_bytes >> 20,
+                report.cache_limit_bytes >> 20,
+                (report.cache.used_bytes - report.cache.evictable_bytes) >> 20
+            ));
+        }
+        if let Some(e) = report.uploader.as_ref().and_then(|u| u.last_error.clone()) {
+            report.warnings.push(format!("uploads are failing (will retry): {e}"));
+        }
+        report
+    }
+
+    /// Uploads the catalog snapshot when something changed, at most every 30 s.
+    async fn snapshot_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            if self
+                .snapshot_dirty
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                if let Err(e) = self.upload_snapshot().await {
+                    tracing::warn!(error = %e, "catalog snapshot upload failed; will retry");
+                    self.snapshot_dirty
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn upload_snapshot(&self) -> Result<(), snapshot::SnapshotError> {
+        snapshot::upload(&self.lib.catalog, &self.remote, &self.lib.key, &self.lib.home).await
+    }
+
+    async fn shutdown(self: Arc<Self>) {
+        tracing::info!("stopping");
+        // No new pieces from here on: what is verified now is what gets recorded.
+        for t in self.added.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = self.session.pause(*t);
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "recording verified pieces at shutdown");
+        }
+        if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
+            tracing::info!("uploads not finished; they resume at the next start");
+        }
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), self.upload_snapshot()).await {
+            tracing::warn!(error = %e, "catalog snapshot upload timed out");
+        }
+        if let Err(e) = self.store.shutdown() {
+            tracing::error!(error = %e, "store shutdown");
+        }
+    }
+}

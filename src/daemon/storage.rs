@@ -1,0 +1,98 @@
+//! The chunk store as libtorrent's storage: the adapter between `torrent::TorrentStorage`
+//! (stream offsets, blocking calls from disk workers) and `store::Store`.
+//!
+//! `open` is where a torrent's layout first becomes known for a magnet link, so it also
+//! records the layout in the catalog and tells the mount that the tree changed.
+
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, FileRecord, Layout};
+use crate::model::{PieceIndex, TorrentId};
+use crate::store::{Store, StoreError};
+use crate::torrent::{StorageError, TorrentLayout, TorrentStorage};
+
+use super::content::StoreContent;
+
+pub struct StoreStorage {
+    pub store: Arc<Store>,
+    pub catalog: Arc<Catalog>,
+    pub content: Arc<StoreContent>,
+}
+
+pub fn layout_of(l: &TorrentLayout) -> Layout {
+    let mut offset = 0;
+    let files = l
+        .files
+        .iter()
+        .map(|f| {
+            let r = FileRecord {
+                path: f.path.clone(),
+                stream_offset: offset,
+                len: f.len,
+                pad: f.pad,
+                mtime: f.mtime,
+            };
+            offset += f.len;
+            r
+        })
+        .collect();
+    Layout {
+        piece_len: l.piece_len,
+        total_len: l.total_len,
+        files,
+    }
+}
+
+fn storage_err(e: StoreError) -> StorageError {
+    match e {
+        StoreError::UnknownTorrent(_) | StoreError::OutOfRange { .. } | StoreError::Lost(_) => {
+            StorageError::NotFound
+        }
+        StoreError::Fetch { .. } => StorageError::Fetch(e.to_string()),
+        StoreError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            StorageError::NoSpace
+        }
+        other => StorageError::Io(other.to_string()),
+    }
+}
+
+impl TorrentStorage for StoreStorage {
+    fn open(&self, t: TorrentId, layout: &TorrentLayout) -> Result<Vec<bool>, StorageError> {
+        let record = self
+            .catalog
+            .set_layout(t, &layout_of(layout), None, None)
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        let _ = record;
+        self.store.register_torrent(t).map_err(storage_err)?;
+        let torrent = self
+            .catalog
+            .torrent(t)
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        self.store
+            .set_torrent_pinned(t, torrent.seeding && torrent.pin);
+        self.content.invalidate();
+        self.store.verified_pieces(t).map_err(storage_err)
+    }
+
+    fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.store.write(t, stream_offset, data).map_err(storage_err)
+    }
+
+    fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.store
+            .read_raw_blocking(t, stream_offset, buf)
+            .map_err(storage_err)
+    }
+
+    fn pieces_verified(&self, t: TorrentId, pieces: &[PieceIndex]) {
+        self.store.pieces_verified(t, pieces);
+    }
+
+    fn piece_failed(&self, t: TorrentId, piece: PieceIndex) {
+        self.store.piece_failed(t, piece);
+    }
+
+    fn close(&self, _t: TorrentId) {
+        // The store keeps serving the mount after libtorrent lets go of a torrent.
+    }
+}

@@ -1,0 +1,428 @@
+//! The kernel edge: a thin `fuser` adapter over [`Filesystem`].
+//!
+//! Each kernel operation is one call into the filesystem and one reply; errors become
+//! errnos through [`FsError::errno`]. Metadata operations are answered on the FUSE
+//! dispatch thread (they only touch memory). Reads are spawned onto a tokio runtime and
+//! answered from the task, so a read waiting for data never stalls the dispatch loop
+//! or any other read. Every operation that would change anything gets `EROFS`.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::consts::{
+    FOPEN_KEEP_CACHE, FUSE_DO_READDIRPLUS, FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO,
+};
+use fuser::{
+    FileAttr, FileType, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow,
+};
+use tokio::runtime::Handle;
+
+use crate::model::CHUNK_LEN;
+
+use super::error::FsError;
+use super::filesystem::{Attr, DirEntry, EntryKind, Filesystem};
+use super::tree::InodeNo;
+
+/// Read-ahead the kernel may do on its own, per file (it asks in requests of at most
+/// `max_read`).
+const KERNEL_READAHEAD_BYTES: u32 = CHUNK_LEN as u32;
+
+/// Background (read-ahead) requests the kernel may have in flight to us at once.
+const MAX_BACKGROUND_REQUESTS: u16 = 64;
+
+/// Directory entries fetched from the filesystem per step while filling a reply.
+const READDIR_BATCH: usize = 128;
+
+/// Feeds entries of directory `ino` from `offset` to `add` until it reports the reply
+/// buffer full (returns true) or the directory ends.
+fn fill_dir(
+    fs: &Filesystem,
+    ino: InodeNo,
+    offset: i64,
+    mut add: impl FnMut(&DirEntry) -> bool,
+) -> Result<(), FsError> {
+    let mut offset = u64::try_from(offset).unwrap_or(0);
+    loop {
+        let batch = fs.readdir(ino, offset, READDIR_BATCH)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for e in &batch {
+            if add(e) {
+                return Ok(());
+            }
+            offset = e.next_offset;
+        }
+    }
+}
+
+fn next_offset(e: &DirEntry) -> i64 {
+    i64::try_from(e.next_offset).unwrap_or(i64::MAX)
+}
+
+/// The `fuser::Filesystem` implementation handed to the session.
+pub struct FuseAdapter {
+    fs: Arc<Filesystem>,
+    runtime: Handle,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<Filesystem>, runtime: Handle) -> Self {
+        FuseAdapter { fs, runtime }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.fs.config().attr_ttl
+    }
+}
+
+fn to_system_time(unix_secs: i64) -> SystemTime {
+    if unix_secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(unix_secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(unix_secs.unsigned_abs())
+    }
+}
+
+fn to_file_attr(a: &Attr) -> FileAttr {
+    let time = to_system_time(a.mtime);
+    FileAttr {
+        ino: a.ino.0,
+        size: a.size_bytes,
+        blocks: a.size_bytes.div_ceil(512),
+        atime: time,
+        mtime: time,
+        ctime: time,
+        crtime: time,
+        kind: to_file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        // Preferred I/O size: one chunk, so `cp`, `cat` & co. read in 1 MiB requests.
+        blksize: CHUNK_LEN as u32,
+        flags: 0,
+    }
+}
+
+fn to_file_type(kind: EntryKind) -> FileType {
+    match kind {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::File => FileType::RegularFile,
+    }
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        // Each is an optimisation; a kernel without it is still served correctly.
+        for cap in [
+            FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO,
+            FUSE_PARALLEL_DIROPS,
+        ] {
+            if let Err(missing) = config.add_capabilities(cap) {
+                tracing::debug!(missing, "kernel lacks a FUSE capability");
+            }
+        }
+        if let Err(nearest) = config.set_max_readahead(KERNEL_READAHEAD_BYTES) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND_REQUESTS);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(InodeNo(parent), name) {
+            Ok(a) => reply.entry(&self.ttl(), &to_file_attr(&a), 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.fs.getattr(InodeNo(ino)) {
+            Ok(a) => reply.attr(&self.ttl(), &to_file_attr(&a)),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.fs.opendir(InodeNo(ino)) {
+            Ok(()) => reply.opened(0, 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let filled = fill_dir(&self.fs, InodeNo(ino), offset, |e| {
+            let kind = to_file_type(e.attr.kind);
+            reply.add(e.attr.ino.0, next_offset(e), kind, &e.name)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl();
+        let filled = fill_dir(&self.fs, InodeNo(ino), offset, |e| {
+            let attr = to_file_attr(&e.attr);
+            reply.add(e.attr.ino.0, next_offset(e), &e.name, &ttl, &attr, 0)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        match self.fs.open(InodeNo(ino), flags) {
+            Ok(o) => reply.opened(o.fh, if o.keep_cache { FOPEN_KEEP_CACHE } else { 0 }),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let fs = Arc::clone(&self.fs);
+        // If the runtime is gone the task is dropped, and so is `reply`: fuser then
+        // answers EIO, so the reader never hangs.
+        self.runtime.spawn(async move {
+            match fs.read(fh, offset, size).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh);
+        reply.ok()
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks,
+            0,
+            0,
+            s.files,
+            0,
+            s.block_size,
+            s.name_max_bytes,
+            s.block_size,
+        )
+    }
+
+    // Everything below would change the filesystem: refused.
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn mknod(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn mkdir(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, _parent: u64, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, _parent: u64, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn symlink(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _name: &OsStr,
+        _newparent: u64,
+        _newname: &OsStr,
+        _flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _newparent: u64,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _offset: i64,
+        _data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn create(
+        &mut self,
+        _req: &Request<'_>,
+        _parent: u64,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _offset: i64,
+        _length: i64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+
+    fn copy_file_range(
+        &mut self,
+        _req: &Request<'_>,
+        _ino_in: u64,
+        _fh_in: u64,
+        _offset_in: i64,
+        _ino_out: u64,
+        _fh_out: u64,
+        _offset_out: i64,
+        _len: u64,
+        _flags: u32,
+        reply: ReplyWrite,
+    ) {
+        reply.error(FsError::ReadOnly.errno())
+    }
+}

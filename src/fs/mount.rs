@@ -1,0 +1,450 @@
+//! Putting the filesystem in front of the kernel, and taking it away again.
+//!
+//! [`mount`] checks the mount point, mounts read-only through `fuser`, runs the FUSE
+//! session loop on its own thread and returns only once the kernel answers requests on
+//! the mount. The [`MountHandle`] it returns unmounts on [`MountHandle::unmount`] or on
+//! drop.
+//!
+//! Mount point policy: it must exist, be a directory, not already be a mount point
+//! (of any filesystem; a dead FUSE mount is reported as stale) and be empty — mounting
+//! over files would hide them, which is never what a user of `bae` means.
+//!
+//! Unmount policy, as `fusermount3 -u`: a plain unmount fails with [`FsError::Busy`]
+//! while a process holds a file open under the mount (or has its working directory
+//! there); the mount then stays fully working. [`MountHandle::unmount_lazy`] detaches
+//! it at once (`umount -l`): new lookups fail, open files keep being served until they
+//! are closed, then the session ends. Dropping a handle tries a plain unmount and falls
+//! back to a lazy one.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use fuser::{MountOption, Session};
+
+use crate::model::CHUNK_LEN;
+
+use super::content::Content;
+use super::error::FsError;
+use super::filesystem::{Filesystem, FsConfig};
+use super::fuse::FuseAdapter;
+
+/// How the mount is set up.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let other users than the mounting one see the files (needs `user_allow_other`
+    /// in /etc/fuse.conf unless root).
+    pub allow_other: bool,
+    /// Backstop on each read's wait for data, after which it fails with `EIO`; `None`
+    /// trusts [`Content::read`]'s own bound.
+    pub read_timeout: Option<Duration>,
+    /// Source name shown in /proc/mounts and `df`.
+    pub fsname: String,
+    /// How long the kernel caches attributes and entries.
+    pub attr_ttl: Duration,
+    /// Largest read-ahead window of a sequential reader.
+    pub max_readahead_bytes: u64,
+    /// Where reads run. `None`: the mount makes and owns a small runtime of its own.
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// How long [`mount`] waits for the kernel to start answering on the mount.
+    pub ready_timeout: Duration,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        let fs = FsConfig::default();
+        MountOptions {
+            allow_other: false,
+            read_timeout: fs.read_timeout,
+            fsname: "bae".to_string(),
+            attr_ttl: fs.attr_ttl,
+            max_readahead_bytes: fs.max_readahead_bytes,
+            runtime: None,
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Largest read request the kernel sends us.
+const MAX_READ_BYTES: u64 = CHUNK_LEN;
+
+/// Worker threads of a runtime the mount makes for itself.
+const OWN_RUNTIME_THREADS: usize = 4;
+
+/// A live mount. Unmounts on drop (see the module comment for what happens to open
+/// files).
+#[derive(Debug)]
+pub struct MountHandle {
+    mountpoint: PathBuf,
+    fs: Arc<Filesystem>,
+    session: Option<JoinHandle<()>>,
+    mounted: bool,
+}
+
+/// Mounts `content` read-only at `mountpoint`, returning once the mount answers.
+pub fn mount(
+    content: Arc<dyn Content>,
+    mountpoint: &Path,
+    options: MountOptions,
+) -> Result<MountHandle, FsError> {
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let config = FsConfig {
+        attr_ttl: options.attr_ttl,
+        read_timeout: options.read_timeout,
+        max_readahead_bytes: options.max_readahead_bytes,
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(Filesystem::new(content, config));
+
+    let (runtime, owned_runtime) = match options.runtime {
+        Some(handle) => (handle, None),
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(OWN_RUNTIME_THREADS)
+                .thread_name("bae-fs-read")
+                .enable_all()
+                .build()
+                .map_err(|e| FsError::io("starting the read runtime", e))?;
+            (rt.handle().clone(), Some(rt))
+        }
+    };
+
+    let mut mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(options.fsname.clone()),
+        MountOption::Subtype("bae".to_string()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::CUSTOM(format!("max_read={MAX_READ_BYTES}")),
+    ];
+    if options.allow_other {
+        mount_options.push(MountOption::AllowOther);
+    }
+    let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
+    let mut session = Session::new(adapter, &mountpoint, &mount_options)
+        .map_err(|e| FsError::io(format!("mounting {}", mountpoint.display()), e))?;
+
+    let thread_mountpoint = mountpoint.clone();
+    let spawned = thread::Builder::new()
+        .name("bae-fuse".to_string())
+        .spawn(move || {
+            if let Err(e) = session.run() {
+                tracing::error!(mountpoint = %thread_mountpoint.display(), error = %e, "FUSE session failed");
+            }
+            drop(session);
+            if let Some(rt) = owned_runtime {
+                rt.shutdown_timeout(Duration::from_secs(1));
+            }
+            tracing::info!(mountpoint = %thread_mountpoint.display(), "FUSE session ended");
+        });
+    let session = match spawned {
+        Ok(t) => t,
+        Err(e) => {
+            // The kernel mount exists but nothing would serve it.
+            let _ = unmount_path(&mountpoint, true);
+            return Err(FsError::io("starting the FUSE session thread", e));
+        }
+    };
+    // From here on the handle's Drop cleans up if the mount never becomes ready.
+    let handle = MountHandle {
+        mountpoint,
+        fs,
+        session: Some(session),
+        mounted: true,
+    };
+    wait_until_mounted(&handle.mountpoint, options.ready_timeout)?;
+    tune_kernel_readahead(&handle.mountpoint);
+    tracing::info!(mountpoint = %handle.mountpoint.display(), "mounted");
+    Ok(handle)
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The filesystem behind the mount (open handles, current tree…).
+    pub fn filesystem(&self) -> &Arc<Filesystem> {
+        &self.fs
+    }
+
+    /// Unmounts, like `fusermount3 -u`. Fails with [`FsError::Busy`] while a file under
+    /// the mount is open; the mount then stays up and the handle stays valid.
+    pub fn unmount(&mut self) -> Result<(), FsError> {
+        if !self.mounted {
+            return Ok(());
+        }
+        unmount_path(&self.mountpoint, false)?;
+        self.mounted = false;
+        // The kernel has torn the connection down, so the session loop ends promptly.
+        if let Some(t) = self.session.take() {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    /// Detaches the mount at once, like `fusermount3 -uz`. Files already open keep
+    /// being served until closed; the session thread ends after that.
+    pub fn unmount_lazy(&mut self) -> Result<(), FsError> {
+        if !self.mounted {
+            return Ok(());
+        }
+        unmount_path(&self.mountpoint, true)?;
+        self.mounted = false;
+        // Not joined: it serves the open files until they are closed.
+        self.session.take();
+        Ok(())
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        match self.unmount() {
+            Ok(()) => {}
+            Err(FsError::Busy(_)) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "mount busy; detaching it lazily");
+                if let Err(e) = self.unmount_lazy() {
+                    tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "lazy unmount failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed")
+            }
+        }
+    }
+}
+
+/// Validates a mount point (see the module comment) and returns its canonical path.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(FsError::MountPointMissing(path.to_path_buf()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(FsError::StaleMount(path.to_path_buf()))
+        }
+        Err(e) => {
+            return Err(FsError::io(
+                format!("checking mount point {}", path.display()),
+                e,
+            ))
+        }
+    };
+    if !meta.is_dir() {
+        return Err(FsError::MountPointNotDir(path.to_path_buf()));
+    }
+    let canonical = fs::canonicalize(path)
+        .map_err(|e| FsError::io(format!("resolving mount point {}", path.display()), e))?;
+    if mount_fstype(&canonical).is_some() {
+        return Err(FsError::AlreadyMounted(canonical));
+    }
+    let mut entries = fs::read_dir(&canonical)
+        .map_err(|e| FsError::io(format!("listing mount point {}", canonical.display()), e))?;
+    if entries.next().is_some() {
+        return Err(FsError::MountPointNotEmpty(canonical));
+    }
+    Ok(canonical)
+}
+
+/// Whether a FUSE filesystem is mounted at `path` (live or stale).
+pub fn is_fuse_mount(path: &Path) -> bool {
+    resolve(path)
+        .and_then(|p| mount_fstype(&p))
+        .is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+}
+
+/// Waits until a FUSE filesystem mounted at `path` answers requests (its root can be
+/// stat'ed), or `timeout` passes. For a process that started the mount elsewhere.
+pub fn wait_until_mounted(path: &Path, timeout: Duration) -> Result<(), FsError> {
+    let deadline = Instant::now() + timeout;
+    while !is_fuse_mount(path) {
+        if Instant::now() >= deadline {
+            return Err(FsError::MountTimeout(path.to_path_buf()));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    // The kernel holds requests until the session has answered INIT; a stat of the root
+    // returns once the filesystem really serves. It runs on a helper thread so that a
+    // session that never answers cannot hang the caller past the deadline.
+    let (tx, rx) = mpsc::channel();
+    let probe = path.to_path_buf();
+    thread::Builder::new()
+        .name("bae-mount-probe".to_string())
+        .spawn(move || {
+            let _ = tx.send(fs::metadata(&probe).map(|m| m.is_dir()));
+        })
+        .map_err(|e| FsError::io("starting the mount probe", e))?;
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(FsError::MountPointNotDir(path.to_path_buf())),
+        Ok(Err(e)) => Err(FsError::io(format!("probing mount {}", path.display()), e)),
+        Err(_) => Err(FsError::MountTimeout(path.to_path_buf())),
+    }
+}
+
+/// Unmounts whatever is mounted at `path`: `umount2`, or `fusermount3 -u` for users
+/// that may not call it. `lazy` detaches even while files are open. Also cleans up a
+/// stale mount left by a crashed process.
+pub fn unmount_path(path: &Path, lazy: bool) -> Result<(), FsError> {
+    let target = resolve(path).unwrap_or_else(|| path.to_path_buf());
+    let c_path = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| FsError::Invalid("mount point path contains NUL"))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(c_path.as_ptr(), flags) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EBUSY) => Err(FsError::Busy(target)),
+        Some(libc::EINVAL) => Err(FsError::NotMounted(target)),
+        Some(libc::ENOENT) => Err(FsError::MountPointMissing(target)),
+        Some(libc::EPERM) => fusermount_unmount(&target, lazy),
+        _ => Err(FsError::io(format!("unmounting {}", target.display()), err)),
+    }
+}
+
+/// The unprivileged way: the setuid `fusermount3` helper.
+fn fusermount_unmount(path: &Path, lazy: bool) -> Result<(), FsError> {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg(if lazy { "-uz" } else { "-u" }).arg("--").arg(path);
+    let out = cmd
+        .output()
+        .map_err(|e| FsError::io("running fusermount3", e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("busy") {
+        Err(FsError::Busy(path.to_path_buf()))
+    } else if stderr.contains("not found in") || stderr.contains("Invalid argument") {
+        Err(FsError::NotMounted(path.to_path_buf()))
+    } else {
+        Err(FsError::io(
+            format!("unmounting {}", path.display()),
+            io::Error::other(stderr.trim().to_string()),
+        ))
+    }
+}
+
+/// The canonical form of `path`, also for a stale mount (which cannot be stat'ed):
+/// the parent is resolved and the last component kept.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = fs::canonicalize(path) {
+        return Some(p);
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(fs::canonicalize(parent).ok()?.join(path.file_name()?))
+}
+
+/// The filesystem type mounted exactly at `canonical`, from /proc/self/mountinfo.
+fn mount_fstype(canonical: &Path) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = canonical.as_os_str().as_bytes();
+    // The last mount at a path is the visible one.
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mount_point = fields.nth(4)?;
+        let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
+        (unescape_mountinfo(mount_point) == want).then(|| fstype.to_string())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            let digits = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(digits, 8).ok()
+        });
+        match octal {
+            Some(byte) if b[i] == b'\\' => {
+                out.push(byte);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Lets the kernel's own read-ahead on the mount reach one full `max_read` request
+/// (its default is 128 KiB). Best effort: needs root, and the mount works without it.
+fn tune_kernel_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = fs::write(&knob, format!("{}", MAX_READ_BYTES / 1024)) {
+        tracing::debug!(%knob, error = %e, "could not raise the kernel read-ahead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo(r"/mnt/my\040music\134x"),
+            b"/mnt/my music\\x".to_vec()
+        );
+        assert_eq!(unescape_mountinfo(r"/a\04"), b"/a\\04".to_vec());
+    }
+
+    #[test]
+    fn a_missing_or_non_directory_mount_point_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        assert!(matches!(
+            check_mountpoint(&missing),
+            Err(FsError::MountPointMissing(_))
+        ));
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            check_mountpoint(&file),
+            Err(FsError::MountPointNotDir(_))
+        ));
+        assert!(matches!(
+            check_mountpoint(dir.path()),
+            Err(FsError::MountPointNotEmpty(_))
+        ));
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        assert_eq!(
+            check_mountpoint(&empty).unwrap(),
+            fs::canonicalize(&empty).unwrap()
+        );
+        assert!(matches!(
+            check_mountpoint(Path::new("/proc")),
+            Err(FsError::AlreadyMounted(_))
+        ));
+    }
+}

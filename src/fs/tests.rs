@@ -1,0 +1,504 @@
+//! Kernel-free tests of the tree and the filesystem logic over an in-memory content.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::*;
+use crate::model::TorrentId;
+
+const MIB: u64 = 1 << 20;
+
+/// How a [`MemContent`] answers reads of one torrent.
+#[derive(Clone, Debug)]
+enum Behaviour {
+    Serve,
+    Fail(fn() -> ContentError),
+    Hang,
+    ShortBy(usize),
+}
+
+#[derive(Default)]
+struct MemState {
+    generation: u64,
+    torrents: Vec<(TorrentEntry, Bytes)>,
+    behaviour: HashMap<TorrentId, Behaviour>,
+    complete: bool,
+    prefetches: Vec<(TorrentId, Range<u64>)>,
+    reads: Vec<(TorrentId, Range<u64>)>,
+}
+
+/// Torrents held as byte streams in memory; records prefetch hints and reads.
+#[derive(Default)]
+struct MemContent {
+    state: Mutex<MemState>,
+}
+
+impl MemContent {
+    fn set(&self, torrents: Vec<(TorrentEntry, Bytes)>) {
+        let mut s = self.state.lock().unwrap();
+        s.generation += 1;
+        s.torrents = torrents;
+    }
+    fn behave(&self, t: TorrentId, b: Behaviour) {
+        self.state.lock().unwrap().behaviour.insert(t, b);
+    }
+    fn take_prefetches(&self) -> Vec<(TorrentId, Range<u64>)> {
+        std::mem::take(&mut self.state.lock().unwrap().prefetches)
+    }
+}
+
+#[async_trait]
+impl Content for MemContent {
+    fn snapshot(&self) -> (u64, Vec<TorrentEntry>) {
+        let s = self.state.lock().unwrap();
+        (
+            s.generation,
+            s.torrents.iter().map(|(t, _)| t.clone()).collect(),
+        )
+    }
+    fn generation(&self) -> u64 {
+        self.state.lock().unwrap().generation
+    }
+    async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
+        let (behaviour, bytes) = {
+            let mut s = self.state.lock().unwrap();
+            s.reads.push((t, range.clone()));
+            let bytes = s
+                .torrents
+                .iter()
+                .find(|(e, _)| e.id == t)
+                .map(|(_, b)| b.clone());
+            (
+                s.behaviour.get(&t).cloned().unwrap_or(Behaviour::Serve),
+                bytes,
+            )
+        };
+        let bytes = bytes.ok_or(ContentError::NotFound)?;
+        let slice = || bytes.slice(range.start as usize..range.end as usize);
+        match behaviour {
+            Behaviour::Serve => Ok(slice()),
+            Behaviour::Fail(e) => Err(e()),
+            Behaviour::Hang => std::future::pending().await,
+            Behaviour::ShortBy(n) => Ok(slice().slice(n..)),
+        }
+    }
+    fn prefetch(&self, t: TorrentId, range: Range<u64>) {
+        self.state.lock().unwrap().prefetches.push((t, range));
+    }
+    fn is_complete(&self, _t: TorrentId) -> bool {
+        self.state.lock().unwrap().complete
+    }
+}
+
+/// A torrent of `files` (path, len) laid out back to back, bytes a function of position.
+fn torrent(id: i64, name: &str, files: &[(&[&str], u64)]) -> (TorrentEntry, Bytes) {
+    let mut offset = 0;
+    let mut entries = Vec::new();
+    for (path, len) in files {
+        entries.push(FileEntry {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            stream_offset: offset,
+            len: *len,
+            pad: false,
+            mtime: 1_600_000_000 + id,
+        });
+        offset += len;
+    }
+    let bytes: Vec<u8> = (0..offset).map(|i| (i % 251) as u8 ^ id as u8).collect();
+    (
+        TorrentEntry {
+            id: TorrentId(id),
+            name: name.to_string(),
+            added_at: 1_700_000_000,
+            files: entries,
+        },
+        Bytes::from(bytes),
+    )
+}
+
+fn entries(torrents: &[(TorrentEntry, Bytes)]) -> Vec<TorrentEntry> {
+    torrents.iter().map(|(t, _)| t.clone()).collect()
+}
+
+/// Every file of the tree as "dir/…/name" → inode.
+fn paths(tree: &Tree) -> HashMap<String, InodeNo> {
+    tree.nodes()
+        .filter(|n| n.ino != InodeNo::ROOT)
+        .map(|n| (tree.path_of(n.ino).unwrap().join("/"), n.ino))
+        .collect()
+}
+
+// ---- tree ----
+
+#[test]
+fn a_single_file_torrent_is_a_directory_holding_its_file() {
+    let t = torrent(1, "Album", &[(&["track.flac"], 10)]);
+    let tree = Tree::build(1, &entries(&[t]));
+    let p = paths(&tree);
+    assert!(p.contains_key("Album"));
+    assert!(p.contains_key("Album/track.flac"));
+    assert_eq!(p.len(), 2);
+}
+
+#[test]
+fn equal_torrent_names_get_numbered_in_torrent_id_order() {
+    let a = torrent(7, "Same", &[(&["a"], 1)]);
+    let b = torrent(3, "Same", &[(&["b"], 1)]);
+    let c = torrent(5, "Same", &[(&["c"], 1)]);
+    let tree = Tree::build(1, &entries(&[a, b, c]));
+    let p = paths(&tree);
+    assert!(p.contains_key("Same/b"), "{p:?}");
+    assert!(p.contains_key("Same (2)/c"));
+    assert!(p.contains_key("Same (3)/a"));
+}
+
+#[test]
+fn hostile_paths_stay_inside_their_torrent_directory() {
+    let nasty: &[(&[&str], u64)] = &[
+        (&["..", "..", "etc", "passwd"], 1),
+        (&["/", "abs"], 1),
+        (&["", "", "empty"], 1),
+        (&[".", "dot"], 1),
+        (&["a/../../b"], 1),
+        (&["nul\0byte"], 1),
+        (&["..", ".."], 1),
+        (&[], 1),
+    ];
+    let t = torrent(1, "../../escape", nasty);
+    let tree = Tree::build(1, &entries(&[t]));
+    let p = paths(&tree);
+    let mut names: Vec<&str> = p.keys().map(|s| s.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ".._.._escape",
+            ".._.._escape/_",
+            ".._.._escape/_/abs",
+            ".._.._escape/a_.._.._b",
+            ".._.._escape/dot",
+            ".._.._escape/empty",
+            ".._.._escape/etc",
+            ".._.._escape/etc/passwd",
+            ".._.._escape/file 6",
+            ".._.._escape/file 7",
+            ".._.._escape/nul_byte",
+        ]
+    );
+    for n in tree.nodes().filter(|n| n.ino != InodeNo::ROOT) {
+        assert!(!n.name.is_empty() && n.name != "." && n.name != "..");
+        assert!(!n.name.contains('/') && !n.name.contains('\0'));
+    }
+}
+
+#[test]
+fn duplicate_paths_and_file_directory_clashes_are_renamed_deterministically() {
+    let t = torrent(
+        1,
+        "T",
+        &[
+            (&["cd1", "01.flac"], 1),
+            (&["cd1", "01.flac"], 2),
+            (&["cd1"], 3),
+            (&["cd1", "01 (2).flac"], 4),
+        ],
+    );
+    let tree = Tree::build(1, &entries(&[t]));
+    let size = |path: &str| {
+        let ino = paths(&tree)[path];
+        tree.get(ino).unwrap().as_file().unwrap().len_bytes
+    };
+    assert_eq!(size("T/cd1/01.flac"), 1);
+    assert_eq!(size("T/cd1/01 (2).flac"), 2);
+    assert_eq!(size("T/cd1 (2)"), 3);
+    assert_eq!(size("T/cd1/01 (2) (2).flac"), 4);
+}
+
+#[test]
+fn pad_files_are_hidden_and_mtime_falls_back_to_added_at() {
+    let (mut t, _) = torrent(1, "T", &[(&["a"], 5), (&[".pad", "3"], 3), (&["b"], 5)]);
+    t.files[1].pad = true;
+    t.files[2].mtime = 0;
+    let tree = Tree::build(1, &[t]);
+    let p = paths(&tree);
+    assert_eq!(p.len(), 3, "{p:?}");
+    let b = tree.get(p["T/b"]).unwrap();
+    assert_eq!(b.mtime, 1_700_000_000);
+    assert_eq!(b.as_file().unwrap().stream_offset, 8);
+    assert_eq!(tree.get(p["T/a"]).unwrap().mtime, 1_600_000_001);
+    assert_eq!(tree.file_bytes(), 10);
+}
+
+#[test]
+fn inode_numbers_survive_rebuilds_with_other_torrents_around() {
+    let t1 = torrent(1, "One", &[(&["x", "a"], 1), (&["b"], 1)]);
+    let t2 = torrent(2, "Two", &[(&["c"], 1)]);
+    let t3 = torrent(3, "Three", &[(&["d"], 1)]);
+    let first = paths(&Tree::build(1, &entries(&[t1.clone(), t2.clone()])));
+    let second = paths(&Tree::build(2, &entries(&[t3, t2, t1])));
+    for (path, ino) in &first {
+        assert_eq!(second.get(path), Some(ino), "{path}");
+    }
+    assert_eq!(second.len(), first.len() + 2);
+    // Numbers are distinct and never the root's.
+    let mut all: Vec<u64> = second.values().map(|i| i.0).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), second.len());
+    assert!(all.iter().all(|&i| i > 1 && i < 1 << 63));
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_torrent_yields_a_consistent_tree(
+        files in proptest::collection::vec(
+            (proptest::collection::vec("[a./\0]{0,3}", 0..4), 0u64..5), 1..12)
+    ) {
+        let spec: Vec<(Vec<&str>, u64)> =
+            files.iter().map(|(p, l)| (p.iter().map(|s| s.as_str()).collect(), *l)).collect();
+        let spec: Vec<(&[&str], u64)> = spec.iter().map(|(p, l)| (p.as_slice(), *l)).collect();
+        let t = torrent(9, "..", &spec);
+        let tree = Tree::build(1, &entries(&[t]));
+        // Every non-pad file appears exactly once, under the one torrent directory.
+        let shown = tree.nodes().filter(|n| n.as_file().is_some()).count();
+        proptest::prop_assert_eq!(shown, spec.len());
+        let root = tree.get(InodeNo::ROOT).unwrap().as_dir().unwrap();
+        proptest::prop_assert_eq!(root.children.len(), 1);
+        for n in tree.nodes().filter(|n| n.ino != InodeNo::ROOT) {
+            let path = tree.path_of(n.ino).unwrap();
+            proptest::prop_assert_eq!(path[0].as_str(), "torrent 9");
+            proptest::prop_assert!(path.iter().all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('/')));
+            let parent = tree.get(n.parent).unwrap().as_dir().unwrap();
+            proptest::prop_assert_eq!(parent.children.get(&n.name), Some(&n.ino));
+        }
+    }
+}
+
+// ---- filesystem ----
+
+fn fs_over(torrents: Vec<(TorrentEntry, Bytes)>) -> (Arc<MemContent>, Filesystem) {
+    let content = Arc::new(MemContent::default());
+    content.set(torrents);
+    let fs = Filesystem::new(content.clone(), FsConfig::default());
+    (content, fs)
+}
+
+fn resolve(fs: &Filesystem, path: &str) -> Attr {
+    let mut ino = InodeNo::ROOT;
+    let mut attr = fs.getattr(ino).unwrap();
+    for c in path.split('/') {
+        attr = fs.lookup(ino, OsStr::new(c)).unwrap();
+        ino = attr.ino;
+    }
+    attr
+}
+
+#[test]
+fn lookup_getattr_and_readdir_show_the_tree() {
+    let (_, fs) = fs_over(vec![torrent(
+        1,
+        "Album",
+        &[(&["cd1", "a.flac"], 3), (&["b.flac"], 4)],
+    )]);
+    let album = resolve(&fs, "Album");
+    assert_eq!(album.kind, EntryKind::Dir);
+    assert_eq!(album.nlink, 3);
+    assert_eq!(album.perm, 0o555);
+    let b = resolve(&fs, "Album/b.flac");
+    assert_eq!(
+        (b.kind, b.size_bytes, b.perm, b.mtime),
+        (EntryKind::File, 4, 0o444, 1_600_000_001)
+    );
+    assert_eq!(fs.getattr(b.ino).unwrap(), b);
+
+    let all = fs.readdir(album.ino, 0, 100).unwrap();
+    let names: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, [".", "..", "b.flac", "cd1"]);
+    assert_eq!(all[1].attr.ino, InodeNo::ROOT);
+    // Resuming from an entry's offset continues after it.
+    let rest = fs.readdir(album.ino, all[2].next_offset, 100).unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["cd1"]
+    );
+    assert!(fs.readdir(album.ino, 99, 100).unwrap().is_empty());
+    let two = fs.readdir(album.ino, 1, 2).unwrap();
+    assert_eq!(
+        two.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["..", "b.flac"]
+    );
+
+    assert_eq!(
+        fs.lookup(album.ino, OsStr::new("nope"))
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        fs.lookup(b.ino, OsStr::new("x")).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        fs.readdir(b.ino, 0, 100).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        fs.getattr(InodeNo(12345)).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    let s = fs.statfs();
+    assert_eq!((s.blocks, s.files), (1, 5));
+}
+
+#[test]
+fn opening_for_writing_is_refused_and_directories_are_not_files() {
+    let (_, fs) = fs_over(vec![torrent(1, "A", &[(&["f"], 3)])]);
+    let f = resolve(&fs, "A/f");
+    for flags in [
+        libc::O_WRONLY,
+        libc::O_RDWR,
+        libc::O_RDONLY | libc::O_TRUNC,
+        libc::O_WRONLY | libc::O_CREAT,
+    ] {
+        assert_eq!(
+            fs.open(f.ino, flags).unwrap_err().errno(),
+            libc::EROFS,
+            "{flags:#x}"
+        );
+    }
+    assert_eq!(
+        fs.open(resolve(&fs, "A").ino, libc::O_RDONLY)
+            .unwrap_err()
+            .errno(),
+        libc::EISDIR
+    );
+    assert_eq!(fs.open_handles(), 0);
+}
+
+#[tokio::test]
+async fn reads_map_to_the_stream_and_are_short_only_at_the_end() {
+    let t = torrent(4, "T", &[(&["a"], 1000), (&["b"], 3000)]);
+    let stream = t.1.clone();
+    let (_, fs) = fs_over(vec![t]);
+    let b = resolve(&fs, "T/b");
+    let fh = fs.open(b.ino, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(
+        fs.read(fh, 100, 50).await.unwrap(),
+        stream.slice(1100..1150)
+    );
+    assert_eq!(
+        fs.read(fh, 2990, 100).await.unwrap(),
+        stream.slice(3990..4000)
+    );
+    assert!(fs.read(fh, 3000, 100).await.unwrap().is_empty());
+    assert!(fs.read(fh, 9000, 100).await.unwrap().is_empty());
+    assert_eq!(fs.read(fh, -1, 1).await.unwrap_err().errno(), libc::EINVAL);
+    fs.release(fh);
+    assert_eq!(fs.read(fh, 0, 1).await.unwrap_err().errno(), libc::EBADF);
+}
+
+#[tokio::test]
+async fn open_prefetches_both_ends_and_sequential_reads_prefetch_ahead() {
+    let t = torrent(2, "T", &[(&["pre"], 10), (&["big"], 20 * MIB)]);
+    let (content, fs) = fs_over(vec![t]);
+    let big = resolve(&fs, "T/big");
+    let fh = fs.open(big.ino, libc::O_RDONLY).unwrap().fh;
+    let id = TorrentId(2);
+    assert_eq!(
+        content.take_prefetches(),
+        vec![(id, 10..10 + MIB), (id, 10 + 19 * MIB..10 + 20 * MIB)]
+    );
+    let chunk = MIB as u32;
+    fs.read(fh, 0, chunk).await.unwrap();
+    fs.read(fh, MIB as i64, chunk).await.unwrap();
+    assert_eq!(
+        content.take_prefetches(),
+        vec![
+            (id, 10 + MIB..10 + 2 * MIB),
+            (id, 10 + 2 * MIB..10 + 4 * MIB)
+        ]
+    );
+    // A random read asks for nothing ahead.
+    fs.read(fh, 15 * MIB as i64, 4096).await.unwrap();
+    assert!(content.take_prefetches().is_empty());
+}
+
+#[test]
+fn keep_cache_follows_completeness() {
+    let (content, fs) = fs_over(vec![torrent(1, "A", &[(&["f"], 3)])]);
+    let f = resolve(&fs, "A/f");
+    assert!(!fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
+    content.state.lock().unwrap().complete = true;
+    assert!(fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
+}
+
+#[tokio::test]
+async fn content_errors_become_eio_or_enoent() {
+    let (content, fs) = fs_over(vec![torrent(1, "A", &[(&["f"], 300)])]);
+    let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
+    let cases: [(fn() -> ContentError, i32); 4] = [
+        (|| ContentError::Integrity("bad piece".into()), libc::EIO),
+        (|| ContentError::Timeout, libc::EIO),
+        (
+            || ContentError::Unavailable("remote down".into()),
+            libc::EIO,
+        ),
+        (|| ContentError::NotFound, libc::ENOENT),
+    ];
+    for (make, errno) in cases {
+        content.behave(TorrentId(1), Behaviour::Fail(make));
+        assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), errno);
+    }
+    // Fewer bytes than asked for is never passed on as a short read.
+    content.behave(TorrentId(1), Behaviour::ShortBy(1));
+    assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EIO);
+}
+
+#[tokio::test]
+async fn the_read_timeout_backstop_ends_a_hung_read_with_eio() {
+    let content = Arc::new(MemContent::default());
+    content.set(vec![torrent(1, "A", &[(&["f"], 300)])]);
+    content.behave(TorrentId(1), Behaviour::Hang);
+    let config = FsConfig {
+        read_timeout: Some(Duration::from_millis(50)),
+        ..FsConfig::default()
+    };
+    let fs = Filesystem::new(content.clone(), config);
+    let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EIO);
+}
+
+#[tokio::test]
+async fn a_new_generation_rebuilds_the_tree_and_open_files_keep_reading() {
+    let one = torrent(1, "One", &[(&["f"], 300)]);
+    let stream = one.1.clone();
+    let (content, fs) = fs_over(vec![one.clone()]);
+    let f = resolve(&fs, "One/f");
+    let fh = fs.open(f.ino, libc::O_RDONLY).unwrap().fh;
+
+    content.set(vec![one.clone(), torrent(2, "Two", &[(&["g"], 5)])]);
+    // Inside a torrent the old tree serves until the root is touched.
+    assert_eq!(fs.getattr(f.ino).unwrap().ino, f.ino);
+    assert_eq!(resolve(&fs, "Two/g").size_bytes, 5);
+    assert_eq!(resolve(&fs, "One/f").ino, f.ino);
+
+    // Removing the torrent hides it but an open handle keeps its mapping.
+    content.set(Vec::new());
+    assert_eq!(
+        fs.lookup(InodeNo::ROOT, OsStr::new("One"))
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    assert_eq!(fs.getattr(f.ino).unwrap_err().errno(), libc::ENOENT);
+    // The content no longer knows it either: ENOENT rather than wrong bytes.
+    assert_eq!(fs.read(fh, 0, 4).await.unwrap_err().errno(), libc::ENOENT);
+    content.set(vec![one]);
+    assert_eq!(fs.read(fh, 0, 4).await.unwrap(), stream.slice(0..4));
+}

@@ -1,0 +1,196 @@
+//! The embedded default remote: objects as files under a directory, through the same
+//! [`ObjectStore`] trait (and conformance tests) as S3, so a library works with no
+//! server at all.
+//!
+//! Invariants:
+//! - An object file is complete whenever it is visible: `put` writes a temporary file in
+//!   `<root>/.tmp/`, fsyncs it, renames it over the target and fsyncs the target's
+//!   directory, so the object is durable when `put` returns.
+//! - Keys pass [`validate_key`], so no key can name `.tmp` or leave `root`; `list` skips
+//!   dot-entries (temporary files left by a crash are never listed and are removed by
+//!   [`LocalDirStore::new`]).
+//! - All file I/O runs on tokio's blocking pool.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{validate_key, ObjectStore, RemoteError};
+
+const TMP_DIR: &str = ".tmp";
+
+/// An object store over a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalDirStore {
+    root: PathBuf,
+}
+
+impl LocalDirStore {
+    /// Opens (creating if needed) a directory remote at `root` and removes temporary
+    /// files a crash may have left behind.
+    pub fn new(root: impl Into<PathBuf>) -> Result<LocalDirStore, RemoteError> {
+        let root = root.into();
+        let tmp = root.join(TMP_DIR);
+        fs::create_dir_all(&tmp).map_err(|e| io_error(&root, "create", e))?;
+        let entries = fs::read_dir(&tmp).map_err(|e| io_error(&tmp, "read", e))?;
+        for entry in entries.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(LocalDirStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the object `key` lives on disk (the key must already be valid).
+    pub fn path_of(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+/// Maps an I/O error: interruptions and timeouts may pass, everything else (missing
+/// permissions, full disk, read-only file system) needs a person.
+fn io_error(path: &Path, op: &str, e: std::io::Error) -> RemoteError {
+    let msg = format!("local remote: cannot {op} {}: {e}", path.display());
+    match e.kind() {
+        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            RemoteError::Transient(msg)
+        }
+        _ => RemoteError::Permanent(msg),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RemoteError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "sync", e))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RemoteError> + Send + 'static,
+) -> Result<T, RemoteError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RemoteError::Permanent(format!("local remote: I/O task failed: {e}")))?
+}
+
+fn put_blocking(root: &Path, key: &str, body: &[u8]) -> Result<(), RemoteError> {
+    let target = root.join(key);
+    let parent = target
+        .parent()
+        .ok_or_else(|| RemoteError::Permanent(format!("invalid object key {key:?}")))?
+        .to_path_buf();
+    fs::create_dir_all(&parent).map_err(|e| io_error(&parent, "create", e))?;
+    let tmp = root
+        .join(TMP_DIR)
+        .join(format!("{}.part", super::new_object_id()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_error(&target, "write", e));
+    }
+    sync_dir(&parent)
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<String>, RemoteError> {
+    // Walk only the directory named by the prefix's complete segments.
+    let dir_part = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let start = if dir_part.is_empty() {
+        root.to_path_buf()
+    } else {
+        if validate_key(dir_part).is_err() {
+            return Ok(Vec::new());
+        }
+        root.join(dir_part)
+    };
+    let mut keys = Vec::new();
+    let mut stack = vec![(start, dir_part.to_string())];
+    while let Some((dir, key_prefix)) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                continue
+            }
+            Err(e) => return Err(io_error(&dir, "list", e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(&dir, "list", e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let key = if key_prefix.is_empty() {
+                name
+            } else {
+                format!("{key_prefix}/{name}")
+            };
+            let file_type = entry.file_type().map_err(|e| io_error(&dir, "list", e))?;
+            if file_type.is_dir() {
+                // Descend only where keys below could still match the prefix.
+                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    stack.push((entry.path(), key));
+                }
+            } else if file_type.is_file() && key.starts_with(prefix) {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
+}
+
+#[async_trait]
+impl ObjectStore for LocalDirStore {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {
+        validate_key(key)?;
+        let root = self.root.clone();
+        let key = key.to_string();
+        blocking(move || put_blocking(&root, &key, &body)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, RemoteError> {
+        validate_key(key)?;
+        let path = self.path_of(key);
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                Err(RemoteError::NotFound(key.to_string()))
+            }
+            Err(e) => Err(io_error(&path, "read", e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        validate_key(key)?;
+        let path = self.path_of(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                Ok(())
+            }
+            Err(e) => Err(io_error(&path, "delete", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || list_blocking(&root, &prefix)).await
+    }
+}

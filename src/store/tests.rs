@@ -1,0 +1,294 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::catalog::{FileRecord, Layout, NewTorrent};
+use crate::model::CHUNK_LEN;
+
+/// A source that serves chunks from memory and counts fetches (unit tests of the
+/// cache logic; the real remote path is covered by tests/storage_s3.rs).
+#[derive(Default)]
+struct MemSource {
+    chunks: Mutex<HashMap<ChunkKey, Vec<u8>>>,
+    fetches: AtomicUsize,
+}
+
+#[async_trait]
+impl ChunkSource for MemSource {
+    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Vec<u8>, FetchError> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.chunks
+            .lock()
+            .unwrap()
+            .get(&chunk.key)
+            .cloned()
+            .ok_or(FetchError::NotFound)
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    catalog: Arc<Catalog>,
+    store: Arc<Store>,
+    id: TorrentId,
+    data: Vec<u8>,
+    rt: tokio::runtime::Runtime,
+}
+
+const PIECE: u64 = 768 * 1024;
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn fixture(total: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let catalog = Arc::new(Catalog::open(&dir.path().join("bae.db")).unwrap());
+    let id = catalog
+        .add_torrent(&NewTorrent {
+            info_hash_v1: Some([1; 20]),
+            name: "album".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let layout = Layout {
+        piece_len: PIECE,
+        total_len: total,
+        files: vec![FileRecord {
+            path: vec!["a.flac".into()],
+            stream_offset: 0,
+            len: total,
+            pad: false,
+            mtime: 0,
+        }],
+    };
+    catalog.set_layout(id, &layout, None, None).unwrap();
+    catalog.set_seeding(id, true, false).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Store::open(&root, catalog.clone(), 1 << 40, rt.handle().clone()).unwrap();
+    store.register_torrent(id).unwrap();
+    Fixture {
+        _dir: dir,
+        root,
+        catalog,
+        store,
+        id,
+        data: content(total as usize, 7),
+        rt,
+    }
+}
+
+impl Fixture {
+    /// Writes every piece in 16 KiB blocks, as libtorrent would, and verifies them.
+    fn download(&self, pieces: std::ops::Range<u32>) {
+        let g = self.store.geometry(self.id).unwrap();
+        for p in pieces.clone() {
+            let r = g.piece_range(PieceIndex(p));
+            let mut off = r.start;
+            while off < r.end {
+                let end = (off + 16384).min(r.end);
+                self.store
+                    .write(self.id, off, &self.data[off as usize..end as usize])
+                    .unwrap();
+                off = end;
+            }
+        }
+        let ps: Vec<PieceIndex> = pieces.map(PieceIndex).collect();
+        self.store.pieces_verified(self.id, &ps);
+        self.store.flush().unwrap();
+    }
+
+    fn read(&self, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+        let s = self.store.clone();
+        let id = self.id;
+        self.rt
+            .block_on(async move { s.read_verified(id, range).await })
+    }
+
+    fn upload_all(&self, src: &MemSource) {
+        while self.store.pending_uploads() > 0 {
+            let key = self.rt.block_on(self.store.next_upload());
+            let (chunk, data) = self.store.upload_payload(key).unwrap().unwrap();
+            assert_eq!(*blake3::hash(&data).as_bytes(), chunk.hash);
+            src.chunks.lock().unwrap().insert(key, data);
+            self.store.mark_uploaded(key).unwrap();
+        }
+    }
+}
+
+#[test]
+fn blocks_become_complete_chunks_and_read_back() {
+    let total = 3 * CHUNK_LEN + 12345;
+    let f = fixture(total);
+    let g = f.store.geometry(f.id).unwrap();
+    // Pieces 0 and 1 cover [0, 1.5 MiB): chunk 0 complete, chunk 1 not yet.
+    f.download(0..2);
+    let chunks = f.catalog.chunks(f.id).unwrap();
+    assert_eq!(chunks[0].state, ChunkState::Complete);
+    assert_eq!(chunks[1].state, ChunkState::Partial);
+    assert_eq!(
+        chunks[0].hash.unwrap(),
+        *blake3::hash(&f.data[..CHUNK_LEN as usize]).as_bytes()
+    );
+    assert_eq!(f.store.pending_uploads(), 1);
+    assert_eq!(&f.read(100..200_000).unwrap()[..], &f.data[100..200_000]);
+    match f.read(0..2 * PIECE + 1) {
+        Err(StoreError::NotVerified { missing, .. }) => assert_eq!(missing, vec![PieceIndex(2)]),
+        other => panic!("expected NotVerified, got {other:?}"),
+    }
+    f.download(2..g.num_pieces());
+    assert!(f.store.is_complete(f.id));
+    assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
+    assert_eq!(
+        f.catalog.verified_pieces(f.id).unwrap().len() as u32,
+        g.num_pieces()
+    );
+    let s = f.store.torrent_stats(f.id).unwrap();
+    assert_eq!((s.chunks_complete, s.chunks_local), (4, 4));
+    assert_eq!(s.bytes_verified, total);
+}
+
+#[test]
+fn out_of_range_and_unknown_torrent_are_errors() {
+    let f = fixture(CHUNK_LEN);
+    assert!(matches!(
+        f.store.write(f.id, CHUNK_LEN - 1, b"ab"),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        f.store.write(TorrentId(99), 0, b"ab"),
+        Err(StoreError::UnknownTorrent(_))
+    ));
+}
+
+#[test]
+fn only_uploaded_chunks_are_evicted_and_fetch_is_single_flight() {
+    let total = 4 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.store.set_limit_bytes(CHUNK_LEN);
+    // Nothing is uploaded: the cache exceeds its limit rather than lose data.
+    assert_eq!(f.store.stats().used_bytes, total);
+    f.upload_all(&src);
+    assert_eq!(f.store.stats().used_bytes, CHUNK_LEN);
+    assert_eq!(
+        std::fs::read_dir(
+            f.root
+                .join(hex::encode(f.catalog.torrent(f.id).unwrap().uid))
+        )
+        .unwrap()
+        .count(),
+        1
+    );
+    // Eight concurrent reads of an evicted chunk cause one fetch.
+    let store = f.store.clone();
+    let id = f.id;
+    let results = f.rt.block_on(async move {
+        let reads = (0..8).map(|i| {
+            let s = store.clone();
+            async move { s.read_verified(id, i * 1000..i * 1000 + 5000).await }
+        });
+        futures::future::join_all(reads).await
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        let i = i * 1000;
+        assert_eq!(&r.unwrap()[..], &f.data[i..i + 5000]);
+    }
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
+    assert!(f.store.stats().used_bytes <= CHUNK_LEN);
+}
+
+#[test]
+fn pinned_torrents_and_read_pins_are_never_evicted() {
+    let total = 3 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = MemSource::default();
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.store.set_torrent_pinned(f.id, true);
+    f.upload_all(&src);
+    f.store.set_limit_bytes(0);
+    assert_eq!(
+        f.store.stats().used_bytes,
+        total,
+        "seeding torrent is pinned"
+    );
+    let guard =
+        f.rt.block_on(f.store.pin_local(ChunkKey::new(f.id, 1)))
+            .unwrap()
+            .unwrap();
+    f.store.set_torrent_pinned(f.id, false);
+    assert_eq!(
+        f.store.stats().used_bytes,
+        CHUNK_LEN,
+        "read pin holds chunk 1"
+    );
+    drop(guard);
+    f.store.evict_to_limit();
+    assert_eq!(f.store.stats().used_bytes, 0);
+}
+
+#[test]
+fn altered_remote_chunk_is_an_error_not_data() {
+    struct Liar;
+    #[async_trait]
+    impl ChunkSource for Liar {
+        async fn fetch(&self, _c: &RemoteChunk) -> Result<Vec<u8>, FetchError> {
+            Ok(vec![0; 10])
+        }
+    }
+    let f = fixture(CHUNK_LEN);
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&MemSource::default());
+    f.store.set_source(Arc::new(Liar));
+    f.store.evict_all();
+    assert!(matches!(
+        f.read(0..10),
+        Err(StoreError::Fetch {
+            error: FetchError::Integrity(_),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn restart_rebuilds_accounting_and_forgets_lost_bytes() {
+    let total = 4 * CHUNK_LEN;
+    let f = fixture(total);
+    let g = f.store.geometry(f.id).unwrap();
+    f.download(0..g.num_pieces());
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    f.store.shutdown().unwrap();
+    // An orphan directory, a stray file, and a complete-but-lost chunk (2).
+    std::fs::create_dir_all(f.root.join("deadbeef")).unwrap();
+    std::fs::write(f.root.join(&uid).join("77"), b"x").unwrap();
+    std::fs::write(f.root.join(&uid).join("1.tmp"), b"x").unwrap();
+    std::fs::remove_file(f.root.join(&uid).join("2")).unwrap();
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    assert!(!f.root.join("deadbeef").exists());
+    assert!(!f.root.join(&uid).join("77").exists());
+    assert!(!f.root.join(&uid).join("1.tmp").exists());
+    assert_eq!(store.stats().used_bytes, 3 * CHUNK_LEN);
+    // Chunk 2 = [2M, 3M) overlaps pieces 2..=3 (768 KiB pieces): forgotten.
+    let verified = store.verified_pieces(f.id).unwrap();
+    let expect: Vec<bool> = (0..g.num_pieces()).map(|p| !(2..=3).contains(&p)).collect();
+    assert_eq!(verified, expect);
+    let chunks = f.catalog.chunks(f.id).unwrap();
+    assert_eq!(chunks[2].state, ChunkState::Partial);
+    // Chunk 1 shares piece 2 with chunk 2, so it is no longer complete either.
+    assert_eq!(chunks[1].state, ChunkState::Partial);
+    assert_eq!(chunks[0].state, ChunkState::Complete);
+    // Chunk 3 = [3M, 4M) holds pieces 4 and 5 only: untouched.
+    assert_eq!(chunks[3].state, ChunkState::Complete);
+    assert_eq!(store.pending_uploads(), 2);
+}

@@ -1,0 +1,205 @@
+//! Running the real `bae` binary in a temporary library, like a user would, plus the
+//! sample album the end-to-end tests use. The daemon and its mount are stopped by a
+//! Drop guard even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Bae {
+    pub home: PathBuf,
+    pub mountpoint: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Bae {
+    /// A fresh library (local remote, loopback networking) and an empty mount point.
+    pub fn new() -> Bae {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let b = Bae {
+            home,
+            mountpoint,
+            _dir: dir,
+        };
+        b.ok(&["init", "--cache-size", "1GiB"]);
+        b.set_loopback_config(&[]);
+        b
+    }
+
+    /// Like `new`, but the remote is the given S3 server.
+    pub fn with_s3(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Bae {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let b = Bae {
+            home,
+            mountpoint,
+            _dir: dir,
+        };
+        let remote = format!("s3://{bucket}/lib");
+        b.ok(&["init", "--remote", &remote, "--endpoint", endpoint, "--cache-size", "1GiB"]);
+        b.set_loopback_config(extra);
+        b
+    }
+
+    /// Loopback only: no DHT/LSD/UPnP/NAT-PMP, TCP only, any free port.
+    fn set_loopback_config(&self, extra: &[(&str, &str)]) {
+        let path = self.home.join("config.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        for (k, v) in [
+            ("dht", "false"),
+            ("lsd", "false"),
+            ("upnp", "false"),
+            ("natpmp", "false"),
+            ("utp", "false"),
+            ("listen_port", "0"),
+            ("listen_address", "\"127.0.0.1\""),
+        ]
+        .iter()
+        .chain(extra.iter())
+        {
+            let line = text
+                .lines()
+                .find(|l| l.split('=').next().map(str::trim) == Some(k))
+                .map(str::to_owned);
+            match line {
+                Some(l) => text = text.replace(&l, &format!("{k} = {v}")),
+                None => text = format!("{k} = {v}\n{text}"),
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bae"));
+        c.env("BAE_HOME", &self.home).args(args);
+        c.env("AWS_ACCESS_KEY_ID", super::s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", super::s3::SECRET_KEY);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "bae {args:?} failed:\nstdout: {}\nstderr: {}\nlog: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "bae {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn mount(&self) {
+        let mp = self.mountpoint.to_str().unwrap().to_owned();
+        self.ok(&["mount", &mp]);
+    }
+
+    pub fn umount(&self) {
+        let mp = self.mountpoint.to_str().unwrap().to_owned();
+        self.ok(&["umount", &mp]);
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Polls `status --json` until `pred` holds for the first torrent.
+    pub fn wait_torrent(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status_json();
+            if let Some(t) = s["torrents"].get(0) {
+                if pred(t) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}\nlog: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's pid, from the pid file it keeps in the library.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.home.join("daemon.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Bae {
+    fn drop(&mut self) {
+        let mp = self.mountpoint.to_str().unwrap().to_owned();
+        let stopped = self
+            .cmd(&["umount", "--lazy", &mp])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !stopped {
+            let _ = Command::new("fusermount3").args(["-uz", &mp]).output();
+        }
+        if let Some(pid) = self.daemon_pid() {
+            // SAFETY: kill(2) on a pid read from our own library; at worst ESRCH.
+            if unsafe { libc::kill(pid, 0) } == 0 {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// A small album: FLAC tracks made with sox, a cover image, a cue sheet and a log.
+/// Returns the album directory.
+pub fn make_flac_album(parent: &Path, name: &str, seconds_per_track: u32, tracks: u32) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cue = format!("PERFORMER \"bae test\"\nTITLE \"{name}\"\n");
+    for i in 1..=tracks {
+        let file = format!("{i:02} - Tone {i}.flac");
+        let freq = 220 * i;
+        let st = Command::new("sox")
+            .args(["-n", "-r", "44100", "-b", "16", "-c", "2"])
+            .arg(dir.join(&file))
+            .args(["synth", &seconds_per_track.to_string(), "sine", &freq.to_string(), "pinknoise", "vol", "0.5"])
+            .status()
+            .expect("sox is installed by scripts/test");
+        assert!(st.success());
+        cue += &format!("FILE \"{file}\" WAVE\n  TRACK {i:02} AUDIO\n    INDEX 01 00:00:00\n");
+    }
+    std::fs::write(dir.join("album.cue"), cue).unwrap();
+    let cover: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(dir.join("cover.jpg"), cover).unwrap();
+    std::fs::write(dir.join("rip.log"), "Exact Audio Copy V1.6\nAll tracks accurately ripped\n").unwrap();
+    dir
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let data = std::fs::read(p).unwrap();
+    hex::encode(sha2::Sha256::digest(&data))
+}
