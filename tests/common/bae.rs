@@ -41,7 +41,15 @@ impl Bae {
             _dir: dir,
         };
         let remote = format!("s3://{bucket}/lib");
-        b.ok(&["init", "--remote", &remote, "--endpoint", endpoint, "--cache-size", "1GiB"]);
+        b.ok(&[
+            "init",
+            "--remote",
+            &remote,
+            "--endpoint",
+            endpoint,
+            "--cache-size",
+            "1GiB",
+        ]);
         b.set_loopback_config(extra);
         b
     }
@@ -129,7 +137,12 @@ impl Bae {
     }
 
     /// Polls `status --json` until `pred` holds for the first torrent.
-    pub fn wait_torrent(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) {
+    pub fn wait_torrent(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status_json();
@@ -138,7 +151,11 @@ impl Bae {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}\nlog: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s:#}\nlog: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -185,16 +202,30 @@ pub fn make_flac_album(parent: &Path, name: &str, seconds_per_track: u32, tracks
         let st = Command::new("sox")
             .args(["-n", "-r", "44100", "-b", "16", "-c", "2"])
             .arg(dir.join(&file))
-            .args(["synth", &seconds_per_track.to_string(), "sine", &freq.to_string(), "pinknoise", "vol", "0.5"])
+            .args([
+                "synth",
+                &seconds_per_track.to_string(),
+                "sine",
+                &freq.to_string(),
+                "pinknoise",
+                "vol",
+                "0.5",
+            ])
             .status()
             .expect("sox is installed by scripts/test");
         assert!(st.success());
         cue += &format!("FILE \"{file}\" WAVE\n  TRACK {i:02} AUDIO\n    INDEX 01 00:00:00\n");
     }
     std::fs::write(dir.join("album.cue"), cue).unwrap();
-    let cover: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let cover: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(dir.join("cover.jpg"), cover).unwrap();
-    std::fs::write(dir.join("rip.log"), "Exact Audio Copy V1.6\nAll tracks accurately ripped\n").unwrap();
+    std::fs::write(
+        dir.join("rip.log"),
+        "Exact Audio Copy V1.6\nAll tracks accurately ripped\n",
+    )
+    .unwrap();
     dir
 }
 

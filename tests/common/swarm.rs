@@ -85,6 +85,8 @@ pub struct PyPeer {
     child: Child,
     lines: Receiver<String>,
     pub port: u16,
+    /// The latest "UP <bytes>" a seeder printed: payload bytes it uploaded.
+    uploaded_bytes: u64,
 }
 
 impl PyPeer {
@@ -109,6 +111,7 @@ impl PyPeer {
             child,
             lines,
             port: 0,
+            uploaded_bytes: 0,
         }
     }
 
@@ -186,8 +189,12 @@ impl PyPeer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
+                Ok(line) => {
+                    self.note(&line);
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => panic!("python peer: no {prefix:?} line in time"),
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().unwrap();
@@ -195,6 +202,22 @@ impl PyPeer {
                 }
             }
         }
+    }
+}
+
+impl PyPeer {
+    fn note(&mut self, line: &str) {
+        if let Some(n) = line.strip_prefix("UP ").and_then(|n| n.parse().ok()) {
+            self.uploaded_bytes = n;
+        }
+    }
+
+    /// Payload bytes a seeder has uploaded, as of its latest report.
+    pub fn uploaded_bytes(&mut self) -> u64 {
+        while let Ok(line) = self.lines.try_recv() {
+            self.note(&line);
+        }
+        self.uploaded_bytes
     }
 }
 
