@@ -339,3 +339,54 @@ fn magnet_metadata_resumes_after_restart_hybrid() {
 fn magnet_metadata_resumes_after_restart_v2() {
     magnet_then_restart("v2");
 }
+
+/// A v2 torrent first added by magnet, once complete, seeds to a v2-only peer after a
+/// restart: the torrent bytes bae keeps must carry the piece layers.
+#[test]
+fn a_v2_magnet_torrent_seeds_to_a_v2_peer_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("seed"), "Album", ALBUM, 40);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (_, magnet) = python_torrent(&album, &torrent_path, 64 << 10, "v2");
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(41);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session.add(t, Source::Magnet(magnet), opts).unwrap();
+    let mut kept = Vec::new();
+    wait_event(&events, "torrent finished", |e| {
+        if let Event::MetadataReceived { torrent_bytes, .. } = e {
+            kept = torrent_bytes.clone();
+        }
+        *e == Event::TorrentFinished { t }
+    });
+    // The latest torrent bytes reported by then are what the daemon would keep.
+    while let Ok(e) = events.try_recv() {
+        if let Event::MetadataReceived { torrent_bytes, .. } = e {
+            kept = torrent_bytes;
+        }
+    }
+    drop(session);
+    drop(seeder);
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(kept.clone()), AddOptions::default())
+        .unwrap();
+    let kept_path = tmp.path().join("kept.torrent");
+    std::fs::write(&kept_path, &kept).unwrap();
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    // The leecher, like one that came by magnet, must get the piece hashes from bae.
+    let mut leecher = PyPeer::leech(&kept_path, &tmp.path().join("leech"), bae_addr);
+    leecher.wait_line("DONE");
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}
