@@ -16,14 +16,18 @@
 //! once every byte that was hashed is in the store.
 //!
 //! Every job completes exactly once: normally through `complete_job`, or — if a job is
-//! dropped (queue closed, panic in a storage implementation) — by the C++ destructor,
-//! which posts `operation_aborted`. Nothing here panics into C++.
+//! dropped (queue closed, session shutting down, panic in a storage implementation) — by
+//! the C++ destructor, which posts `operation_aborted`. Once libtorrent starts shutting
+//! down (`abort`), queued reads and hashes are dropped that way instead of run, so only
+//! storage calls already under way delay shutdown; writes always run. Nothing here
+//! panics into C++.
 //!
 //! Lock order: `slots` → `prepared` are never held together with a slot's `pending`;
 //! each lock is held only for map operations, never across storage calls.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -203,6 +207,8 @@ pub(crate) struct DiskCore {
     hash_q: Arc<Queue>,
     read_q: Arc<Queue>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set when libtorrent starts shutting down (`disk_interface::abort`).
+    aborting: Arc<AtomicBool>,
 }
 
 impl DiskCore {
@@ -215,6 +221,7 @@ impl DiskCore {
             hash_q: Queue::new(),
             read_q: Queue::new(),
             workers: Mutex::new(Vec::new()),
+            aborting: Arc::new(AtomicBool::new(false)),
         });
         let mut queues = vec![
             ("bae-disk-write", &core.write_q),
@@ -322,6 +329,14 @@ struct Target {
     slot: Arc<Slot>,
     torrent: TorrentId,
     storage: Arc<dyn TorrentStorage>,
+    aborting: Arc<AtomicBool>,
+}
+
+impl Target {
+    /// Reads and hashes queued when the session began shutting down are not run.
+    fn aborted(&self) -> bool {
+        self.aborting.load(Ordering::Acquire)
+    }
 }
 
 impl DiskHandle {
@@ -338,6 +353,7 @@ impl DiskHandle {
                 slot: slot?,
                 torrent,
                 storage: Arc::clone(&self.core.storage),
+                aborting: Arc::clone(&self.core.aborting),
             }),
             None => {
                 tracing::error!(index, "disk job for an unknown storage");
@@ -400,6 +416,9 @@ impl DiskHandle {
         let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
         self.core.read_q.push(Box::new(move || {
             let Some(job) = job else { return };
+            if target.aborted() {
+                return drop(job); // completes as operation_aborted
+            }
             if start + u64::from(len) > target.slot.layout.total_len {
                 return ffi::complete_job(job, invalid(DiskOp::Read));
             }
@@ -480,6 +499,9 @@ impl DiskHandle {
         };
         self.core.hash_q.push(Box::new(move || {
             let Some(job) = job else { return };
+            if target.aborted() {
+                return drop(job); // completes as operation_aborted
+            }
             let layout = &target.slot.layout;
             let piece = PieceIndex(piece);
             let size_v1 = layout.piece_size(piece);
@@ -506,6 +528,9 @@ impl DiskHandle {
         };
         self.core.hash_q.push(Box::new(move || {
             let Some(job) = job else { return };
+            if target.aborted() {
+                return drop(job); // completes as operation_aborted
+            }
             let layout = &target.slot.layout;
             let size_v2 = layout.piece_size_v2(PieceIndex(piece));
             let offset = u64::from(offset);
@@ -582,6 +607,10 @@ impl DiskHandle {
             let _ = index;
             ffi::complete_job(job, ok(Vec::new()));
         }));
+    }
+
+    pub fn abort(&self) {
+        self.core.aborting.store(true, Ordering::Release);
     }
 
     pub fn shutdown(&self) {
