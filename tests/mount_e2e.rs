@@ -111,7 +111,12 @@ fn downloaded_album_reads_back_exactly_and_decodes() {
         .filter(|p| p.extension().is_some_and(|e| e == "flac"))
         .map(|p| mounted.join(p))
         .collect();
-    let st = Command::new("flac").arg("-t").arg("-s").args(&flacs).status().unwrap();
+    let st = Command::new("flac")
+        .arg("-t")
+        .arg("-s")
+        .args(&flacs)
+        .status()
+        .unwrap();
     assert!(st.success(), "flac -t failed on the mounted tracks");
     // The only copy of the music is the chunk cache: no file in the library holds it.
     let orig = std::fs::read(f.album.join("02 - Tone 2.flac")).unwrap();
@@ -128,11 +133,20 @@ fn downloaded_album_reads_back_exactly_and_decodes() {
         );
     }
     // Read-only: every kind of change is refused with EROFS.
-    let erofs = |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let erofs =
+        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     erofs(std::fs::write(mounted.join("new.txt"), b"x"));
-    erofs(std::fs::OpenOptions::new().write(true).open(mounted.join("album.cue")).map(|_| ()));
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(mounted.join("album.cue"))
+            .map(|_| ()),
+    );
     erofs(std::fs::remove_file(mounted.join("album.cue")));
-    erofs(std::fs::rename(mounted.join("album.cue"), mounted.join("x.cue")));
+    erofs(std::fs::rename(
+        mounted.join("album.cue"),
+        mounted.join("x.cue"),
+    ));
     erofs(std::fs::create_dir(mounted.join("d")));
     bae.umount();
 }
@@ -160,7 +174,12 @@ fn a_track_read_while_downloading_comes_back_correct() {
     let seeder = PyPeer::seed_limited(&f.torrent, f.album.parent().unwrap(), 512 << 10);
     let bae = Bae::new();
     bae.mount();
-    bae.ok(&["add", f.torrent.to_str().unwrap(), "--peer", &seeder.addr().to_string()]);
+    bae.ok(&[
+        "add",
+        f.torrent.to_str().unwrap(),
+        "--peer",
+        &seeder.addr().to_string(),
+    ]);
     let mounted = mounted_album(&bae, &f);
     // The last track, from its end: the pieces a player wants first.
     let track = "03 - Tone 3.flac";
@@ -170,10 +189,18 @@ fn a_track_read_while_downloading_comes_back_correct() {
     file.seek(SeekFrom::Start(tail_at)).unwrap();
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).unwrap();
-    assert!(tail[..] == orig[tail_at as usize..], "tail of the track differs");
+    assert!(
+        tail[..] == orig[tail_at as usize..],
+        "tail of the track differs"
+    );
     // It streamed: the bytes came before the rest of the album did.
-    let progress = bae.status_json()["torrents"][0]["progress"].as_f64().unwrap();
-    assert!(progress < 1.0, "the read only returned once everything was downloaded");
+    let progress = bae.status_json()["torrents"][0]["progress"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        progress < 1.0,
+        "the read only returned once everything was downloaded"
+    );
     let mut all = Vec::new();
     file.seek(SeekFrom::Start(0)).unwrap();
     file.read_to_end(&mut all).unwrap();
@@ -218,7 +245,11 @@ fn after_the_cache_is_emptied_reads_come_back_from_the_remote() {
                     let mut buf = vec![0u8; len];
                     file.seek(SeekFrom::Start(off)).unwrap();
                     file.read_exact(&mut buf).unwrap();
-                    assert!(buf[..] == orig[off as usize..off as usize + len], "{} at {off}", path.display());
+                    assert!(
+                        buf[..] == orig[off as usize..off as usize + len],
+                        "{} at {off}",
+                        path.display()
+                    );
                 }
             })
         })
@@ -241,10 +272,15 @@ fn umount_with_an_open_file_is_refused_then_lazy_works() {
     let open = std::fs::File::open(mounted_album(&bae, &f).join("album.cue")).unwrap();
     let err = bae.fails(&["umount", &mp]);
     assert!(err.contains("busy") && err.contains("--lazy"), "{err}");
-    assert!(bae.status_json()["daemon_running"] == true, "the mount stays up");
+    assert!(
+        bae.status_json()["daemon_running"] == true,
+        "the mount stays up"
+    );
     drop(open);
     bae.umount();
-    assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(&mp));
+    assert!(!std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .contains(&mp));
     // A missing mount point is a clear error and starts nothing.
     let err = bae.fails(&["mount", "/nonexistent/bae-mnt"]);
     assert!(err.contains("does not exist"), "{err}");
@@ -275,7 +311,11 @@ fn with_the_remote_down_cached_reads_work_and_uncached_reads_fail_with_eio() {
     let mut server = common::s3::S3Server::start(s3dir.path());
     let f = fixture(256 * 1024, 8);
     let seeder = PyPeer::seed(&f.torrent, f.album.parent().unwrap());
-    let bae = Bae::with_s3(&server.endpoint(), common::s3::BUCKET, &[("read_timeout_secs", "4")]);
+    let bae = Bae::with_s3(
+        &server.endpoint(),
+        common::s3::BUCKET,
+        &[("read_timeout_secs", "4")],
+    );
     bae.mount();
     download(&bae, &f, &seeder);
     drop(seeder);
@@ -305,7 +345,10 @@ fn with_the_remote_down_cached_reads_work_and_uncached_reads_fail_with_eio() {
                 assert!(got == want, "track 3 differs after the remote came back");
                 break;
             }
-            Err(e) => assert!(std::time::Instant::now() < deadline, "remote never came back: {e}"),
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "remote never came back: {e}"
+            ),
         }
     }
     bae.umount();

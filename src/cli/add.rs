@@ -14,7 +14,13 @@ use crate::torrent::{parse_magnet, parse_metainfo};
 
 use super::{ask_daemon, nudge_daemon, open_library};
 
-pub fn run(home: &Path, source: &str, paused: bool, wait: bool, peers: &[String]) -> anyhow::Result<()> {
+pub fn run(
+    home: &Path,
+    source: &str,
+    paused: bool,
+    wait: bool,
+    peers: &[String],
+) -> anyhow::Result<()> {
     for p in peers {
         p.parse::<std::net::SocketAddr>()
             .with_context(|| format!("--peer {p:?} is not IP:PORT"))?;
@@ -46,7 +52,8 @@ pub fn run(home: &Path, source: &str, paused: bool, wait: bool, peers: &[String]
         )
     } else {
         let bytes = std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
-        let meta = parse_metainfo(&bytes).with_context(|| format!("{source} is not a valid torrent"))?;
+        let meta =
+            parse_metainfo(&bytes).with_context(|| format!("{source} is not a valid torrent"))?;
         let layout = layout_of(&meta.layout);
         layout
             .validate()

@@ -10,10 +10,9 @@ use crate::catalog::NewTorrent;
 use crate::daemon::config::parse_size;
 use crate::daemon::control::{Request, Response};
 use crate::daemon::storage::layout_of;
-use crate::store::Store;
 use crate::torrent::{create_torrent, parse_metainfo};
 
-use super::{ask_daemon, open_library, runtime};
+use super::{ask_daemon, open_library, OfflineStore};
 
 pub fn run(
     home: &Path,
@@ -23,7 +22,8 @@ pub fn run(
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let piece_len = piece_size.map(parse_size).transpose()?;
-    let dir = std::fs::canonicalize(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
@@ -54,21 +54,16 @@ pub fn run(
             dir: dir.display().to_string(),
         };
         match ask_daemon(&lib, &req, Duration::from_secs(3600))? {
-            Some(Response::Done { .. }) => Ok(layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum()),
+            Some(Response::Done { .. }) => {
+                Ok(layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum())
+            }
             Some(Response::Error { message }) => bail!("{message}"),
             Some(_) => bail!("unexpected answer from the daemon"),
             None => {
                 // No daemon: hold the library lock while writing into the store.
-                let _lock = crate::daemon::run::lock_library(&lib.home)?;
-                let rt = runtime()?;
-                let store = Store::open(
-                    &lib.cache_dir(),
-                    lib.catalog.clone(),
-                    lib.config.cache_size_bytes(),
-                    rt.handle().clone(),
-                )?;
-                let n = crate::daemon::import::store_content(&store, id, &dir, &layout)?;
-                store.shutdown()?;
+                let off = OfflineStore::open(&lib)?;
+                let n = crate::daemon::import::store_content(&off.store, id, &dir, &layout)?;
+                off.close()?;
                 Ok(n)
             }
         }
@@ -81,7 +76,8 @@ pub fn run(
         }
     };
     if let Some(out) = out {
-        std::fs::write(out, &meta.torrent_bytes).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, &meta.torrent_bytes)
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     println!(
         "imported {} ({} bytes, info hash {})",

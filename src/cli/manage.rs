@@ -9,10 +9,9 @@ use anyhow::bail;
 
 use crate::daemon::control::{Request, Response, VerifyReport};
 use crate::remote::{object_key_for, ObjectStore};
-use crate::store::Store;
 use crate::tiering::Fetcher;
 
-use super::{ask_daemon, nudge_daemon, open_library, runtime};
+use super::{ask_daemon, nudge_daemon, open_library, runtime, OfflineStore};
 
 pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
@@ -21,7 +20,10 @@ pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()>
     nudge_daemon(&lib)?;
     match (on, pin) {
         (true, true) => println!("{}: seeding, chunks pinned in the cache", t.name),
-        (true, false) => println!("{}: seeding without pinning (evicted chunks come back from the remote)", t.name),
+        (true, false) => println!(
+            "{}: seeding without pinning (evicted chunks come back from the remote)",
+            t.name
+        ),
         (false, _) => println!("{}: not seeding", t.name),
     }
     Ok(())
@@ -61,11 +63,21 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
             }
         });
         if failed > 0 {
-            bail!("{} removed, but {failed} of its objects could not be deleted from the remote", t.name);
+            bail!(
+                "{} removed, but {failed} of its objects could not be deleted from the remote",
+                t.name
+            );
         }
-        println!("{} removed, with its {} objects in the remote", t.name, objects.len());
+        println!(
+            "{} removed, with its {} objects in the remote",
+            t.name,
+            objects.len()
+        );
     } else {
-        println!("{} removed (its encrypted chunks stay in the remote; --purge deletes them)", t.name);
+        println!(
+            "{} removed (its encrypted chunks stay in the remote; --purge deletes them)",
+            t.name
+        );
     }
     Ok(())
 }
@@ -73,18 +85,22 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
 pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
-    let report = match ask_daemon(&lib, &Request::Verify { torrent: t.id.0 }, Duration::from_secs(24 * 3600))? {
+    let report = match ask_daemon(
+        &lib,
+        &Request::Verify { torrent: t.id.0 },
+        Duration::from_secs(24 * 3600),
+    )? {
         Some(Response::Verify(r)) => r,
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
-            let _lock = crate::daemon::run::lock_library(&lib.home)?;
-            let rt = runtime()?;
-            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
-            let remote = rt.block_on(lib.remote())?;
+            let off = OfflineStore::open(&lib)?;
+            let remote = off.rt.block_on(lib.remote())?;
             let fetcher = Arc::new(Fetcher::new(remote, lib.key.clone()));
-            store.register_torrent(t.id)?;
-            let r: VerifyReport = rt.block_on(crate::daemon::verify::verify(&store, &*fetcher, t.id));
-            store.shutdown()?;
+            off.store.register_torrent(t.id)?;
+            let r: VerifyReport = off
+                .rt
+                .block_on(crate::daemon::verify::verify(&off.store, &*fetcher, t.id));
+            off.close()?;
             r
         }
     };
@@ -107,17 +123,10 @@ pub fn evict(home: &Path) -> anyhow::Result<()> {
         Some(Response::Done { message }) => println!("{message}"),
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
-            let _lock = crate::daemon::run::lock_library(&lib.home)?;
-            let rt = runtime()?;
-            let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), u64::MAX, rt.handle().clone())?;
-            for t in lib.catalog.torrents()? {
-                if t.geometry.is_some() {
-                    store.register_torrent(t.id)?;
-                    store.set_torrent_pinned(t.id, t.seeding && t.pin);
-                }
-            }
-            let n = store.evict_all();
-            store.shutdown()?;
+            // Opening the store loads every torrent with its pins from the catalog.
+            let off = OfflineStore::open(&lib)?;
+            let n = off.store.evict_all();
+            off.close()?;
             println!("evicted {n} chunks");
         }
     }

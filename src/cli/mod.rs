@@ -18,7 +18,11 @@ use crate::daemon::control::{self, ControlError, Request, Response};
 use crate::daemon::{default_home, InitOptions, Library};
 
 #[derive(Debug, Parser)]
-#[command(name = "bae", version, about = "Torrents as encrypted chunks in S3, mounted read-only and seeded from the same chunks")]
+#[command(
+    name = "bae",
+    version,
+    about = "Torrents as encrypted chunks in S3, mounted read-only and seeded from the same chunks"
+)]
 pub struct Cli {
     /// The library directory (default: $BAE_HOME, else ~/.local/share/bae).
     #[arg(long, global = true, value_name = "DIR")]
@@ -205,7 +209,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_other,
             listen,
             cache_size,
-        } => mount::mount(&home, mountpoint, foreground, allow_other, listen, cache_size),
+        } => mount::mount(
+            &home,
+            mountpoint,
+            foreground,
+            allow_other,
+            listen,
+            cache_size,
+        ),
         Command::Umount { mountpoint, lazy } => mount::umount(&home, &mountpoint, lazy),
         Command::Status { json, watch } => status::run(&home, json, watch),
         Command::Seed {
@@ -233,8 +244,45 @@ pub(crate) fn open_library(home: &std::path::Path) -> anyhow::Result<Library> {
     Ok(runtime()?.block_on(Library::open_or_create(home))?)
 }
 
+/// The store of a library with no daemon running, opened by this command. Holds the
+/// library lock, so a daemon cannot start and write to the same cache meanwhile.
+pub(crate) struct OfflineStore {
+    pub store: std::sync::Arc<crate::store::Store>,
+    pub rt: tokio::runtime::Runtime,
+    _lock: crate::daemon::run::LibraryLock,
+}
+
+impl OfflineStore {
+    pub fn open(lib: &Library) -> anyhow::Result<OfflineStore> {
+        let lock = crate::daemon::run::lock_library(&lib.home)?;
+        let rt = runtime()?;
+        // No limit while we work: eviction is what `evict` asks for explicitly.
+        let store = crate::store::Store::open(
+            &lib.cache_dir(),
+            lib.catalog.clone(),
+            u64::MAX,
+            rt.handle().clone(),
+        )?;
+        Ok(OfflineStore {
+            store,
+            rt,
+            _lock: lock,
+        })
+    }
+
+    /// Makes everything durable before the lock is released.
+    pub fn close(self) -> anyhow::Result<()> {
+        self.store.shutdown()?;
+        Ok(())
+    }
+}
+
 /// Sends a request to the running daemon, if there is one.
-pub(crate) fn ask_daemon(lib: &Library, req: &Request, timeout: Duration) -> anyhow::Result<Option<Response>> {
+pub(crate) fn ask_daemon(
+    lib: &Library,
+    req: &Request,
+    timeout: Duration,
+) -> anyhow::Result<Option<Response>> {
     match runtime()?.block_on(control::call(&lib.socket_path(), req, timeout)) {
         Ok(r) => Ok(Some(r)),
         Err(ControlError::NotRunning) => Ok(None),

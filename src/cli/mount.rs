@@ -37,8 +37,10 @@ pub fn mount(
 ) -> anyhow::Result<()> {
     let cache_size_bytes = cache_size.as_deref().map(parse_size).transpose()?;
     let lib = open_library(home)?;
-    if let Some(Response::Pong { mountpoint: mp, pid }) =
-        ask_daemon(&lib, &Request::Ping, Duration::from_secs(5))?
+    if let Some(Response::Pong {
+        mountpoint: mp,
+        pid,
+    }) = ask_daemon(&lib, &Request::Ping, Duration::from_secs(5))?
     {
         bail!("this library is already mounted at {mp} (daemon pid {pid})");
     }
@@ -70,7 +72,11 @@ pub fn mount(
     let log_start = log.seek(std::io::SeekFrom::End(0))?;
     let exe = std::env::current_exe().context("finding the bae executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--home").arg(&lib.home).arg("mount").arg(&mountpoint).arg("-f");
+    cmd.arg("--home")
+        .arg(&lib.home)
+        .arg("mount")
+        .arg(&mountpoint)
+        .arg("-f");
     if allow_other {
         cmd.arg("--allow-other");
     }
@@ -115,7 +121,10 @@ pub fn mount(
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!("the daemon did not become ready within {START_TIMEOUT:?}; see {}", log_path.display());
+            bail!(
+                "the daemon did not become ready within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -127,12 +136,29 @@ fn log_tail(path: &Path, start: u64) -> String {
         return String::new();
     };
     let _ = f.seek(std::io::SeekFrom::Start(start));
-    let lines: Vec<String> = std::io::BufReader::new(f).lines().map_while(Result::ok).collect();
-    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("bae:") || l.contains("ERROR")).collect();
+    let lines: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let errors: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("bae:") || l.contains("ERROR"))
+        .collect();
     if errors.is_empty() {
-        lines.iter().rev().take(10).rev().cloned().collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .rev()
+            .take(10)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     } else {
-        errors.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        errors
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -140,22 +166,30 @@ pub fn umount(home: &Path, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> 
     let lib = open_library(home)?;
     let wanted = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     match ask_daemon(&lib, &Request::Ping, Duration::from_secs(5))? {
-        Some(Response::Pong { mountpoint: mp, pid }) => {
+        Some(Response::Pong {
+            mountpoint: mp,
+            pid,
+        }) => {
             if Path::new(&mp) != wanted {
-                bail!("this library's daemon is mounted at {mp}, not {}", mountpoint.display());
+                bail!(
+                    "this library's daemon is mounted at {mp}, not {}",
+                    mountpoint.display()
+                );
             }
-            match ask_daemon(&lib, &Request::Shutdown { lazy }, Duration::from_secs(30))? {
-                Some(Response::Error { message }) => {
-                    bail!("{message}; close the programs using it, or run `bae umount --lazy`")
-                }
-                _ => {}
+            if let Some(Response::Error { message }) =
+                ask_daemon(&lib, &Request::Shutdown { lazy }, Duration::from_secs(30))?
+            {
+                bail!("{message}; close the programs using it, or run `bae umount --lazy`")
             }
             // Wait for the process to finish its shutdown (uploads get a grace period).
             let deadline = Instant::now() + Duration::from_secs(60);
             // SAFETY: kill with signal 0 only checks that the process exists.
             while unsafe { libc::kill(pid as i32, 0) } == 0 {
                 if Instant::now() > deadline {
-                    bail!("the daemon (pid {pid}) is still stopping; see {}", lib.log_path().display());
+                    bail!(
+                        "the daemon (pid {pid}) is still stopping; see {}",
+                        lib.log_path().display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -168,7 +202,10 @@ pub fn umount(home: &Path, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> 
                 println!("removed the stale mount at {}", mountpoint.display());
                 Ok(())
             } else {
-                bail!("nothing of this library is mounted at {}", mountpoint.display())
+                bail!(
+                    "nothing of this library is mounted at {}",
+                    mountpoint.display()
+                )
             }
         }
     }

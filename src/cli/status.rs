@@ -67,10 +67,12 @@ fn rate(bps: u64) -> String {
 pub fn render(r: &StatusReport) -> String {
     let mut s = String::new();
     match (&r.mountpoint, r.daemon_running) {
-        (Some(mp), true) => s += &format!(
-            "daemon: running, mounted at {mp}, listening on port {}\n",
-            r.listen_port.unwrap_or(0)
-        ),
+        (Some(mp), true) => {
+            s += &format!(
+                "daemon: running, mounted at {mp}, listening on port {}\n",
+                r.listen_port.unwrap_or(0)
+            )
+        }
         _ => s += "daemon: not running\n",
     }
     let name_w = r
@@ -99,7 +101,10 @@ pub fn render(r: &StatusReport) -> String {
             rate(t.upload_bps),
             t.peers,
             state,
-            format!("{}/{}/{}", t.chunks_local, t.chunks_uploaded, t.chunks_total),
+            format!(
+                "{}/{}/{}",
+                t.chunks_local, t.chunks_uploaded, t.chunks_total
+            ),
         );
         if let Some(e) = &t.error {
             s += &format!("  error: {e}\n");

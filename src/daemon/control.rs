@@ -22,11 +22,18 @@ pub enum Request {
     Sync,
     /// Drop every evictable chunk from the cache.
     Evict,
-    Verify { torrent: i64 },
+    Verify {
+        torrent: i64,
+    },
     /// Store the content of `dir` as torrent `torrent` (already in the catalog) and seed.
-    Import { torrent: i64, dir: String },
+    Import {
+        torrent: i64,
+        dir: String,
+    },
     /// Unmount and stop. `lazy` detaches a busy mount instead of failing.
-    Shutdown { lazy: bool },
+    Shutdown {
+        lazy: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,7 +100,11 @@ pub enum ControlError {
 }
 
 /// Sends one request to the daemon of the library whose socket is `socket`.
-pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
+pub async fn call(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
     let fut = async {
         let stream = match UnixStream::connect(socket).await {
             Ok(s) => s,
@@ -108,13 +119,15 @@ pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Res
             Err(e) => return Err(e.into()),
         };
         let (r, mut w) = stream.into_split();
-        let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push('\n');
         w.write_all(line.as_bytes()).await?;
         let mut reader = BufReader::new(r);
         let mut answer = String::new();
         reader.read_line(&mut answer).await?;
-        serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
+        serde_json::from_str(&answer)
+            .map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
     };
     tokio::time::timeout(timeout, fut)
         .await

@@ -15,7 +15,12 @@ use crate::store::Store;
 
 /// Writes the files of `layout` found under `dir` into the store and marks every piece
 /// verified. Returns the number of bytes stored.
-pub fn store_content(store: &Arc<Store>, id: TorrentId, dir: &Path, layout: &Layout) -> anyhow::Result<u64> {
+pub fn store_content(
+    store: &Arc<Store>,
+    id: TorrentId,
+    dir: &Path,
+    layout: &Layout,
+) -> anyhow::Result<u64> {
     let g = store.register_torrent(id)?;
     let mut stored = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -24,16 +29,23 @@ pub fn store_content(store: &Arc<Store>, id: TorrentId, dir: &Path, layout: &Lay
         for c in &f.path {
             path.push(c);
         }
-        let before = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let before =
+            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         if before.len() != f.len {
             bail!("{} changed since the torrent was made", path.display());
         }
-        let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let mut off = 0u64;
         while off < f.len {
-            let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {
-                bail!("{} is shorter than when the torrent was made", path.display());
+                bail!(
+                    "{} is shorter than when the torrent was made",
+                    path.display()
+                );
             }
             let n = n.min((f.len - off) as usize);
             store.write(id, f.stream_offset + off, &buf[..n])?;

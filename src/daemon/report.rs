@@ -52,7 +52,11 @@ pub fn state_name(s: TorrentState, paused: bool) -> &'static str {
 }
 
 /// A report from the running daemon's own store and session.
-pub fn live(catalog: &Catalog, store: &Store, session: &Session) -> Result<Vec<TorrentReport>, CatalogError> {
+pub fn live(
+    catalog: &Catalog,
+    store: &Store,
+    session: &Session,
+) -> Result<Vec<TorrentReport>, CatalogError> {
     let mut out = Vec::new();
     for t in catalog.torrents()? {
         let mut r = base(&t);

@@ -100,7 +100,12 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     let limit = opts
         .cache_size_bytes
         .unwrap_or_else(|| lib.config.cache_size_bytes());
-    let store = Store::open(&lib.cache_dir(), lib.catalog.clone(), limit, rt.handle().clone())?;
+    let store = Store::open(
+        &lib.cache_dir(),
+        lib.catalog.clone(),
+        limit,
+        rt.handle().clone(),
+    )?;
     let fetcher = Arc::new(Fetcher::new(remote.clone(), lib.key.clone()));
     store.set_source(fetcher.clone());
     let uploader = {
@@ -176,7 +181,8 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
             // The content bounds its own waits; this is a backstop a little beyond it.
             read_timeout: Some(Duration::from_secs(daemon.lib.config.read_timeout_secs + 5)),
             runtime: Some(rt.handle().clone()),
-            max_readahead_bytes: u64::from(daemon.lib.config.readahead_chunks) * crate::model::CHUNK_LEN,
+            max_readahead_bytes: u64::from(daemon.lib.config.readahead_chunks)
+                * crate::model::CHUNK_LEN,
             ..MountOptions::default()
         },
     )?;
@@ -272,7 +278,12 @@ impl Daemon {
         };
         let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: HashSet<TorrentId> = torrents.iter().map(|t| t.id).collect();
-        for gone in added.iter().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
+        for gone in added
+            .iter()
+            .filter(|t| !wanted.contains(t))
+            .copied()
+            .collect::<Vec<_>>()
+        {
             if let Err(e) = self.session.remove(gone) {
                 tracing::warn!(torrent = %gone, error = %e, "removing from the session");
             }
@@ -292,7 +303,8 @@ impl Daemon {
                         continue;
                     }
                 };
-                let peers: Vec<SocketAddr> = t.peers.iter().filter_map(|p| p.parse().ok()).collect();
+                let peers: Vec<SocketAddr> =
+                    t.peers.iter().filter_map(|p| p.parse().ok()).collect();
                 let complete = t.geometry.is_some() && {
                     let _ = self.store.register_torrent(t.id);
                     self.store.is_complete(t.id)
@@ -331,7 +343,9 @@ impl Daemon {
     fn on_event(&self, ev: Event) {
         match ev {
             Event::MetadataReceived { t, torrent_bytes } => {
-                let name = crate::torrent::parse_metainfo(&torrent_bytes).ok().map(|m| m.name);
+                let name = crate::torrent::parse_metainfo(&torrent_bytes)
+                    .ok()
+                    .map(|m| m.name);
                 if let Err(e) = self
                     .lib
                     .catalog
@@ -384,7 +398,8 @@ impl Daemon {
                 }
             }
             Request::Verify { torrent } => {
-                let report = super::verify::verify(&self.store, &*self.fetcher, TorrentId(torrent)).await;
+                let report =
+                    super::verify::verify(&self.store, &*self.fetcher, TorrentId(torrent)).await;
                 Response::Verify(report)
             }
             Request::Import { torrent, dir } => {
@@ -452,7 +467,9 @@ impl Daemon {
             ));
         }
         if let Some(e) = report.uploader.as_ref().and_then(|u| u.last_error.clone()) {
-            report.warnings.push(format!("uploads are failing (will retry): {e}"));
+            report
+                .warnings
+                .push(format!("uploads are failing (will retry): {e}"));
         }
         report
     }
@@ -476,7 +493,13 @@ impl Daemon {
     }
 
     async fn upload_snapshot(&self) -> Result<(), snapshot::SnapshotError> {
-        snapshot::upload(&self.lib.catalog, &self.remote, &self.lib.key, &self.lib.home).await
+        snapshot::upload(
+            &self.lib.catalog,
+            &self.remote,
+            &self.lib.key,
+            &self.lib.home,
+        )
+        .await
     }
 
     async fn shutdown(self: Arc<Self>) {
@@ -491,7 +514,8 @@ impl Daemon {
         if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
             tracing::info!("uploads not finished; they resume at the next start");
         }
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), self.upload_snapshot()).await {
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), self.upload_snapshot()).await
+        {
             tracing::warn!(error = %e, "catalog snapshot upload timed out");
         }
         if let Err(e) = self.store.shutdown() {

@@ -75,7 +75,9 @@ impl TorrentStorage for StoreStorage {
     }
 
     fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.store.write(t, stream_offset, data).map_err(storage_err)
+        self.store
+            .write(t, stream_offset, data)
+            .map_err(storage_err)
     }
 
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {

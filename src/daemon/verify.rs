@@ -11,7 +11,9 @@ use super::control::VerifyReport;
 pub async fn verify(store: &Arc<Store>, source: &dyn ChunkSource, t: TorrentId) -> VerifyReport {
     let mut report = VerifyReport::default();
     let Some(stats) = store.torrent_stats(t) else {
-        report.problems.push("torrent has no data in the store".into());
+        report
+            .problems
+            .push("torrent has no data in the store".into());
         return report;
     };
     for i in 0..stats.chunks_total {
@@ -24,7 +26,9 @@ pub async fn verify(store: &Arc<Store>, source: &dyn ChunkSource, t: TorrentId) 
             Ok(Ok(Some(false))) => {
                 checked = true;
                 ok = false;
-                report.problems.push(format!("chunk {i}: local copy does not match its hash"));
+                report
+                    .problems
+                    .push(format!("chunk {i}: local copy does not match its hash"));
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -40,7 +44,9 @@ pub async fn verify(store: &Arc<Store>, source: &dyn ChunkSource, t: TorrentId) 
                 if matches!(e, crate::store::FetchError::NotFound) {
                     report.chunks_missing += 1;
                 }
-                report.problems.push(format!("chunk {i} in the remote: {e}"));
+                report
+                    .problems
+                    .push(format!("chunk {i} in the remote: {e}"));
             }
         }
         if checked {

@@ -15,41 +15,27 @@ pub struct Bae {
 impl Bae {
     /// A fresh library (local remote, loopback networking) and an empty mount point.
     pub fn new() -> Bae {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        let b = Bae {
-            home,
-            mountpoint,
-            _dir: dir,
-        };
-        b.ok(&["init", "--cache-size", "1GiB"]);
-        b.set_loopback_config(&[]);
-        b
+        Bae::init(&[], &[])
     }
 
-    /// Like `new`, but the remote is the given S3 server.
+    /// Like `new`, but the remote is the given S3 server; `extra` overrides config keys.
     pub fn with_s3(endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Bae {
+        let remote = format!("s3://{bucket}/lib");
+        Bae::init(&["--remote", &remote, "--endpoint", endpoint], extra)
+    }
+
+    fn init(init_args: &[&str], extra: &[(&str, &str)]) -> Bae {
         let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir_all(&mountpoint).unwrap();
         let b = Bae {
-            home,
+            home: dir.path().join("home"),
             mountpoint,
             _dir: dir,
         };
-        let remote = format!("s3://{bucket}/lib");
-        b.ok(&[
-            "init",
-            "--remote",
-            &remote,
-            "--endpoint",
-            endpoint,
-            "--cache-size",
-            "1GiB",
-        ]);
+        let mut args = vec!["init", "--cache-size", "1GiB"];
+        args.extend_from_slice(init_args);
+        b.ok(&args);
         b.set_loopback_config(extra);
         b
     }
