@@ -237,3 +237,13 @@ fn magnet_metadata_keeps_the_trackers() {
     assert!(found, "tracker missing from the torrent bytes");
     assert!(parse_metainfo(&torrent_bytes).is_ok());
 }
+
+#[test]
+fn downloads_with_the_smallest_pieces_16k() {
+    download("v1pad", 16 << 10, false);
+}
+
+#[test]
+fn downloads_with_the_largest_pieces_16m() {
+    download("hybrid", 16 << 20, false);
+}

@@ -639,6 +639,62 @@ fn piece_hashes(piece: &[u8], v1: bool, size_v2: u64, v2_blocks: u32) -> Vec<u8>
 mod tests {
     use super::*;
 
+    /// A storage holding one stream in memory.
+    struct MemStorage(Mutex<Vec<u8>>);
+
+    impl TorrentStorage for MemStorage {
+        fn open(&self, _: TorrentId, _: &TorrentLayout) -> Result<Vec<bool>, StorageError> {
+            Ok(Vec::new())
+        }
+        fn write(&self, _: TorrentId, at: u64, data: &[u8]) -> Result<(), StorageError> {
+            lock(&self.0)[at as usize..at as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn read(&self, _: TorrentId, at: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+            buf.copy_from_slice(&lock(&self.0)[at as usize..at as usize + buf.len()]);
+            Ok(())
+        }
+        fn pieces_verified(&self, _: TorrentId, _: &[PieceIndex]) {}
+        fn piece_failed(&self, _: TorrentId, _: PieceIndex) {}
+        fn close(&self, _: TorrentId) {}
+    }
+
+    #[test]
+    fn reads_see_pending_writes_over_stored_bytes() {
+        let storage = MemStorage(Mutex::new(vec![1u8; 4 * BLOCK_LEN as usize]));
+        let slot = Slot {
+            torrent: Some(TorrentId(1)),
+            layout: TorrentLayout {
+                piece_len: 2 * BLOCK_LEN,
+                total_len: 4 * BLOCK_LEN,
+                files: Vec::new(),
+                info_hash_v1: None,
+                info_hash_v2: None,
+            },
+            prepared: Prepared::default(),
+            pending: Mutex::new(BTreeMap::new()),
+            stored: Condvar::new(),
+            next_seq: Mutex::new(0),
+        };
+        let block = |v: u8| -> Arc<[u8]> { Arc::from(vec![v; BLOCK_LEN as usize]) };
+        lock(&slot.pending).insert(BLOCK_LEN, (1, block(2)));
+        lock(&slot.pending).insert(3 * BLOCK_LEN, (2, block(3)));
+        // A read straddling stored, pending and stored bytes, starting mid-block.
+        let start = BLOCK_LEN / 2;
+        let mut buf = vec![0u8; 2 * BLOCK_LEN as usize];
+        slot.read_through(&storage, TorrentId(1), start, &mut buf)
+            .unwrap();
+        let half = BLOCK_LEN as usize / 2;
+        assert!(buf[..half].iter().all(|&b| b == 1));
+        assert!(buf[half..half + BLOCK_LEN as usize].iter().all(|&b| b == 2));
+        assert!(buf[half + BLOCK_LEN as usize..].iter().all(|&b| b == 1));
+        // A read inside the last pending block only.
+        let mut buf = vec![0u8; 100];
+        slot.read_through(&storage, TorrentId(1), 3 * BLOCK_LEN + 7, &mut buf)
+            .unwrap();
+        assert!(buf.iter().all(|&b| b == 3));
+    }
+
     #[test]
     fn save_path_round_trips_the_torrent_id() {
         let t = TorrentId(42);
