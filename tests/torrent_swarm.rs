@@ -135,7 +135,12 @@ fn seeds_to_a_python_leecher() {
         let want = std::fs::read(album.join(rel)).unwrap();
         assert!(got == want, "{rel} differs");
     }
-    assert!(storage.stats().bytes_read >= ALBUM.iter().map(|f| f.1 as u64).sum::<u64>());
+    let stats = storage.stats();
+    assert!(stats.bytes_read >= ALBUM.iter().map(|f| f.1 as u64).sum::<u64>());
+    assert_eq!(
+        stats.verified_calls, 0,
+        "the store was re-told of pieces it reported"
+    );
 }
 
 /// aria2 (its own BitTorrent implementation) downloads from bae, found via a tracker.
