@@ -390,3 +390,32 @@ fn a_v2_magnet_torrent_seeds_to_a_v2_peer_after_restart() {
         assert!(same, "{rel} differs");
     }
 }
+
+/// A store slower than the network fills libtorrent's write queue: bae must report the
+/// queue full and wake the peers once it drains, or the download stalls.
+#[test]
+fn a_slow_store_throttles_the_download_without_stalling_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: &[(&str, usize)] = &[("a.flac", 12 << 20), ("b.flac", 3_333_333)];
+    let album = make_album(&tmp.path().join("seed"), "Album", big, 9);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 512 << 10, "hybrid");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    storage
+        .write_delay_us
+        .store(1_500, std::sync::atomic::Ordering::Relaxed);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let t = TorrentId(13);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+    session.add(t, Source::Metainfo(torrent), opts).unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
+}

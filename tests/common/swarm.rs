@@ -268,6 +268,8 @@ pub struct FileStorage {
     pub stats: Mutex<Stats>,
     /// The next this-many reads fail as if the remote were down.
     pub fail_reads: std::sync::atomic::AtomicU32,
+    /// Each write first sleeps this long: a slow disk, to fill libtorrent's write queue.
+    pub write_delay_us: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -356,6 +358,12 @@ impl TorrentStorage for FileStorage {
     }
 
     fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        let delay_us = self
+            .write_delay_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay_us > 0 {
+            std::thread::sleep(Duration::from_micros(delay_us));
+        }
         let file = {
             let torrents = self.torrents.lock().unwrap();
             torrents
