@@ -98,6 +98,10 @@ BaeDisk::BaeDisk(lt::io_context& ioc, lt::settings_interface const& settings, Di
 
 BaeDisk::~BaeDisk() { rust_.shutdown(); }
 
+// The session is shutting down: queued reads and hashes are answered as aborted
+// rather than run, so a slow remote cannot hold up shutdown. Writes still run.
+void BaeDisk::abort(bool) { rust_.abort(); }
+
 void BaeDisk::settings_updated() {
     high_water_bytes_ = settings_.get_int(lt::settings_pack::max_queued_disk_bytes);
 }

@@ -94,7 +94,7 @@ public:
 
     void update_stats_counters(lt::counters&) const override {}
     std::vector<lt::open_file_state> get_status(lt::storage_index_t) const override { return {}; }
-    void abort(bool) override {}
+    void abort(bool) override;
     void submit_jobs() override {}
     void settings_updated() override;
 

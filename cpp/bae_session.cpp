@@ -8,6 +8,7 @@
 #include <libtorrent/add_torrent_params.hpp>
 #include <libtorrent/address.hpp>
 #include <libtorrent/alert_types.hpp>
+#include <libtorrent/announce_entry.hpp>
 #include <libtorrent/create_torrent.hpp>
 #include <libtorrent/magnet_uri.hpp>
 #include <libtorrent/session_params.hpp>
@@ -65,6 +66,24 @@ AlertFfi alert(AlertKind kind, std::int64_t id, std::uint32_t piece, std::string
     a.piece = piece;
     a.message = rust::String(message);
     return a;
+}
+
+std::string bencode_string(std::string const& s) { return std::to_string(s.size()) + ":" + s; }
+
+// A .torrent for a magnet's metadata: the info dict exactly as received (so the info
+// hash is unchanged) plus the trackers known now, so a re-added torrent finds peers.
+std::string torrent_bytes(lt::torrent_info const& ti, std::vector<lt::announce_entry> const& trackers) {
+    std::string out = "d";
+    if (!trackers.empty()) {
+        out += bencode_string("announce") + bencode_string(trackers.front().url);
+        out += bencode_string("announce-list") + "l";
+        for (auto const& t : trackers) out += "l" + bencode_string(t.url) + "e";
+        out += "e";
+    }
+    auto const info = ti.info_section();
+    out += bencode_string("info") + std::string(info.data(), static_cast<std::size_t>(info.size()));
+    out += "e";
+    return out;
 }
 
 }  // namespace
@@ -225,13 +244,9 @@ void Session::collect_alerts(rust::Vec<AlertFfi>& out) const {
             out.push_back(alert(AlertKind::TorrentChecked, id_of(p->handle), 0, ""));
         } else if (auto const* p = lt::alert_cast<lt::metadata_received_alert>(a)) {
             AlertFfi m = alert(AlertKind::MetadataReceived, id_of(p->handle), 0, "");
-            // The exact info dict, so the info hash of the re-added torrent is the same.
             if (auto ti = p->handle.torrent_file()) {
-                auto const info = ti->info_section();
-                std::string const head = "d4:info";
-                for (char c : head) m.bytes.push_back(static_cast<std::uint8_t>(c));
-                for (char c : info) m.bytes.push_back(static_cast<std::uint8_t>(c));
-                m.bytes.push_back(static_cast<std::uint8_t>('e'));
+                std::string const torrent = torrent_bytes(*ti, p->handle.trackers());
+                for (char c : torrent) m.bytes.push_back(static_cast<std::uint8_t>(c));
             }
             out.push_back(std::move(m));
         } else if (auto const* p = lt::alert_cast<lt::torrent_error_alert>(a)) {

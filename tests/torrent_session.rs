@@ -241,3 +241,181 @@ fn dropped_mid_download_then_resumes_from_verified_pieces() {
         "verified pieces were downloaded again: {written_after} > {not_verified_bytes}"
     );
 }
+
+#[test]
+fn failed_reads_do_not_stop_seeding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 13);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 128 << 10, "hybrid");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(6);
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
+    storage
+        .fail_reads
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    let mut leecher = PyPeer::leech(&torrent_path, &tmp.path().join("leech"), bae_addr);
+    leecher.wait_line("DONE");
+    assert_eq!(
+        storage.fail_reads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the failing reads never happened"
+    );
+    let status = session.status(t).unwrap();
+    assert!(!status.paused && status.error.is_none(), "{status:?}");
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}
+
+/// A magnet's metadata, re-added after a restart as a .torrent, resumes from the store.
+fn magnet_then_restart(mode: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: &[(&str, usize)] = &[("a.flac", 20 << 20), ("b.flac", 7_777_777)];
+    let album = make_album(&tmp.path().join("seed"), "Album", big, 4);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, magnet) = python_torrent(&album, &torrent_path, 256 << 10, mode);
+    let meta = parse_metainfo(&torrent).unwrap();
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(12);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session
+        .add(t, Source::Magnet(magnet), opts.clone())
+        .unwrap();
+    let Event::MetadataReceived { torrent_bytes, .. } = wait_event(&events, "metadata", |e| {
+        matches!(e, Event::MetadataReceived { .. })
+    }) else {
+        unreachable!()
+    };
+    let mut finished = 0;
+    wait_event(&events, "a quarter of the pieces", |e| {
+        finished += u32::from(matches!(e, Event::PieceFinished { .. }));
+        finished >= meta.layout.num_pieces() / 4
+    });
+    drop(session);
+    let verified_before = storage.verified(t).iter().filter(|&&v| v).count();
+    assert!(verified_before > 0 && verified_before < meta.layout.num_pieces() as usize);
+    let written_before = storage.stats().bytes_written;
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session
+        .add(t, Source::Metainfo(torrent_bytes), opts)
+        .unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
+    let written_after = storage.stats().bytes_written - written_before;
+    let not_verified_bytes = meta.layout.total_len - verified_before as u64 * meta.layout.piece_len;
+    assert!(
+        written_after <= not_verified_bytes,
+        "verified pieces were downloaded again: {written_after} > {not_verified_bytes}"
+    );
+}
+
+#[test]
+fn magnet_metadata_resumes_after_restart_hybrid() {
+    magnet_then_restart("hybrid");
+}
+
+#[test]
+fn magnet_metadata_resumes_after_restart_v2() {
+    magnet_then_restart("v2");
+}
+
+/// A v2 torrent first added by magnet, once complete, seeds to a v2-only peer after a
+/// restart: the torrent bytes bae keeps must carry the piece layers.
+#[test]
+fn a_v2_magnet_torrent_seeds_to_a_v2_peer_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("seed"), "Album", ALBUM, 40);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (_, magnet) = python_torrent(&album, &torrent_path, 64 << 10, "v2");
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(41);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    session.add(t, Source::Magnet(magnet), opts).unwrap();
+    let mut kept = Vec::new();
+    wait_event(&events, "torrent finished", |e| {
+        if let Event::MetadataReceived { torrent_bytes, .. } = e {
+            kept = torrent_bytes.clone();
+        }
+        *e == Event::TorrentFinished { t }
+    });
+    // The latest torrent bytes reported by then are what the daemon would keep.
+    while let Ok(e) = events.try_recv() {
+        if let Event::MetadataReceived { torrent_bytes, .. } = e {
+            kept = torrent_bytes;
+        }
+    }
+    drop(session);
+    drop(seeder);
+
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(kept.clone()), AddOptions::default())
+        .unwrap();
+    let kept_path = tmp.path().join("kept.torrent");
+    std::fs::write(&kept_path, &kept).unwrap();
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    // The leecher, like one that came by magnet, must get the piece hashes from bae.
+    let mut leecher = PyPeer::leech(&kept_path, &tmp.path().join("leech"), bae_addr);
+    leecher.wait_line("DONE");
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}
+
+/// A store slower than the network fills libtorrent's write queue: bae must report the
+/// queue full and wake the peers once it drains, or the download stalls.
+#[test]
+fn a_slow_store_throttles_the_download_without_stalling_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: &[(&str, usize)] = &[("a.flac", 12 << 20), ("b.flac", 3_333_333)];
+    let album = make_album(&tmp.path().join("seed"), "Album", big, 9);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 512 << 10, "hybrid");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let seeder = PyPeer::seed(&torrent_path, &tmp.path().join("seed"));
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    storage
+        .write_delay_us
+        .store(1_500, std::sync::atomic::Ordering::Relaxed);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let t = TorrentId(13);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+    session.add(t, Source::Metainfo(torrent), opts).unwrap();
+    wait_event(&events, "torrent finished", |e| {
+        *e == Event::TorrentFinished { t }
+    });
+    assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
+}

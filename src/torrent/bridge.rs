@@ -169,6 +169,7 @@ pub(crate) mod ffi {
         fn submit_check(self: &DiskHandle, index: u32, job: UniquePtr<DiskJob>);
         fn submit_clear_piece(self: &DiskHandle, index: u32, piece: u32, job: UniquePtr<DiskJob>);
         fn submit_flush(self: &DiskHandle, index: u32, job: UniquePtr<DiskJob>);
+        fn abort(self: &DiskHandle);
         fn shutdown(self: &DiskHandle);
     }
 

@@ -16,14 +16,18 @@
 //! once every byte that was hashed is in the store.
 //!
 //! Every job completes exactly once: normally through `complete_job`, or — if a job is
-//! dropped (queue closed, panic in a storage implementation) — by the C++ destructor,
-//! which posts `operation_aborted`. Nothing here panics into C++.
+//! dropped (queue closed, session shutting down, panic in a storage implementation) — by
+//! the C++ destructor, which posts `operation_aborted`. Once libtorrent starts shutting
+//! down (`abort`), queued reads and hashes are dropped that way instead of run, so only
+//! storage calls already under way delay shutdown; writes always run. Nothing here
+//! panics into C++.
 //!
 //! Lock order: `slots` → `prepared` are never held together with a slot's `pending`;
 //! each lock is held only for map operations, never across storage calls.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -203,6 +207,8 @@ pub(crate) struct DiskCore {
     hash_q: Arc<Queue>,
     read_q: Arc<Queue>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set when libtorrent starts shutting down (`disk_interface::abort`).
+    aborting: Arc<AtomicBool>,
 }
 
 impl DiskCore {
@@ -215,6 +221,7 @@ impl DiskCore {
             hash_q: Queue::new(),
             read_q: Queue::new(),
             workers: Mutex::new(Vec::new()),
+            aborting: Arc::new(AtomicBool::new(false)),
         });
         let mut queues = vec![
             ("bae-disk-write", &core.write_q),
@@ -322,6 +329,14 @@ struct Target {
     slot: Arc<Slot>,
     torrent: TorrentId,
     storage: Arc<dyn TorrentStorage>,
+    aborting: Arc<AtomicBool>,
+}
+
+impl Target {
+    /// Reads and hashes queued when the session began shutting down are not run.
+    fn aborted(&self) -> bool {
+        self.aborting.load(Ordering::Acquire)
+    }
 }
 
 impl DiskHandle {
@@ -338,6 +353,7 @@ impl DiskHandle {
                 slot: slot?,
                 torrent,
                 storage: Arc::clone(&self.core.storage),
+                aborting: Arc::clone(&self.core.aborting),
             }),
             None => {
                 tracing::error!(index, "disk job for an unknown storage");
@@ -400,6 +416,9 @@ impl DiskHandle {
         let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
         self.core.read_q.push(Box::new(move || {
             let Some(job) = job else { return };
+            if target.aborted() {
+                return drop(job); // completes as operation_aborted
+            }
             if start + u64::from(len) > target.slot.layout.total_len {
                 return ffi::complete_job(job, invalid(DiskOp::Read));
             }
@@ -411,6 +430,8 @@ impl DiskHandle {
                 Ok(()) => ffi::complete_job(job, ok(buf)),
                 Err(e) => {
                     tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "read failed");
+                    // libtorrent 2.0.8 answers a failed peer read by rejecting the request
+                    // and telling that peer it lacks the piece; the torrent goes on.
                     ffi::complete_job(job, failed(DiskOp::Read, &e))
                 }
             }
@@ -478,6 +499,9 @@ impl DiskHandle {
         };
         self.core.hash_q.push(Box::new(move || {
             let Some(job) = job else { return };
+            if target.aborted() {
+                return drop(job); // completes as operation_aborted
+            }
             let layout = &target.slot.layout;
             let piece = PieceIndex(piece);
             let size_v1 = layout.piece_size(piece);
@@ -504,6 +528,9 @@ impl DiskHandle {
         };
         self.core.hash_q.push(Box::new(move || {
             let Some(job) = job else { return };
+            if target.aborted() {
+                return drop(job); // completes as operation_aborted
+            }
             let layout = &target.slot.layout;
             let size_v2 = layout.piece_size_v2(PieceIndex(piece));
             let offset = u64::from(offset);
@@ -582,6 +609,10 @@ impl DiskHandle {
         }));
     }
 
+    pub fn abort(&self) {
+        self.core.aborting.store(true, Ordering::Release);
+    }
+
     pub fn shutdown(&self) {
         self.core.shutdown();
     }
@@ -607,6 +638,62 @@ fn piece_hashes(piece: &[u8], v1: bool, size_v2: u64, v2_blocks: u32) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A storage holding one stream in memory.
+    struct MemStorage(Mutex<Vec<u8>>);
+
+    impl TorrentStorage for MemStorage {
+        fn open(&self, _: TorrentId, _: &TorrentLayout) -> Result<Vec<bool>, StorageError> {
+            Ok(Vec::new())
+        }
+        fn write(&self, _: TorrentId, at: u64, data: &[u8]) -> Result<(), StorageError> {
+            lock(&self.0)[at as usize..at as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn read(&self, _: TorrentId, at: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+            buf.copy_from_slice(&lock(&self.0)[at as usize..at as usize + buf.len()]);
+            Ok(())
+        }
+        fn pieces_verified(&self, _: TorrentId, _: &[PieceIndex]) {}
+        fn piece_failed(&self, _: TorrentId, _: PieceIndex) {}
+        fn close(&self, _: TorrentId) {}
+    }
+
+    #[test]
+    fn reads_see_pending_writes_over_stored_bytes() {
+        let storage = MemStorage(Mutex::new(vec![1u8; 4 * BLOCK_LEN as usize]));
+        let slot = Slot {
+            torrent: Some(TorrentId(1)),
+            layout: TorrentLayout {
+                piece_len: 2 * BLOCK_LEN,
+                total_len: 4 * BLOCK_LEN,
+                files: Vec::new(),
+                info_hash_v1: None,
+                info_hash_v2: None,
+            },
+            prepared: Prepared::default(),
+            pending: Mutex::new(BTreeMap::new()),
+            stored: Condvar::new(),
+            next_seq: Mutex::new(0),
+        };
+        let block = |v: u8| -> Arc<[u8]> { Arc::from(vec![v; BLOCK_LEN as usize]) };
+        lock(&slot.pending).insert(BLOCK_LEN, (1, block(2)));
+        lock(&slot.pending).insert(3 * BLOCK_LEN, (2, block(3)));
+        // A read straddling stored, pending and stored bytes, starting mid-block.
+        let start = BLOCK_LEN / 2;
+        let mut buf = vec![0u8; 2 * BLOCK_LEN as usize];
+        slot.read_through(&storage, TorrentId(1), start, &mut buf)
+            .unwrap();
+        let half = BLOCK_LEN as usize / 2;
+        assert!(buf[..half].iter().all(|&b| b == 1));
+        assert!(buf[half..half + BLOCK_LEN as usize].iter().all(|&b| b == 2));
+        assert!(buf[half + BLOCK_LEN as usize..].iter().all(|&b| b == 1));
+        // A read inside the last pending block only.
+        let mut buf = vec![0u8; 100];
+        slot.read_through(&storage, TorrentId(1), 3 * BLOCK_LEN + 7, &mut buf)
+            .unwrap();
+        assert!(buf.iter().all(|&b| b == 3));
+    }
 
     #[test]
     fn save_path_round_trips_the_torrent_id() {

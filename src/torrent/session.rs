@@ -6,9 +6,10 @@
 //! and events. Dropping the [`Session`] stops the alert thread, then destroys the
 //! libtorrent session, which destroys the C++ disk object, which joins the disk workers.
 //!
-//! Lock order: `torrents` → `sweep`; neither is held across a libtorrent call.
+//! Lock order: `torrents` → `sweep` → `given` → `complete_at_add`; none is held across a
+//! libtorrent call.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -116,6 +117,7 @@ pub enum Event {
         torrent_bytes: Vec<u8>,
     },
     /// A piece passed its hash check; the store was told before this event was sent.
+    /// Not sent for the verified pieces the store handed in when the torrent was added.
     PieceFinished { t: TorrentId, piece: PieceIndex },
     /// A piece failed its hash check; it will be downloaded again.
     HashFailed { t: TorrentId, piece: PieceIndex },
@@ -137,6 +139,11 @@ struct Inner {
     /// Torrents whose verified pieces the store must be told once checked (magnets,
     /// full checks): libtorrent learned them by hashing, not from the store.
     sweep: Mutex<HashSet<TorrentId>>,
+    /// The have-pieces each torrent was added with, until it is checked: libtorrent
+    /// reports every one of them as finished, and the store knows them already.
+    given: Mutex<HashMap<TorrentId, Vec<bool>>>,
+    /// Torrents added with every piece verified: their first "finished" needs no sweep.
+    complete_at_add: Mutex<HashSet<TorrentId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,6 +181,8 @@ impl Session {
             disk,
             torrents: Mutex::new(HashSet::new()),
             sweep: Mutex::new(HashSet::new()),
+            given: Mutex::new(HashMap::new()),
+            complete_at_add: Mutex::new(HashSet::new()),
         });
         let (tx, rx) = channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -258,9 +267,17 @@ impl Session {
         }
         self.inner.disk.prepare(t, prepared);
         lock(&self.inner.torrents).insert(t);
+        if req.have_pieces.iter().any(|&h| h != 0) {
+            let given: Vec<bool> = req.have_pieces.iter().map(|&h| h != 0).collect();
+            if given.iter().all(|&h| h) {
+                lock(&self.inner.complete_at_add).insert(t);
+            }
+            lock(&self.inner.given).insert(t, given);
+        }
         if let Err(e) = self.inner.ffi.add_torrent(&req) {
             lock(&self.inner.torrents).remove(&t);
             lock(&self.inner.sweep).remove(&t);
+            lock(&self.inner.given).remove(&t);
             self.inner.disk.unprepare(t);
             if opened {
                 storage.close(t);
@@ -288,6 +305,8 @@ impl Session {
         self.inner.ffi.remove_torrent(t.0).map_err(session_err)?;
         lock(&self.inner.torrents).remove(&t);
         lock(&self.inner.sweep).remove(&t);
+        lock(&self.inner.given).remove(&t);
+        lock(&self.inner.complete_at_add).remove(&t);
         Ok(())
     }
 
@@ -395,9 +414,29 @@ fn sweep_verified(inner: &Inner, t: TorrentId) {
     }
 }
 
+/// Whether `a` is libtorrent echoing a piece the store handed in at add time.
+fn was_given(inner: &Inner, a: &ffi::AlertFfi) -> bool {
+    let (ffi::AlertKind::PieceFinished, Some(t)) = (a.kind, torrent_id(a.id)) else {
+        return false;
+    };
+    let mut given = lock(&inner.given);
+    let Some(pieces) = given.get_mut(&t) else {
+        return false;
+    };
+    match pieces.get_mut(a.piece as usize) {
+        Some(have) if *have => {
+            // Only once: a later report of this piece is a new verification.
+            *have = false;
+            true
+        }
+        _ => false,
+    }
+}
+
 fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
     while !stop.load(Ordering::Acquire) {
-        let alerts = inner.ffi.wait_alerts(ALERT_WAIT_MS);
+        let mut alerts = inner.ffi.wait_alerts(ALERT_WAIT_MS);
+        alerts.retain(|a| !was_given(inner, a));
         // Tell the store about a batch of verified pieces at once, before the events.
         let mut verified: Vec<(TorrentId, Vec<PieceIndex>)> = Vec::new();
         for a in &alerts {
@@ -430,14 +469,18 @@ fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
                     torrent_bytes: a.bytes,
                 },
                 (ffi::AlertKind::TorrentChecked, Some(t)) => {
+                    lock(&inner.given).remove(&t);
                     if lock(&inner.sweep).remove(&t) {
                         sweep_verified(inner, t);
                     }
                     Event::TorrentChecked { t }
                 }
                 (ffi::AlertKind::TorrentFinished, Some(t)) => {
-                    // A safety net in case piece alerts were dropped: idempotent in the store.
-                    sweep_verified(inner, t);
+                    // A safety net in case piece alerts were dropped (idempotent in the
+                    // store); not needed when the store handed in every piece.
+                    if !lock(&inner.complete_at_add).remove(&t) {
+                        sweep_verified(inner, t);
+                    }
                     Event::TorrentFinished { t }
                 }
                 (ffi::AlertKind::TorrentError | ffi::AlertKind::SessionError, t) => {

@@ -51,12 +51,24 @@ pub fn make_album(dir: &Path, name: &str, files: &[(&str, usize)], seed: u64) ->
 /// Makes a torrent of `album` with python3-libtorrent. `mode`: hybrid, v2, v1pad, v1.
 /// Returns (torrent bytes, magnet link).
 pub fn python_torrent(album: &Path, out: &Path, piece_len: u64, mode: &str) -> (Vec<u8>, String) {
+    python_torrent_with_tracker(album, out, piece_len, mode, None)
+}
+
+/// [`python_torrent`], announcing to `tracker` if given.
+pub fn python_torrent_with_tracker(
+    album: &Path,
+    out: &Path,
+    piece_len: u64,
+    mode: &str,
+    tracker: Option<&str>,
+) -> (Vec<u8>, String) {
     let output = Command::new(PYTHON)
         .arg(script("make_torrent.py"))
         .arg(album)
         .arg(out)
         .arg(piece_len.to_string())
         .arg(mode)
+        .args(tracker)
         .output()
         .unwrap();
     assert!(
@@ -73,6 +85,8 @@ pub struct PyPeer {
     child: Child,
     lines: Receiver<String>,
     pub port: u16,
+    /// The latest "UP <bytes>" a seeder printed: payload bytes it uploaded.
+    uploaded_bytes: u64,
 }
 
 impl PyPeer {
@@ -97,6 +111,7 @@ impl PyPeer {
             child,
             lines,
             port: 0,
+            uploaded_bytes: 0,
         }
     }
 
@@ -150,6 +165,20 @@ impl PyPeer {
         peer
     }
 
+    /// Starts the test tracker (`tests/peers/tracker.py`); see [`PyPeer::announce_url`].
+    pub fn tracker() -> PyPeer {
+        let mut peer = PyPeer::spawn("tracker.py", &[]);
+        let line = peer.wait_line("PORT");
+        peer.port = line["PORT ".len()..].parse().unwrap();
+        peer
+    }
+
+    /// The announce URL of a tracker started with [`PyPeer::tracker`]. The path is
+    /// /announce: libtorrent only announces to localhost trackers on that path.
+    pub fn announce_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -160,8 +189,12 @@ impl PyPeer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
+                Ok(line) => {
+                    self.note(&line);
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => panic!("python peer: no {prefix:?} line in time"),
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().unwrap();
@@ -169,6 +202,22 @@ impl PyPeer {
                 }
             }
         }
+    }
+}
+
+impl PyPeer {
+    fn note(&mut self, line: &str) {
+        if let Some(n) = line.strip_prefix("UP ").and_then(|n| n.parse().ok()) {
+            self.uploaded_bytes = n;
+        }
+    }
+
+    /// Payload bytes a seeder has uploaded, as of its latest report.
+    pub fn uploaded_bytes(&mut self) -> u64 {
+        while let Ok(line) = self.lines.try_recv() {
+            self.note(&line);
+        }
+        self.uploaded_bytes
     }
 }
 
@@ -217,6 +266,10 @@ pub struct FileStorage {
     /// verified (seeding) or not (import, to be checked by libtorrent).
     prefilled: Mutex<HashMap<TorrentId, (Vec<u8>, bool)>>,
     pub stats: Mutex<Stats>,
+    /// The next this-many reads fail as if the remote were down.
+    pub fail_reads: std::sync::atomic::AtomicU32,
+    /// Each write first sleeps this long: a slow disk, to fill libtorrent's write queue.
+    pub write_delay_us: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -305,6 +358,12 @@ impl TorrentStorage for FileStorage {
     }
 
     fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        let delay_us = self
+            .write_delay_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay_us > 0 {
+            std::thread::sleep(Duration::from_micros(delay_us));
+        }
         let file = {
             let torrents = self.torrents.lock().unwrap();
             torrents
@@ -325,6 +384,14 @@ impl TorrentStorage for FileStorage {
             let stored = torrents.get(&t).ok_or(StorageError::NotFound)?;
             (stored.file.try_clone().map_err(io)?, stored.layout.clone())
         };
+        let failing = self.fail_reads.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StorageError::Fetch("remote unavailable (test)".into()));
+        }
         file.read_exact_at(buf, stream_offset).map_err(io)?;
         // Pad bytes read as zeros whatever was written there.
         let end = stream_offset + buf.len() as u64;
@@ -376,4 +443,68 @@ pub fn expected_stream(album: &Path, layout: &TorrentLayout) -> Vec<u8> {
         }
     }
     stream
+}
+
+/// An aria2c process (aria2's own BitTorrent code: v1 torrents), killed on drop. It
+/// finds peers through the torrent's tracker; DHT, LPD and PEX are off.
+pub struct Aria2 {
+    child: Child,
+}
+
+impl Aria2 {
+    fn spawn(torrent: &Path, dir: &Path, extra: &[&str]) -> Aria2 {
+        let child = Command::new("aria2c")
+            .arg(format!("--dir={}", dir.display()))
+            .args([
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--file-allocation=none",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--disable-ipv6=true",
+            ])
+            .args(extra)
+            .arg(torrent)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Aria2 { child }
+    }
+
+    /// Downloads `torrent` into `dir` and exits once complete (no seeding).
+    pub fn leech(torrent: &Path, dir: &Path) -> Aria2 {
+        Aria2::spawn(torrent, dir, &["--seed-time=0"])
+    }
+
+    /// Checks the data under `dir` and seeds it until killed.
+    pub fn seed(torrent: &Path, dir: &Path) -> Aria2 {
+        Aria2::spawn(
+            torrent,
+            dir,
+            &["--check-integrity=true", "--seed-ratio=0.0"],
+        )
+    }
+
+    /// Waits (up to [`PEER_DEADLINE`]) for aria2c to exit successfully.
+    pub fn wait_success(&mut self) {
+        let deadline = Instant::now() + PEER_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "aria2c failed: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "aria2c did not finish in time");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Aria2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

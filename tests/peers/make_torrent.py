@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Makes a .torrent of a directory with python3-libtorrent (a third-party creator).
 
-usage: make_torrent.py DIR OUT.torrent PIECE_LEN MODE
+usage: make_torrent.py DIR OUT.torrent PIECE_LEN MODE [TRACKER_URL]
 MODE: hybrid (v1+v2, pad files), v2 (v2 only), v1pad (v1 with pad files), v1 (plain v1).
 Prints the torrent's magnet link.
 """
@@ -22,6 +22,8 @@ def main():
     fs = lt.file_storage()
     lt.add_files(fs, os.path.abspath(src))
     ct = lt.create_torrent(fs, piece_len, flags=flags)
+    if len(sys.argv) > 5:
+        ct.add_tracker(sys.argv[5])
     lt.set_piece_hashes(ct, os.path.dirname(os.path.abspath(src)))
     data = lt.bencode(ct.generate())
     with open(out, "wb") as f:

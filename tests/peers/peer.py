@@ -3,7 +3,8 @@
 
 usage: peer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC]
        peer.py leech TORRENT SAVE_DIR HOST:PORT
-seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, and runs until killed.
+seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, then "UP <bytes>" each
+       time its payload upload total changes, and runs until killed.
 leech: downloads from HOST:PORT, prints "DONE" once every piece is verified and exits 0.
 Errors go to stderr with a non-zero exit. No timeouts here: the test owns the deadline.
 """
@@ -49,6 +50,7 @@ def main():
         host, port = sys.argv[4].rsplit(":", 1)
         h.connect_peer((host, int(port)))
     announced = False
+    uploaded = 0
     last_dial = time.monotonic()
     while True:
         for a in ses.pop_alerts():
@@ -59,6 +61,9 @@ def main():
         if mode == "seed" and st.is_seeding and not announced:
             print("PORT", ses.listen_port(), flush=True)
             announced = True
+        if mode == "seed" and announced and st.total_payload_upload != uploaded:
+            uploaded = st.total_payload_upload
+            print("UP", uploaded, flush=True)
         if mode == "leech" and st.is_seeding:
             print("DONE", flush=True)
             return
