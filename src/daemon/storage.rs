@@ -58,11 +58,10 @@ fn storage_err(e: StoreError) -> StorageError {
 
 impl TorrentStorage for StoreStorage {
     fn open(&self, t: TorrentId, layout: &TorrentLayout) -> Result<Vec<bool>, StorageError> {
-        let record = self
-            .catalog
+        // Idempotent: a .torrent's layout is recorded at `bae add`; a magnet's arrives here.
+        self.catalog
             .set_layout(t, &layout_of(layout), None, None)
             .map_err(|e| StorageError::Io(e.to_string()))?;
-        let _ = record;
         self.store.register_torrent(t).map_err(storage_err)?;
         let torrent = self
             .catalog
