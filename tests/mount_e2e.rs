@@ -9,18 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::bae::{make_flac_album, sha256_file, Bae};
+use common::bae::{assert_same_files, file_names, make_flac_album, Bae};
 use common::swarm::{python_torrent, PyPeer};
-
-/// Files of an album, relative to its directory, sorted.
-fn album_files(album: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(album)
-        .unwrap()
-        .map(|e| PathBuf::from(e.unwrap().file_name()))
-        .collect();
-    v.sort();
-    v
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -47,27 +37,6 @@ fn mounted_album(bae: &Bae, f: &Fixture) -> PathBuf {
     bae.mountpoint.join(&f.name)
 }
 
-fn assert_same_files(album: &Path, mounted: &Path) {
-    for rel in album_files(album) {
-        assert_eq!(
-            sha256_file(&album.join(&rel)),
-            sha256_file(&mounted.join(&rel)),
-            "{} differs",
-            rel.display()
-        );
-    }
-}
-
-fn download(bae: &Bae, f: &Fixture, seeder: &PyPeer) {
-    bae.ok(&[
-        "add",
-        f.torrent.to_str().unwrap(),
-        "--peer",
-        &seeder.addr().to_string(),
-        "--wait",
-    ]);
-}
-
 #[test]
 fn tree_names_and_sizes_are_right_before_any_data() {
     let f = fixture(256 * 1024, 4);
@@ -83,10 +52,10 @@ fn tree_names_and_sizes_are_right_before_any_data() {
     bae.ok(&["add", f.torrent.to_str().unwrap()]);
     bae.mount();
     let mounted = mounted_album(&bae, &f);
-    let mut names: Vec<PathBuf> = album_files(&mounted);
+    let mut names: Vec<PathBuf> = file_names(&mounted);
     names.sort();
-    assert_eq!(names, album_files(&f.album), "same names in the mount");
-    for rel in album_files(&f.album) {
+    assert_eq!(names, file_names(&f.album), "same names in the mount");
+    for rel in file_names(&f.album) {
         let want = std::fs::metadata(f.album.join(&rel)).unwrap().len();
         let got = std::fs::metadata(mounted.join(&rel)).unwrap().len();
         assert_eq!(want, got, "size of {}", rel.display());
@@ -103,10 +72,10 @@ fn downloaded_album_reads_back_exactly_and_decodes() {
     let seeder = PyPeer::seed(&f.torrent, f.album.parent().unwrap());
     let bae = Bae::new();
     bae.mount();
-    download(&bae, &f, &seeder);
+    bae.add_from(&f.torrent, seeder.addr());
     let mounted = mounted_album(&bae, &f);
     assert_same_files(&f.album, &mounted);
-    let flacs: Vec<PathBuf> = album_files(&mounted)
+    let flacs: Vec<PathBuf> = file_names(&mounted)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "flac"))
         .map(|p| mounted.join(p))
@@ -131,6 +100,17 @@ fn downloaded_album_reads_back_exactly_and_decodes() {
             "{} holds plaintext album bytes",
             entry.display()
         );
+    }
+    // Nor does anything appear in the working directory (libtorrent's save path).
+    for dir in [std::env::current_dir().unwrap(), PathBuf::from("/")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().starts_with("bae-torrent"),
+                "{name:?} in {}",
+                dir.display()
+            );
+        }
     }
     // Read-only: every kind of change is refused with EROFS.
     let erofs =
@@ -215,19 +195,13 @@ fn after_the_cache_is_emptied_reads_come_back_from_the_remote() {
     let seeder = PyPeer::seed(&f.torrent, f.album.parent().unwrap());
     let bae = Bae::new();
     bae.mount();
-    download(&bae, &f, &seeder);
+    bae.add_from(&f.torrent, seeder.addr());
     drop(seeder);
-    bae.wait_torrent("uploads", Duration::from_secs(60), |t| {
-        t["chunks_uploaded"] == t["chunks_total"]
-    });
-    bae.ok(&["seed", "Test Artist", "on", "--no-pin"]);
-    bae.ok(&["evict"]);
-    let s = bae.status_json();
-    assert_eq!(s["torrents"][0]["chunks_local"], 0, "{s:#}");
+    bae.empty_cache("Test Artist");
     let mounted = mounted_album(&bae, &f);
 
     // 8 concurrent readers at random offsets, all through the remote at first.
-    let files = album_files(&f.album);
+    let files = file_names(&f.album);
     let threads: Vec<_> = (0..8u64)
         .map(|i| {
             let rel = files[i as usize % files.len()].clone();
@@ -317,13 +291,9 @@ fn with_the_remote_down_cached_reads_work_and_uncached_reads_fail_with_eio() {
         &[("read_timeout_secs", "4")],
     );
     bae.mount();
-    download(&bae, &f, &seeder);
+    bae.add_from(&f.torrent, seeder.addr());
     drop(seeder);
-    bae.wait_torrent("uploads", Duration::from_secs(60), |t| {
-        t["chunks_uploaded"] == t["chunks_total"]
-    });
-    bae.ok(&["seed", "Test Artist", "on", "--no-pin"]);
-    bae.ok(&["evict"]);
+    bae.empty_cache("Test Artist");
     let mounted = mounted_album(&bae, &f);
     let one = "01 - Tone 1.flac";
     let three = "03 - Tone 3.flac";
@@ -352,4 +322,54 @@ fn with_the_remote_down_cached_reads_work_and_uncached_reads_fail_with_eio() {
         }
     }
     bae.umount();
+}
+
+#[test]
+fn mount_flags_status_watch_and_stale_mount_cleanup() {
+    let bae = Bae::new();
+    let port = {
+        // A free port for --listen.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mp = bae.mountpoint.to_str().unwrap().to_owned();
+    bae.ok(&[
+        "mount",
+        &mp,
+        "--listen",
+        &port.to_string(),
+        "--cache-size",
+        "3MiB",
+    ]);
+    let s = bae.status_json();
+    assert_eq!(s["listen_port"], port, "{s:#}");
+    assert_eq!(s["cache_limit_bytes"], 3 << 20, "{s:#}");
+    // A second mount of the same library is refused.
+    let err = bae.fails(&["mount", &mp]);
+    assert!(err.contains("already mounted"), "{err}");
+
+    // status --watch redraws until stopped.
+    let mut watch = bae
+        .cmd(&["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .matches("daemon: running")
+        .count();
+    assert!(frames >= 2, "status --watch drew {frames} frames");
+
+    // A crashed daemon leaves a stale mount; `bae umount` removes it.
+    bae.kill9();
+    assert!(std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .contains(&mp));
+    let out = bae.ok(&["umount", &mp]);
+    assert!(out.contains("stale"), "{out}");
+    assert!(!std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .contains(&mp));
 }

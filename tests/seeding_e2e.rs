@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::bae::{make_flac_album, sha256_file, Bae};
+use common::bae::{assert_same_files, make_flac_album, Bae};
 use common::swarm::{python_torrent, PyPeer};
 
 struct Album {
@@ -30,26 +30,6 @@ fn album(piece_len: u64, seconds: u32, mode: &str) -> Album {
     }
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| PathBuf::from(e.unwrap().file_name()))
-        .collect();
-    v.sort();
-    v
-}
-
-fn assert_same(a: &Path, b: &Path) {
-    for rel in files(a) {
-        assert_eq!(
-            sha256_file(&a.join(&rel)),
-            sha256_file(&b.join(&rel)),
-            "{}",
-            rel.display()
-        );
-    }
-}
-
 fn bae_port(bae: &Bae) -> u16 {
     bae.status_json()["listen_port"].as_u64().unwrap() as u16
 }
@@ -63,31 +43,20 @@ fn third_party_clients_download_from_bae_cached_and_from_the_remote() {
     bae.mount();
     {
         let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
-        bae.ok(&[
-            "add",
-            a.torrent.to_str().unwrap(),
-            "--peer",
-            &seeder.addr().to_string(),
-            "--wait",
-        ]);
+        bae.add_from(&a.torrent, seeder.addr());
     }
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], bae_port(&bae)));
 
     let got1 = tempfile::tempdir().unwrap();
     let mut leecher = PyPeer::leech(&a.torrent, got1.path(), from);
     leecher.wait_line("DONE");
-    assert_same(&a.dir, &got1.path().join("Seeded Album"));
+    assert_same_files(&a.dir, &got1.path().join("Seeded Album"));
 
-    bae.wait_torrent("uploads", Duration::from_secs(60), |t| {
-        t["chunks_uploaded"] == t["chunks_total"]
-    });
-    bae.ok(&["seed", "Seeded Album", "on", "--no-pin"]);
-    bae.ok(&["evict"]);
-    assert_eq!(bae.status_json()["torrents"][0]["chunks_local"], 0);
+    bae.empty_cache("Seeded Album");
     let got2 = tempfile::tempdir().unwrap();
     let mut leecher = PyPeer::leech(&a.torrent, got2.path(), from);
     leecher.wait_line("DONE");
-    assert_same(&a.dir, &got2.path().join("Seeded Album"));
+    assert_same_files(&a.dir, &got2.path().join("Seeded Album"));
     bae.umount();
 }
 
@@ -106,12 +75,12 @@ fn a_magnet_link_gets_its_metadata_from_peers() {
     ]);
     let s = bae.status_json();
     assert_eq!(s["torrents"][0]["name"], "Seeded Album", "{s:#}");
-    assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
+    assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
     // Metadata is kept: after a restart the torrent is there without any peer.
     bae.umount();
     drop(seeder);
     bae.mount();
-    assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
+    assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
     bae.umount();
 }
 
@@ -123,14 +92,8 @@ fn v2_only_torrent_with_a_non_power_of_two_piece_size() {
         let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
         let bae = Bae::new();
         bae.mount();
-        bae.ok(&[
-            "add",
-            a.torrent.to_str().unwrap(),
-            "--peer",
-            &seeder.addr().to_string(),
-            "--wait",
-        ]);
-        assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
+        bae.add_from(&a.torrent, seeder.addr());
+        assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
         bae.umount();
     }
 }
@@ -150,12 +113,7 @@ fn kill_9_mid_download_then_restart_keeps_what_was_verified() {
     bae.wait_torrent("some progress", Duration::from_secs(120), |t| {
         t["progress"].as_f64().unwrap_or(0.0) > 0.3
     });
-    let pid = bae.daemon_pid().expect("daemon pid");
-    // SAFETY: kill(2) on the daemon we started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    while unsafe { libc::kill(pid, 0) } == 0 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bae.kill9();
     // With no daemon, status reads the catalog: what was recorded as verified.
     let before = bae.status_json()["torrents"][0]["progress"]
         .as_f64()
@@ -173,7 +131,7 @@ fn kill_9_mid_download_then_restart_keeps_what_was_verified() {
     bae.wait_torrent("download", Duration::from_secs(120), |t| {
         t["progress"].as_f64() == Some(1.0)
     });
-    assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
+    assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
     bae.umount();
 }
 
@@ -193,7 +151,7 @@ fn a_corrupt_peer_does_not_corrupt_the_store() {
         &good.addr().to_string(),
         "--wait",
     ]);
-    assert_same(&a.dir, &bae.mountpoint.join("Seeded Album"));
+    assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
     assert!(bae.ok(&["verify", "Seeded Album"]).contains("ok"));
     bae.umount();
 }
@@ -213,16 +171,16 @@ fn import_a_folder_then_a_third_party_client_downloads_it() {
         torrent.to_str().unwrap(),
     ]);
     assert!(out.contains("imported Imported Album"), "{out}");
-    // Importing the same album again is refused and changes nothing.
-    let err = bae.fails(&["import", dir.to_str().unwrap()]);
+    // Importing the same album as the same torrent again is refused and changes nothing.
+    let err = bae.fails(&["import", dir.to_str().unwrap(), "--piece-size", "128KiB"]);
     assert!(err.contains("already in the library"), "{err}");
     bae.mount();
-    assert_same(&dir, &bae.mountpoint.join("Imported Album"));
+    assert_same_files(&dir, &bae.mountpoint.join("Imported Album"));
     let from = std::net::SocketAddr::from(([127, 0, 0, 1], bae_port(&bae)));
     let got = tempfile::tempdir().unwrap();
     let mut leecher = PyPeer::leech(&torrent, got.path(), from);
     leecher.wait_line("DONE");
-    assert_same(&dir, &got.path().join("Imported Album"));
+    assert_same_files(&dir, &got.path().join("Imported Album"));
     bae.umount();
 }
 
@@ -234,8 +192,10 @@ fn a_new_machine_restores_the_library_from_the_remote() {
     let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
     let first = Bae::with_s3(&server.endpoint(), common::s3::BUCKET, &[]);
     first.mount();
-    first.ok(&["add", a.torrent.to_str().unwrap(), "--peer", &seeder.addr().to_string(), "--wait"]);
-    first.wait_torrent("uploads", Duration::from_secs(60), |t| t["chunks_uploaded"] == t["chunks_total"]);
+    first.add_from(&a.torrent, seeder.addr());
+    first.wait_torrent("uploads", Duration::from_secs(60), |t| {
+        t["chunks_uploaded"] == t["chunks_total"]
+    });
     // A clean stop uploads the catalog snapshot.
     first.umount();
     drop(seeder);
@@ -259,13 +219,39 @@ fn a_new_machine_restores_the_library_from_the_remote() {
     // The wrong key is refused, and leaves nothing behind.
     let wrong = second.path().join("wrong.key");
     std::fs::write(&wrong, "11".repeat(32)).unwrap();
-    let out = run(&["init", "--restore", "--key", wrong.to_str().unwrap(), "--remote", &remote, "--endpoint", &endpoint]);
+    let out = run(&[
+        "init",
+        "--restore",
+        "--key",
+        wrong.to_str().unwrap(),
+        "--remote",
+        &remote,
+        "--endpoint",
+        &endpoint,
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!home.join("config.toml").exists());
 
-    let out = run(&["init", "--restore", "--key", key.to_str().unwrap(), "--remote", &remote, "--endpoint", &endpoint]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "init",
+        "--restore",
+        "--key",
+        key.to_str().unwrap(),
+        "--remote",
+        &remote,
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Loopback-only settings for the test, then mount: every file comes from the remote.
     let cfg = std::fs::read_to_string(home.join("config.toml")).unwrap();
     let cfg = cfg
@@ -276,12 +262,19 @@ fn a_new_machine_restores_the_library_from_the_remote() {
         .replace("listen_port = 6881", "listen_port = 0");
     std::fs::write(home.join("config.toml"), cfg).unwrap();
     let out = run(&["mount", mnt.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let restored = mnt.join("Seeded Album");
-    let result = std::panic::catch_unwind(|| assert_same(&a.dir, &restored));
+    let result = std::panic::catch_unwind(|| assert_same_files(&a.dir, &restored));
     let out = run(&["umount", mnt.to_str().unwrap()]);
     if !out.status.success() {
-        let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&mnt)
+            .status();
     }
     result.unwrap();
 }
@@ -295,20 +288,30 @@ fn sigterm_unmounts_and_stops_cleanly_and_pause_remove_work() {
     let s = bae.status_json();
     assert_eq!(s["torrents"][0]["state"], "paused", "{s:#}");
     bae.ok(&["resume", "Seeded"]);
-    bae.wait_torrent("resumed", Duration::from_secs(30), |t| t["state"] != "paused");
+    bae.wait_torrent("resumed", Duration::from_secs(30), |t| {
+        t["state"] != "paused"
+    });
     bae.ok(&["pause", "Seeded"]);
-    bae.wait_torrent("paused", Duration::from_secs(30), |t| t["state"] == "paused");
+    bae.wait_torrent("paused", Duration::from_secs(30), |t| {
+        t["state"] == "paused"
+    });
 
     let pid = bae.daemon_pid().unwrap();
     // SAFETY: kill(2) on the daemon we started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while unsafe { libc::kill(pid, 0) } == 0 {
-        assert!(std::time::Instant::now() < deadline, "daemon ignored SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounts.contains(bae.mountpoint.to_str().unwrap()), "still mounted after SIGTERM");
+    assert!(
+        !mounts.contains(bae.mountpoint.to_str().unwrap()),
+        "still mounted after SIGTERM"
+    );
 
     bae.ok(&["remove", "Seeded", "--purge"]);
     assert_eq!(bae.status_json()["torrents"].as_array().unwrap().len(), 0);

@@ -71,11 +71,16 @@ pub fn mount(
         .with_context(|| format!("opening {}", log_path.display()))?;
     let log_start = log.seek(std::io::SeekFrom::End(0))?;
     let exe = std::env::current_exe().context("finding the bae executable")?;
+    // The daemon runs from / (it must not keep any directory busy), so it gets
+    // absolute paths.
+    let home_abs = std::fs::canonicalize(&lib.home).unwrap_or_else(|_| lib.home.clone());
+    let mountpoint_abs = std::fs::canonicalize(&mountpoint).unwrap_or_else(|_| mountpoint.clone());
     let mut cmd = Command::new(exe);
-    cmd.arg("--home")
-        .arg(&lib.home)
+    cmd.current_dir("/")
+        .arg("--home")
+        .arg(&home_abs)
         .arg("mount")
-        .arg(&mountpoint)
+        .arg(&mountpoint_abs)
         .arg("-f");
     if allow_other {
         cmd.arg("--allow-other");

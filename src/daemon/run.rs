@@ -477,8 +477,16 @@ impl Daemon {
     /// Uploads the catalog snapshot when something changed, at most every 30 s.
     async fn snapshot_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let mut uploaded_seen = 0;
         loop {
             tick.tick().await;
+            // New uploads change chunk states: a restore should know about them.
+            let uploaded = self.uploader.status().uploaded_chunks;
+            if uploaded != uploaded_seen {
+                uploaded_seen = uploaded;
+                self.snapshot_dirty
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             if self
                 .snapshot_dirty
                 .swap(false, std::sync::atomic::Ordering::Relaxed)

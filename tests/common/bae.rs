@@ -146,6 +146,39 @@ impl Bae {
         }
     }
 
+    /// `bae add TORRENT --peer PEER --wait`: downloads the whole torrent from `peer`.
+    pub fn add_from(&self, torrent: &Path, peer: std::net::SocketAddr) {
+        self.ok(&[
+            "add",
+            torrent.to_str().unwrap(),
+            "--peer",
+            &peer.to_string(),
+            "--wait",
+        ]);
+    }
+
+    /// Waits until every chunk is uploaded, unpins torrent `name` and evicts every chunk:
+    /// the next reads come from the remote.
+    pub fn empty_cache(&self, name: &str) {
+        self.wait_torrent("uploads", Duration::from_secs(60), |t| {
+            t["chunks_uploaded"] == t["chunks_total"]
+        });
+        self.ok(&["seed", name, "on", "--no-pin"]);
+        self.ok(&["evict"]);
+        let s = self.status_json();
+        assert_eq!(s["torrents"][0]["chunks_local"], 0, "{s:#}");
+    }
+
+    /// SIGKILLs the daemon and waits until it is gone.
+    pub fn kill9(&self) {
+        let pid = self.daemon_pid().expect("a running daemon");
+        // SAFETY: kill(2) on the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The daemon's pid, from the pid file it keeps in the library.
     pub fn daemon_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.home.join("daemon.pid"))
@@ -213,6 +246,28 @@ pub fn make_flac_album(parent: &Path, name: &str, seconds_per_track: u32, tracks
     )
     .unwrap();
     dir
+}
+
+/// Files of a directory (names only), sorted.
+pub fn file_names(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| PathBuf::from(e.unwrap().file_name()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file of `original` has the same sha256 under `copy`.
+pub fn assert_same_files(original: &Path, copy: &Path) {
+    for rel in file_names(original) {
+        assert_eq!(
+            sha256_file(&original.join(&rel)),
+            sha256_file(&copy.join(&rel)),
+            "{} differs",
+            rel.display()
+        );
+    }
 }
 
 pub fn sha256_file(p: &Path) -> String {
