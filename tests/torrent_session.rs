@@ -419,3 +419,63 @@ fn a_slow_store_throttles_the_download_without_stalling_it() {
     });
     assert!(storage.stream(t) == expected_stream(&album, &meta.layout));
 }
+
+/// Peer reads stuck on a slow remote must not hold up another torrent's download: reads
+/// have their own workers, apart from writes and hashing.
+#[test]
+fn stuck_reads_do_not_stall_another_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    let events = session.take_events().unwrap();
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+
+    // Torrent A: bae seeds it, but every read of it hangs.
+    let a_album = make_album(&tmp.path().join("a"), "Album", ALBUM, 50);
+    let a_path = tmp.path().join("a.torrent");
+    let (a_torrent, _) = python_torrent(&a_album, &a_path, 64 << 10, "hybrid");
+    let a_meta = parse_metainfo(&a_torrent).unwrap();
+    let a = TorrentId(20);
+    storage.prefill(a, expected_stream(&a_album, &a_meta.layout), true);
+    storage.stall_reads(a);
+    // Whatever happens, let the hung reads go before the session is dropped: libtorrent
+    // waits for every read in flight when it shuts down.
+    struct Unstall(std::sync::Arc<FileStorage>);
+    impl Drop for Unstall {
+        fn drop(&mut self) {
+            self.0.unstall_reads();
+        }
+    }
+    let _unstall = Unstall(storage.clone());
+    session
+        .add(a, Source::Metainfo(a_torrent), AddOptions::default())
+        .unwrap();
+    let mut leecher = PyPeer::leech(&a_path, &tmp.path().join("leech"), bae_addr);
+    wait_until("reads of A to hang", || {
+        storage
+            .stalled_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    });
+
+    // Torrent B downloads meanwhile.
+    let b_album = make_album(&tmp.path().join("b"), "Album", ALBUM, 51);
+    let b_path = tmp.path().join("b.torrent");
+    let (b_torrent, _) = python_torrent(&b_album, &b_path, 64 << 10, "hybrid");
+    let b_meta = parse_metainfo(&b_torrent).unwrap();
+    let seeder = PyPeer::seed(&b_path, &tmp.path().join("b"));
+    let b = TorrentId(21);
+    let opts = AddOptions {
+        peers: vec![seeder.addr()],
+        ..AddOptions::default()
+    };
+    session.add(b, Source::Metainfo(b_torrent), opts).unwrap();
+    wait_event(&events, "B finished", |e| {
+        *e == Event::TorrentFinished { t: b }
+    });
+    assert!(storage.stream(b) == expected_stream(&b_album, &b_meta.layout));
+
+    // The remote comes back: A's leecher finishes.
+    storage.unstall_reads();
+    leecher.wait_line("DONE");
+}

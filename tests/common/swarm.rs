@@ -270,6 +270,11 @@ pub struct FileStorage {
     pub fail_reads: std::sync::atomic::AtomicU32,
     /// Each write first sleeps this long: a slow disk, to fill libtorrent's write queue.
     pub write_delay_us: std::sync::atomic::AtomicU64,
+    /// Reads of this torrent wait until it is cleared: a remote that does not answer.
+    pub stall_reads_of: Mutex<Option<TorrentId>>,
+    stall_cleared: std::sync::Condvar,
+    /// Reads that have waited on `stall_reads_of`.
+    pub stalled_reads: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -314,6 +319,16 @@ impl FileStorage {
 
     pub fn stats(&self) -> Stats {
         self.stats.lock().unwrap().clone()
+    }
+
+    /// Makes reads of `t` hang until [`FileStorage::unstall_reads`].
+    pub fn stall_reads(&self, t: TorrentId) {
+        *self.stall_reads_of.lock().unwrap() = Some(t);
+    }
+
+    pub fn unstall_reads(&self) {
+        *self.stall_reads_of.lock().unwrap() = None;
+        self.stall_cleared.notify_all();
     }
 }
 
@@ -379,6 +394,16 @@ impl TorrentStorage for FileStorage {
     }
 
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        {
+            let mut stall = self.stall_reads_of.lock().unwrap();
+            if *stall == Some(t) {
+                self.stalled_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while *stall == Some(t) {
+                    stall = self.stall_cleared.wait(stall).unwrap();
+                }
+            }
+        }
         let (file, layout) = {
             let torrents = self.torrents.lock().unwrap();
             let stored = torrents.get(&t).ok_or(StorageError::NotFound)?;
