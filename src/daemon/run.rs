@@ -194,17 +194,17 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("binding the control socket {}", socket.display()))?
     };
-    {
+    let control_task = {
         let d = daemon.clone();
         rt.spawn(control::serve(listener, move |req| {
             let d = d.clone();
             async move { d.handle(req).await }
-        }));
-    }
-    {
+        }))
+    };
+    let snapshot_task = {
         let d = daemon.clone();
-        rt.spawn(async move { d.snapshot_loop().await });
-    }
+        rt.spawn(async move { d.snapshot_loop().await })
+    };
     let pid_file = daemon.lib.home.join("daemon.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, "cannot write {}", pid_file.display());
@@ -256,11 +256,26 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     drop(mount);
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pid_file);
-    rt.block_on(daemon.clone().shutdown());
-    // Ends the tasks holding the daemon, then the session itself (libtorrent says
-    // goodbye to trackers and joins its disk workers).
-    rt.shutdown_timeout(Duration::from_secs(5));
+    rt.block_on(async {
+        daemon.clone().shutdown().await;
+        // The tasks holding the daemon end first, so that dropping it below drops the
+        // session while the runtime still runs: disk workers may be inside a store call
+        // that needs it (libtorrent says goodbye to trackers and joins its workers).
+        for task in [control_task, snapshot_task] {
+            task.abort();
+            let _ = task.await;
+        }
+    });
+    if Arc::strong_count(&daemon) > 1 {
+        tracing::warn!("daemon still referenced at shutdown");
+    }
+    let store = daemon.store.clone();
     drop(daemon);
+    // Pieces verified while the session wound down are recorded too.
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "recording the last verified pieces");
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
 }

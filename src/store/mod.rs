@@ -324,9 +324,19 @@ impl Store {
         stream_offset: u64,
         buf: &mut [u8],
     ) -> Result<(), StoreError> {
+        // A peer's request is worthless after this long; it also bounds how long a
+        // session shutdown can wait for a read stuck on the remote.
+        const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+        let read = self.read_into(id, stream_offset, buf, false);
         self.rt
             .clone()
-            .block_on(self.read_into(id, stream_offset, buf, false))
+            .block_on(async { tokio::time::timeout(PEER_READ_TIMEOUT, read).await })
+            .unwrap_or_else(|_| {
+                Err(StoreError::Fetch {
+                    key: ChunkKey::new(id, (stream_offset / crate::model::CHUNK_LEN) as u32),
+                    error: FetchError::Unavailable("timed out".into()),
+                })
+            })
     }
 
     /// Reads verified stream bytes (for the filesystem). Fails with `NotVerified` when a
