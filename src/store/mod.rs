@@ -599,6 +599,22 @@ impl Store {
                     .collect();
                 (t.uid, touched, now_complete)
             };
+            // A verified piece may cover chunks that never received a byte (all pad
+            // zeros). They get an (empty, sparse) file so that every verified byte is
+            // local or uploaded — the invariant recovery checks after a restart.
+            for &c in &touched {
+                let key = ChunkKey::new(id, c);
+                let needs_file = {
+                    let st = self.lock();
+                    st.entry(key)
+                        .is_some_and(|e| !e.present && e.state != ChunkState::Uploaded)
+                };
+                if needs_file {
+                    let path = self.chunk_file(&uid, ChunkIndex(c));
+                    files::write_at(&path, 0, &[]).map_err(|e| StoreError::io(&path, e))?;
+                    self.lock().set_present(key, true);
+                }
+            }
             for &c in &touched {
                 let path = self.chunk_file(&uid, ChunkIndex(c));
                 files::sync(&path).map_err(|e| StoreError::io(&path, e))?;

@@ -292,3 +292,62 @@ fn restart_rebuilds_accounting_and_forgets_lost_bytes() {
     assert_eq!(chunks[3].state, ChunkState::Complete);
     assert_eq!(store.pending_uploads(), 2);
 }
+
+#[test]
+fn pad_only_chunks_are_complete_and_survive_a_restart() {
+    // [a: 100 B][pad: 2 MiB + 200 B][b: 100 B] with one 4 MiB piece: chunk 1 holds only
+    // pad bytes, which libtorrent never writes.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let catalog = Arc::new(Catalog::open(&dir.path().join("bae.db")).unwrap());
+    let id = catalog
+        .add_torrent(&NewTorrent {
+            info_hash_v1: Some([2; 20]),
+            name: "padded".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let pad = 2 * CHUNK_LEN + 200;
+    let total = 100 + pad + 100;
+    let file = |off: u64, len: u64, pad: bool| FileRecord {
+        path: vec!["f".into()],
+        stream_offset: off,
+        len,
+        pad,
+        mtime: 0,
+    };
+    let layout = Layout {
+        piece_len: 4 * CHUNK_LEN,
+        total_len: total,
+        files: vec![
+            file(0, 100, false),
+            file(100, pad, true),
+            file(100 + pad, 100, false),
+        ],
+    };
+    catalog.set_layout(id, &layout, None, None).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(&root, catalog.clone(), 1 << 40, rt.handle().clone()).unwrap();
+    store.register_torrent(id).unwrap();
+    store.write(id, 0, &[7; 100]).unwrap();
+    store.write(id, 100 + pad, &[9; 100]).unwrap();
+    store.pieces_verified(id, &[PieceIndex(0)]);
+    store.flush().unwrap();
+    assert!(catalog
+        .chunks(id)
+        .unwrap()
+        .iter()
+        .all(|c| c.state == ChunkState::Complete));
+    let s = store.clone();
+    let mut buf = vec![1u8; CHUNK_LEN as usize];
+    std::thread::spawn(move || s.read_raw_blocking(id, CHUNK_LEN, &mut buf).map(|_| buf))
+        .join()
+        .unwrap()
+        .map(|buf| assert!(buf.iter().all(|&b| b == 0)))
+        .unwrap();
+    store.shutdown().unwrap();
+    drop(store);
+    let store = Store::open(&root, catalog.clone(), 1 << 40, rt.handle().clone()).unwrap();
+    assert_eq!(store.verified_pieces(id).unwrap(), vec![true]);
+    assert_eq!(store.pending_uploads(), 3);
+}
