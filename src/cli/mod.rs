@@ -118,10 +118,14 @@ pub enum Command {
         #[arg(long)]
         no_pin: bool,
     },
+    /// Stop downloading and seeding a torrent (its files stay readable from the cache).
     Pause {
+        /// Name, or a unique prefix of its name or info hash.
         torrent: String,
     },
+    /// Start a paused torrent again.
     Resume {
+        /// Name, or a unique prefix of its name or info hash.
         torrent: String,
     },
     /// Remove a torrent from the library (--purge: also its objects in the remote).
