@@ -135,9 +135,7 @@ pub enum Command {
         purge: bool,
     },
     /// Check every stored chunk of a torrent, locally and in the remote.
-    Verify {
-        torrent: String,
-    },
+    Verify { torrent: String },
     /// Drop cached chunks that are safe in the remote (not pinned by seeding).
     Evict,
 }
