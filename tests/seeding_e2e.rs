@@ -1,6 +1,7 @@
 //! libtorrent through bae's chunk store, end to end with the real binary: third-party
 //! clients download from bae (from the cache, and with every chunk coming back from the
-//! remote), magnet links, and a `kill -9` in the middle of a download.
+//! remote), magnet links, corrupt peers, import, restore and stopping by signal. A `kill -9`
+//! in the middle of a download: torrent_e2e.rs.
 
 mod common;
 
@@ -96,43 +97,6 @@ fn v2_only_torrent_with_a_non_power_of_two_piece_size() {
         assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
         bae.umount();
     }
-}
-
-#[test]
-fn kill_9_mid_download_then_restart_keeps_what_was_verified() {
-    let a = album(64 * 1024, 20, "hybrid");
-    let seeder = PyPeer::seed_limited(&a.torrent, a.dir.parent().unwrap(), 768 << 10);
-    let bae = Bae::new();
-    bae.mount();
-    bae.ok(&[
-        "add",
-        a.torrent.to_str().unwrap(),
-        "--peer",
-        &seeder.addr().to_string(),
-    ]);
-    bae.wait_torrent("some progress", Duration::from_secs(120), |t| {
-        t["progress"].as_f64().unwrap_or(0.0) > 0.3
-    });
-    bae.kill9();
-    // With no daemon, status reads the catalog: what was recorded as verified.
-    let before = bae.status_json()["torrents"][0]["progress"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        before > 0.2,
-        "verified pieces were recorded before the kill: {before}"
-    );
-    // The next mount cleans up the stale mount and resumes.
-    bae.mount();
-    let after = bae.status_json()["torrents"][0]["progress"]
-        .as_f64()
-        .unwrap();
-    assert!(after >= before, "verified pieces lost: {before} -> {after}");
-    bae.wait_torrent("download", Duration::from_secs(120), |t| {
-        t["progress"].as_f64() == Some(1.0)
-    });
-    assert_same_files(&a.dir, &bae.mountpoint.join("Seeded Album"));
-    bae.umount();
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::bae::{sha256_file, Bae};
+use common::bae::{assert_same_files, Bae};
 use common::swarm::{make_album, python_torrent, PyPeer, PEER_DEADLINE};
 
 const NAME: &str = "Probe Artist - Probe Album";
@@ -45,16 +45,6 @@ fn fixture(piece_len: u64, mode: &str, seed: u64) -> Fixture {
 
 fn total_len() -> u64 {
     ALBUM.iter().map(|f| f.1 as u64).sum()
-}
-
-fn assert_same_files(album: &Path, other: &Path) {
-    for (rel, _) in ALBUM {
-        assert_eq!(
-            sha256_file(&album.join(rel)),
-            sha256_file(&other.join(rel)),
-            "{rel} differs"
-        );
-    }
 }
 
 /// Starts the daemon with `cwd` as its working directory.

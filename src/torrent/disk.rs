@@ -333,6 +333,14 @@ struct Target {
 }
 
 impl Target {
+    /// `len` stream bytes at `start`, as stored or still queued for writing.
+    fn read(&self, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let mut buf = vec![0u8; len as usize];
+        self.slot
+            .read_through(self.storage.as_ref(), self.torrent, start, &mut buf)?;
+        Ok(buf)
+    }
+
     /// Reads and hashes queued when the session began shutting down are not run.
     fn aborted(&self) -> bool {
         self.aborting.load(Ordering::Acquire)
@@ -422,12 +430,8 @@ impl DiskHandle {
             if start + u64::from(len) > target.slot.layout.total_len {
                 return ffi::complete_job(job, invalid(DiskOp::Read));
             }
-            let mut buf = vec![0u8; len as usize];
-            let result = target
-                .slot
-                .read_through(target.storage.as_ref(), target.torrent, start, &mut buf);
-            match result {
-                Ok(()) => ffi::complete_job(job, ok(buf)),
+            match target.read(start, u64::from(len)) {
+                Ok(buf) => ffi::complete_job(job, ok(buf)),
                 Err(e) => {
                     tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "read failed");
                     // libtorrent 2.0.8 answers a failed peer read by rejecting the request
@@ -507,17 +511,15 @@ impl DiskHandle {
             let size_v1 = layout.piece_size(piece);
             let size_v2 = if v2_blocks > 0 { layout.piece_size_v2(piece) } else { 0 };
             let read_len = if v1 { size_v1 } else { size_v2.min(size_v1) };
-            let mut buf = vec![0u8; read_len as usize];
             let start = u64::from(piece.0) * layout.piece_len;
             target.slot.wait_for_writes(start, read_len);
-            if let Err(e) = target
-                .slot
-                .read_through(target.storage.as_ref(), target.torrent, start, &mut buf)
-            {
-                tracing::warn!(torrent = %target.torrent, piece = piece.0, error = %e, "hash read failed");
-                return ffi::complete_job(job, failed(DiskOp::Read, &e));
+            match target.read(start, read_len) {
+                Ok(buf) => ffi::complete_job(job, ok(piece_hashes(&buf, v1, size_v2, v2_blocks))),
+                Err(e) => {
+                    tracing::warn!(torrent = %target.torrent, piece = piece.0, error = %e, "hash read failed");
+                    ffi::complete_job(job, failed(DiskOp::Read, &e))
+                }
             }
-            ffi::complete_job(job, ok(piece_hashes(&buf, v1, size_v2, v2_blocks)));
         }));
     }
 
@@ -537,14 +539,11 @@ impl DiskHandle {
             if offset >= size_v2 {
                 return ffi::complete_job(job, invalid(DiskOp::Read));
             }
-            let mut buf = vec![0u8; (size_v2 - offset).min(BLOCK_LEN) as usize];
+            let len = (size_v2 - offset).min(BLOCK_LEN);
             let start = u64::from(piece) * layout.piece_len + offset;
-            target.slot.wait_for_writes(start, buf.len() as u64);
-            match target
-                .slot
-                .read_through(target.storage.as_ref(), target.torrent, start, &mut buf)
-            {
-                Ok(()) => ffi::complete_job(job, ok(Sha256::digest(&buf).to_vec())),
+            target.slot.wait_for_writes(start, len);
+            match target.read(start, len) {
+                Ok(buf) => ffi::complete_job(job, ok(Sha256::digest(&buf).to_vec())),
                 Err(e) => ffi::complete_job(job, failed(DiskOp::Read, &e)),
             }
         }));
