@@ -14,7 +14,7 @@ use bae::model::{PieceIndex, CHUNK_LEN};
 use bae::remote::crypto::Key;
 use bae::remote::{FaultyStore, ObjectStore, Remote, RemoteOptions, S3Config, S3Store};
 use bae::store::Store;
-use bae::tiering::Uploader;
+use bae::tiering::{Journal, Uploader};
 
 /// Deterministic content so a test can check the bytes that come back.
 pub fn content_byte(i: u64) -> u8 {
@@ -95,7 +95,9 @@ async fn main() -> anyhow::Result<()> {
     let faulty = Arc::new(FaultyStore::new(s3));
     faulty.set_latency_ms(latency_ms);
     let remote = Remote::new(faulty, RemoteOptions::default());
-    let uploader = Uploader::start(store.clone(), remote, Arc::new(key), 2);
+    let key = Arc::new(key);
+    let journal = Journal::started(remote.clone(), key.clone(), store.catalog().clone())?;
+    let uploader = Uploader::start(store.clone(), remote, key, journal, 2);
     while !uploader.wait_idle(Duration::from_secs(600)).await {}
     println!("DONE {}", uploader.status().uploaded_chunks);
     store.shutdown()?;

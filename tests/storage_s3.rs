@@ -16,7 +16,7 @@ use bae::model::{ChunkState, PieceIndex, TorrentId, CHUNK_LEN};
 use bae::remote::crypto::Key;
 use bae::remote::{object_key_for, ObjectStore, Remote, RemoteOptions, RetryPolicy, S3Store};
 use bae::store::{FetchError, Store, StoreError};
-use bae::tiering::{Fetcher, Uploader};
+use bae::tiering::{Fetcher, Journal, Uploader};
 use common::s3::{S3Server, BUCKET};
 
 const PREFIX: &str = "lib";
@@ -119,7 +119,13 @@ async fn chunks_round_trip_through_s3_encrypted() {
     let remote = remote_for(&server, RetryPolicy::default()).await;
     lib.store
         .set_source(Arc::new(Fetcher::new(remote.clone(), key.clone())));
-    let uploader = Uploader::start(lib.store.clone(), remote.clone(), key.clone(), 4);
+    let uploader = Uploader::start(
+        lib.store.clone(),
+        remote.clone(),
+        key.clone(),
+        Journal::started(remote.clone(), key.clone(), lib.catalog.clone()).unwrap(),
+        4,
+    );
     assert!(uploader.wait_idle(Duration::from_secs(60)).await);
     let chunks = lib.catalog.chunks(lib.id).unwrap();
     assert_eq!(chunks.len(), 6);
@@ -134,7 +140,7 @@ async fn chunks_round_trip_through_s3_encrypted() {
     }
     // Object names reveal nothing: no torrent or file names anywhere in the bucket.
     let names = remote.list("").await.unwrap();
-    assert_eq!(names.len(), 6);
+    assert_eq!(names.iter().filter(|n| n.starts_with("chunks/")).count(), 6);
     assert!(names
         .iter()
         .all(|n| !n.contains("album") && !n.contains("flac")));
@@ -159,7 +165,13 @@ async fn altered_truncated_or_swapped_objects_are_never_served() {
     let remote = remote_for(&server, RetryPolicy::none()).await;
     lib.store
         .set_source(Arc::new(Fetcher::new(remote.clone(), key.clone())));
-    let uploader = Uploader::start(lib.store.clone(), remote.clone(), key.clone(), 4);
+    let uploader = Uploader::start(
+        lib.store.clone(),
+        remote.clone(),
+        key.clone(),
+        Journal::started(remote.clone(), key.clone(), lib.catalog.clone()).unwrap(),
+        4,
+    );
     assert!(uploader.wait_idle(Duration::from_secs(60)).await);
     uploader.stop();
     let chunks = lib.catalog.chunks(lib.id).unwrap();
@@ -215,7 +227,13 @@ async fn uploads_survive_the_server_going_away() {
         total_deadline_ms: Some(2_000),
     };
     let remote = remote_for(&server, retry).await;
-    let uploader = Uploader::start(lib.store.clone(), remote, key, 4);
+    let uploader = Uploader::start(
+        lib.store.clone(),
+        remote.clone(),
+        key.clone(),
+        Journal::started(remote, key, lib.catalog.clone()).unwrap(),
+        4,
+    );
     assert!(!uploader.wait_idle(Duration::from_secs(3)).await);
     // Nothing could be uploaded, so nothing was evicted despite the 1 MiB limit.
     assert_eq!(lib.store.stats().used_bytes, 8 * CHUNK_LEN);
@@ -281,7 +299,7 @@ fn objects(dir: &Path) -> HashMap<PathBuf, (u64, i64)> {
             let m = e.metadata().unwrap();
             if m.is_dir() {
                 stack.push(e.path());
-            } else {
+            } else if e.path().to_string_lossy().contains("/chunks/") {
                 out.insert(
                     e.path(),
                     (m.ino(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
@@ -302,7 +320,13 @@ fn sigkill_mid_upload_then_restart_uploads_everything_once() {
 
     let mut w = start_worker(home.path(), &server, CHUNKS, 150);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while objects(&bucket_dir).len() < (CHUNKS / 3) as usize {
+    let uploaded_now = || {
+        Catalog::open(&home.path().join("bae.db"))
+            .and_then(|c| c.chunks(TorrentId(1)))
+            .map(|c| c.iter().filter(|c| c.state == ChunkState::Uploaded).count())
+            .unwrap_or(0)
+    };
+    while objects(&bucket_dir).len() < (CHUNKS / 3) as usize || uploaded_now() == 0 {
         assert!(Instant::now() < deadline, "worker made no progress");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -59,6 +59,10 @@ pub struct NewTorrent {
     pub paused: bool,
     /// Peers to connect to directly (`bae add --peer`), as "ip:port".
     pub peers: Vec<String>,
+    /// The torrent's identity when it is restored from the remote (else a fresh one).
+    pub uid: Option<[u8; 16]>,
+    /// When it was added (restore keeps the original time; else now).
+    pub added_at: Option<i64>,
 }
 
 /// One file of a torrent as recorded (path components are raw and untrusted).
@@ -227,19 +231,18 @@ impl Catalog {
         if let Some(name) = dup {
             return Err(CatalogError::Duplicate(name));
         }
-        let uid: [u8; 16] = rand::random();
         conn.execute(
-            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, paused, added_at, peers)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, paused, added_at, peers, needs_full_journal)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
             params![
-                uid.to_vec(),
+                t.uid.unwrap_or_else(rand::random).to_vec(),
                 t.info_hash_v1.map(|h| h.to_vec()),
                 t.info_hash_v2.map(|h| h.to_vec()),
                 t.name,
                 t.magnet,
                 t.metainfo,
                 t.paused,
-                unix_now(),
+                t.added_at.unwrap_or_else(unix_now),
                 serde_json::to_string(&t.peers).unwrap_or_else(|_| "[]".into()),
             ],
         )?;
@@ -511,25 +514,30 @@ impl Catalog {
         Ok(())
     }
 
-    /// Marks a chunk uploaded; only after the remote acknowledged its PUT.
-    pub fn mark_uploaded(&self, key: ChunkKey) -> Result<()> {
-        self.conn().execute(
-            "UPDATE chunks SET state = ?3 WHERE torrent_id = ?1 AND idx = ?2 AND state = ?4",
+    /// Marks a chunk uploaded; only after the remote acknowledged its PUT (and the
+    /// chunk's record is in the remote's metadata). Only the chunk version that owns
+    /// `object_id` is marked: returns false when the chunk was revoked or removed.
+    pub fn mark_uploaded(&self, key: ChunkKey, object_id: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE chunks SET state = ?3
+             WHERE torrent_id = ?1 AND idx = ?2 AND state = ?4 AND object_id = ?5",
             params![
                 key.torrent.0,
                 key.index.0,
                 ChunkState::Uploaded.as_i64(),
-                ChunkState::Complete.as_i64()
+                ChunkState::Complete.as_i64(),
+                object_id
             ],
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Keeps a magnet's metadata once it arrived (and its real name), so the torrent is
     /// re-added from it after a restart.
     pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {
         let n = self.conn().execute(
-            "UPDATE torrents SET metainfo = ?2, name = COALESCE(?3, name) WHERE id = ?1",
+            "UPDATE torrents SET metainfo = ?2, name = COALESCE(?3, name),
+                 meta_version = meta_version + 1 WHERE id = ?1",
             params![id.0, metainfo, name],
         )?;
         if n == 0 {
@@ -549,7 +557,9 @@ impl Catalog {
 
     fn update_torrent(&self, id: TorrentId, col: &str, v: bool) -> Result<()> {
         let n = self.conn().execute(
-            &format!("UPDATE torrents SET {col} = ?2 WHERE id = ?1"),
+            &format!(
+                "UPDATE torrents SET {col} = ?2, meta_version = meta_version + 1 WHERE id = ?1"
+            ),
             params![id.0, v],
         )?;
         if n == 0 {
@@ -559,8 +569,19 @@ impl Catalog {
     }
 
     /// Deletes a torrent and everything about it; returns the object ids it had in the
-    /// remote (for `--purge`).
+    /// remote (for `--purge`). In the same transaction, the remote clean-up it needs is
+    /// recorded (its metadata objects, and with `purge` its chunk objects), so an
+    /// interruption leaks nothing: [`Catalog::remote_cleanups`] lists what is left to do.
+    pub fn remove_torrent_with_cleanup(&self, id: TorrentId, purge: bool) -> Result<Vec<String>> {
+        self.remove_inner(id, Some(purge))
+    }
+
+    /// Deletes a torrent locally only (tests; a torrent that never reached the remote).
     pub fn remove_torrent(&self, id: TorrentId) -> Result<Vec<String>> {
+        self.remove_inner(id, None)
+    }
+
+    fn remove_inner(&self, id: TorrentId, cleanup: Option<bool>) -> Result<Vec<String>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let ids = {
@@ -570,12 +591,189 @@ impl Catalog {
             let rows = st.query_map([id.0], |r| r.get::<_, String>(0))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        let n = tx.execute("DELETE FROM torrents WHERE id = ?1", [id.0])?;
-        if n == 0 {
+        let uid: Option<Vec<u8>> = tx
+            .query_row("SELECT uid FROM torrents WHERE id = ?1", [id.0], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(uid) = uid else {
             return Err(CatalogError::UnknownTorrent(id));
+        };
+        if let Some(purge) = cleanup {
+            let objects = if purge { ids.clone() } else { Vec::new() };
+            tx.execute(
+                "INSERT OR REPLACE INTO remote_cleanup (uid, objects) VALUES (?1, ?2)",
+                params![
+                    uid,
+                    serde_json::to_string(&objects)
+                        .map_err(|e| CatalogError::Corrupt(e.to_string()))?
+                ],
+            )?;
         }
+        tx.execute("DELETE FROM torrents WHERE id = ?1", [id.0])?;
         tx.commit()?;
         Ok(ids)
+    }
+
+    /// Remote clean-ups still to do: (torrent uid, chunk object ids to delete).
+    pub fn remote_cleanups(&self) -> Result<Vec<([u8; 16], Vec<String>)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT uid, objects FROM remote_cleanup")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (uid, objects) = row?;
+            let uid: [u8; 16] = uid
+                .try_into()
+                .map_err(|_| CatalogError::Corrupt("cleanup uid".into()))?;
+            let objects: Vec<String> = serde_json::from_str(&objects)
+                .map_err(|e| CatalogError::Corrupt(format!("cleanup objects: {e}")))?;
+            out.push((uid, objects));
+        }
+        Ok(out)
+    }
+
+    pub fn cleanup_done(&self, uid: &[u8; 16]) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM remote_cleanup WHERE uid = ?1", [uid.to_vec()])?;
+        Ok(())
+    }
+
+    /// Torrents whose remote metadata object is older than their catalog row:
+    /// (id, version to write).
+    pub fn stale_remote_meta(&self) -> Result<Vec<(TorrentId, i64)>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT id, meta_version FROM torrents WHERE meta_written < meta_version")?;
+        let rows = st.query_map([], |r| Ok((TorrentId(r.get(0)?), r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn set_meta_written(&self, id: TorrentId, version: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE torrents SET meta_written = MAX(meta_written, ?2) WHERE id = ?1",
+            params![id.0, version],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the torrent's remote metadata object was written at least once.
+    pub fn remote_meta_exists(&self, id: TorrentId) -> Result<bool> {
+        let v: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT meta_written FROM torrents WHERE id = ?1",
+                [id.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.is_some_and(|v| v > 0))
+    }
+
+    /// Reserves the next journal object number of a torrent (durably, before the object
+    /// is written: a number is never reused for other content).
+    pub fn next_journal_seq(&self, id: TorrentId) -> Result<u64> {
+        let conn = self.conn();
+        let seq: Option<i64> = conn
+            .query_row(
+                "UPDATE torrents SET journal_seq = journal_seq + 1 WHERE id = ?1
+                 RETURNING journal_seq - 1",
+                [id.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        seq.map(|s| s as u64)
+            .ok_or(CatalogError::UnknownTorrent(id))
+    }
+
+    /// Torrents whose every chunk is uploaded but whose journal is not compacted yet.
+    pub fn compactable(&self) -> Result<Vec<TorrentId>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT t.id FROM torrents t
+             WHERE t.compacted = 0 AND t.total_len IS NOT NULL AND t.needs_full_journal = 0
+               AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.torrent_id = t.id AND c.state != ?1)",
+        )?;
+        let rows = st.query_map([ChunkState::Uploaded.as_i64()], |r| {
+            Ok(TorrentId(r.get(0)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn set_compacted(&self, id: TorrentId, journal_seq: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE torrents SET compacted = 1, journal_seq = MAX(journal_seq, ?2) WHERE id = ?1",
+            params![id.0, journal_seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Torrents from before the remote journal whose uploaded chunks must be written out.
+    pub fn needing_full_journal(&self) -> Result<Vec<TorrentId>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id FROM torrents WHERE needs_full_journal = 1")?;
+        let rows = st.query_map([], |r| Ok(TorrentId(r.get(0)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn set_full_journal_done(&self, id: TorrentId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE torrents SET needs_full_journal = 0 WHERE id = ?1",
+            [id.0],
+        )?;
+        Ok(())
+    }
+
+    /// Records chunks restored from the remote as uploaded, with the pieces they make
+    /// verified, in one transaction (`bae init --restore`).
+    pub fn restore_chunks(
+        &self,
+        id: TorrentId,
+        chunks: &[(u32, [u8; 32], String)],
+        pieces: &[u32],
+        compacted: bool,
+        journal_seq: u64,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut up = tx.prepare(
+                "UPDATE chunks SET state = ?3, hash = ?4, object_id = ?5
+                 WHERE torrent_id = ?1 AND idx = ?2",
+            )?;
+            for (idx, hash, oid) in chunks {
+                up.execute(params![
+                    id.0,
+                    idx,
+                    ChunkState::Uploaded.as_i64(),
+                    hash.to_vec(),
+                    oid
+                ])?;
+            }
+            let mut ins =
+                tx.prepare("INSERT OR IGNORE INTO pieces (torrent_id, idx) VALUES (?1, ?2)")?;
+            for p in pieces {
+                ins.execute(params![id.0, p])?;
+            }
+        }
+        tx.execute(
+            "UPDATE torrents SET meta_written = meta_version, compacted = ?2, journal_seq = ?3,
+                 needs_full_journal = 0 WHERE id = ?1",
+            params![id.0, compacted, journal_seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adopts the library identity found in the remote (restore).
+    pub fn set_library_uid(&self, uid: &[u8; 16]) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('library_uid', ?1)",
+            params![uid.to_vec()],
+        )?;
+        Ok(())
     }
 
     /// `PRAGMA integrity_check`: "ok" when the database file is sound.

@@ -56,6 +56,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (torrent_id, idx)
     ) WITHOUT ROWID;
     "#,
+    // 2: the remote's own metadata (per-torrent objects and upload journals) replaces the
+    // whole-database snapshot; see tiering::journal.
+    r#"
+    ALTER TABLE torrents ADD COLUMN meta_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE torrents ADD COLUMN meta_written INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE torrents ADD COLUMN journal_seq  INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE torrents ADD COLUMN compacted    INTEGER NOT NULL DEFAULT 0;
+    -- Libraries from before this migration: their uploaded chunks are in no journal yet.
+    ALTER TABLE torrents ADD COLUMN needs_full_journal INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE remote_cleanup (
+        uid     BLOB PRIMARY KEY,               -- a removed torrent's uid
+        objects TEXT NOT NULL                   -- JSON list of chunk object ids to delete (--purge)
+    );
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {

@@ -110,7 +110,12 @@ fn verified_pieces_complete_chunks_then_upload() {
     let c = cat.chunk(key).unwrap().unwrap();
     assert_eq!(c.state, ChunkState::Complete);
     assert_eq!(c.hash, Some([7; 32]));
-    cat.mark_uploaded(key).unwrap();
+    assert!(
+        !cat.mark_uploaded(key, "another version").unwrap(),
+        "only the version that owns the object is marked"
+    );
+    assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Complete);
+    assert!(cat.mark_uploaded(key, "obj").unwrap());
     assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Uploaded);
     // Recovery never reverts an uploaded chunk.
     cat.unverify(id, &[1], &[1]).unwrap();

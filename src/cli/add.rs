@@ -47,6 +47,7 @@ pub fn run(
                 metainfo: None,
                 paused,
                 peers: peers.to_vec(),
+                ..Default::default()
             },
             None,
         )
@@ -67,6 +68,7 @@ pub fn run(
                 metainfo: Some(meta.torrent_bytes.clone()),
                 paused,
                 peers: peers.to_vec(),
+                ..Default::default()
             },
             Some(layout),
         )

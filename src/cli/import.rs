@@ -46,6 +46,7 @@ pub fn run(
         metainfo: Some(meta.torrent_bytes.clone()),
         paused: false,
         peers: Vec::new(),
+        ..Default::default()
     })?;
     let result = (|| -> anyhow::Result<u64> {
         lib.catalog.set_layout(id, &layout, None, None)?;

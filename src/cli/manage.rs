@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::bail;
 
 use crate::daemon::control::{Request, Response, VerifyReport};
-use crate::remote::{object_key_for, ObjectStore};
 use crate::tiering::Fetcher;
 
 use super::{ask_daemon, nudge_daemon, open_library, runtime, OfflineStore};
@@ -41,7 +40,9 @@ pub fn pause(home: &Path, query: &str, paused: bool) -> anyhow::Result<()> {
 pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
-    let objects = lib.catalog.remove_torrent(t.id)?;
+    // One transaction removes the torrent and records the remote clean-up it needs, so
+    // an interruption below leaks nothing: the daemon (or the next remove) finishes it.
+    let objects = lib.catalog.remove_torrent_with_cleanup(t.id, purge)?;
     nudge_daemon(&lib)?;
     // With no daemon the chunk files go now; a daemon removed them in its sync.
     let dir = crate::store::torrent_cache_dir(&lib.cache_dir(), &t.uid);
@@ -50,24 +51,25 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
             eprintln!("warning: could not delete {}: {e}", dir.display());
         }
     }
+    let rt = runtime()?;
+    let remote = rt.block_on(lib.remote())?;
+    let pending = if purge { objects.clone() } else { Vec::new() };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!(
+        "deleting {} objects from the remote",
+        pending.len()
+    ));
+    let done = rt.block_on(crate::tiering::journal::cleanup(&remote, &t.uid, &pending));
+    bar.finish_and_clear();
+    match done {
+        Ok(()) => lib.catalog.cleanup_done(&t.uid)?,
+        Err(e) => bail!(
+            "{} removed here, but the remote could not be cleaned up yet ({e}); it is retried \
+             by the daemon or the next `bae remove`",
+            t.name
+        ),
+    }
     if purge {
-        let rt = runtime()?;
-        let remote = rt.block_on(lib.remote())?;
-        let mut failed = 0;
-        rt.block_on(async {
-            for oid in &objects {
-                if let Err(e) = remote.delete(&object_key_for(oid)).await {
-                    failed += 1;
-                    tracing::warn!(object = %oid, error = %e, "could not delete");
-                }
-            }
-        });
-        if failed > 0 {
-            bail!(
-                "{} removed, but {failed} of its objects could not be deleted from the remote",
-                t.name
-            );
-        }
         println!(
             "{} removed, with its {} objects in the remote",
             t.name,

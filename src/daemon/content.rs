@@ -186,7 +186,7 @@ impl Content for StoreContent {
             let store = store.clone();
             let key = ChunkKey::new(t, c as u32);
             store.runtime().clone().spawn(async move {
-                if let Err(e) = store.pin_local(key).await {
+                if let Err(e) = store.prefetch_chunk(key).await {
                     tracing::debug!(chunk = %key, error = %e, "prefetch failed");
                 }
             });

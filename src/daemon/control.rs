@@ -76,6 +76,9 @@ pub struct StatusReport {
     pub cache: CacheStats,
     pub cache_limit_bytes: u64,
     pub uploader: Option<UploaderStatus>,
+    /// Damaged local chunks, failed remote fetches (since the daemon started).
+    #[serde(default)]
+    pub integrity: crate::store::IntegrityStats,
     pub warnings: Vec<String>,
 }
 

@@ -6,11 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::catalog::NewTorrent;
 use crate::catalog::{Catalog, CatalogError};
+use crate::model::{ChunkState, PieceIndex};
 use crate::remote::crypto::{Key, KeyError};
 use crate::remote::{
     LocalDirStore, ObjectStore, Remote, RemoteError, RemoteOptions, S3Config, S3Store,
 };
+use crate::tiering::journal::{self, JournalError, RestoredTorrent};
 use crate::tiering::snapshot::{self, SnapshotError};
 
 use super::config::{parse_remote_url, parse_size, Config, ConfigError, RemoteConfig};
@@ -27,6 +30,10 @@ pub enum LibraryError {
     Remote(#[from] RemoteError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("torrent {name} in the remote cannot be restored: {reason}")]
+    Restore { name: String, reason: String },
     #[error("a library already exists in {0}; remove it first or choose another BAE_HOME")]
     Exists(PathBuf),
     #[error("cannot create the library in {path}: {source}")]
@@ -170,7 +177,7 @@ impl Library {
             };
             key.write_to(&home.join("key"))?;
             if opts.restore {
-                snapshot::restore(&remote, &key, &home.join("bae.db")).await?;
+                restore(&remote, &key, &home.join("bae.db")).await?;
             }
             Catalog::open(&home.join("bae.db"))?;
             config.save(&config_path(home))?;
@@ -192,6 +199,85 @@ impl Library {
     pub async fn remote(&self) -> Result<Remote, LibraryError> {
         build_remote(&self.config, &self.home).await
     }
+}
+
+/// Rebuilds the catalog at `db` from the remote's metadata (or, for a library from
+/// before it, from its snapshot), showing progress on a terminal.
+async fn restore(remote: &Remote, key: &Key, db: &Path) -> Result<(), LibraryError> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("restoring {pos}/{len} torrents {wide_bar}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let found = journal::read_library(remote, key, &progress).await?;
+    bar.finish_and_clear();
+    let Some((library_uid, torrents)) = found else {
+        snapshot::restore(remote, key, db).await?;
+        return Ok(());
+    };
+    let catalog = Catalog::open(db)?;
+    catalog.set_library_uid(&library_uid)?;
+    for t in torrents {
+        restore_torrent(&catalog, t)?;
+    }
+    Ok(())
+}
+
+fn restore_torrent(catalog: &Catalog, t: RestoredTorrent) -> Result<(), LibraryError> {
+    let bad = |reason: String| LibraryError::Restore {
+        name: t.meta.name.clone(),
+        reason,
+    };
+    let hash = |h: &Option<String>| h.as_ref().and_then(|h| hex::decode(h).ok());
+    let metainfo = t.meta.metainfo_bytes();
+    let parsed = metainfo
+        .as_deref()
+        .map(crate::torrent::parse_metainfo)
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?;
+    let id = catalog.add_torrent(&NewTorrent {
+        info_hash_v1: hash(&t.meta.info_hash_v1).and_then(|v| v.try_into().ok()),
+        info_hash_v2: hash(&t.meta.info_hash_v2).and_then(|v| v.try_into().ok()),
+        name: t.meta.name.clone(),
+        magnet: t.meta.magnet.clone(),
+        metainfo: metainfo.clone(),
+        paused: t.meta.paused,
+        peers: t.meta.peers.clone(),
+        uid: Some(t.uid),
+        added_at: Some(t.meta.added_at),
+    })?;
+    catalog.set_seeding(id, t.meta.seeding, t.meta.pin)?;
+    let Some(meta) = parsed else {
+        // A magnet whose metadata never arrived: nothing was downloaded.
+        catalog.restore_chunks(id, &[], &[], false, t.next_seq)?;
+        return Ok(());
+    };
+    let layout = super::storage::layout_of(&meta.layout);
+    let g = catalog.set_layout(id, &layout, None, None)?;
+    let uploaded: std::collections::HashSet<u32> = t.chunks.iter().map(|c| c.0).collect();
+    let chunks: Vec<_> = t
+        .chunks
+        .iter()
+        .filter(|c| c.0 < g.num_chunks())
+        .cloned()
+        .collect();
+    // A piece is verified when every chunk holding it is safe in the remote.
+    let pieces: Vec<u32> = (0..g.num_pieces())
+        .filter(|&p| {
+            g.chunks_of_piece(PieceIndex(p))
+                .all(|c| uploaded.contains(&c))
+        })
+        .collect();
+    catalog.restore_chunks(id, &chunks, &pieces, t.compacted, t.next_seq)?;
+    debug_assert!(catalog
+        .chunks(id)
+        .map(|c| c.iter().filter(|c| c.state == ChunkState::Uploaded).count() == chunks.len())
+        .unwrap_or(true));
+    Ok(())
 }
 
 async fn check_remote(remote: &Remote) -> Result<(), LibraryError> {

@@ -1,8 +1,8 @@
 //! The daemon process: wires the store, uploader, libtorrent session and FUSE mount of
 //! one library together, serves the control socket, and shuts down cleanly on `bae
 //! umount`, SIGINT or SIGTERM: unmount, stop the session, make verified pieces durable,
-//! give uploads a bounded chance to finish (the rest resume at the next start), upload
-//! the catalog snapshot.
+//! give uploads a bounded chance to finish (the rest resume at the next start), write
+//! the remote metadata that is still stale.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -16,9 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::fs::{FsError, MountHandle, MountOptions};
 use crate::model::TorrentId;
-use crate::remote::Remote;
 use crate::store::Store;
-use crate::tiering::{snapshot, Fetcher, Uploader};
+use crate::tiering::{journal::JournalError, Fetcher, Journal, Uploader};
 use crate::torrent::{AddOptions, Event, Session, SessionConfig, Source};
 
 use super::content::StoreContent;
@@ -44,14 +43,17 @@ struct Daemon {
     session: Arc<Session>,
     content: Arc<StoreContent>,
     uploader: Uploader,
-    remote: Remote,
     fetcher: Arc<Fetcher>,
     mountpoint: PathBuf,
     /// Torrents the session currently has.
     added: Mutex<HashSet<TorrentId>>,
     shutdown_tx: mpsc::UnboundedSender<(bool, tokio::sync::oneshot::Sender<Result<(), String>>)>,
-    snapshot_dirty: std::sync::atomic::AtomicBool,
+    journal: Arc<Journal>,
 }
+
+/// How long `bae add` (a Sync request) waits for the new torrent's metadata to reach the
+/// remote before answering anyway (the writer keeps trying).
+const SYNC_META_WAIT: Duration = Duration::from_secs(5);
 
 /// An exclusive lock on the library: one daemon per library.
 pub struct LibraryLock(#[allow(dead_code)] std::fs::File);
@@ -97,6 +99,21 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     }
 
     let remote = rt.block_on(lib.remote())?;
+    // The remote must belong to this library and key before anything is written to it:
+    // a wrong key stops here with one clear error instead of EIO on every read later.
+    let journal = Journal::new(remote.clone(), lib.key.clone(), lib.catalog.clone())?;
+    match rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), journal.check_remote()).await
+    }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ (JournalError::WrongKey | JournalError::OtherLibrary(_)))) => {
+            bail!("{e}")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the remote cannot be checked now; metadata is written once it can")
+        }
+        Err(_) => tracing::warn!("the remote did not answer; metadata is written once it does"),
+    }
     let limit = opts
         .cache_size_bytes
         .unwrap_or_else(|| lib.config.cache_size_bytes());
@@ -110,10 +127,12 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     store.set_source(fetcher.clone());
     let uploader = {
         let _enter = rt.enter();
+        journal.start();
         Uploader::start(
             store.clone(),
             remote.clone(),
             lib.key.clone(),
+            journal.clone(),
             lib.config.upload_concurrency,
         )
     };
@@ -150,12 +169,11 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         session,
         content,
         uploader,
-        remote,
         fetcher,
         mountpoint: mountpoint.clone(),
         added: Mutex::new(HashSet::new()),
         shutdown_tx,
-        snapshot_dirty: true.into(),
+        journal,
     });
     daemon.sync();
 
@@ -201,9 +219,18 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
             async move { d.handle(req).await }
         }))
     };
-    let snapshot_task = {
+    // Chunks found damaged and not in the remote lost their pieces: libtorrent must be
+    // told, by adding the torrent again with the store's verified pieces.
+    let revoke_task = {
         let d = daemon.clone();
-        rt.spawn(async move { d.snapshot_loop().await })
+        let rx = daemon.store.take_revocations();
+        rt.spawn(async move {
+            let Some(mut rx) = rx else { return };
+            while let Some(t) = rx.recv().await {
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || d.readd(t)).await;
+            }
+        })
     };
     let pid_file = daemon.lib.home.join("daemon.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
@@ -261,7 +288,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         // The tasks holding the daemon end first, so that dropping it below drops the
         // session while the runtime still runs: disk workers may be inside a store call
         // that needs it (libtorrent says goodbye to trackers and joins its workers).
-        for task in [control_task, snapshot_task] {
+        for task in [control_task, revoke_task] {
             task.abort();
             let _ = task.await;
         }
@@ -351,8 +378,24 @@ impl Daemon {
             }
         }
         self.content.invalidate();
-        self.snapshot_dirty
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.journal.notify();
+    }
+
+    /// Removes a torrent from the session and adds it again from the catalog, so that
+    /// libtorrent's have-pieces are the store's again (after pieces were revoked).
+    fn readd(&self, t: TorrentId) {
+        let was_added = self
+            .added
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&t);
+        if was_added {
+            tracing::info!(torrent = %t, "re-adding the torrent to download revoked pieces again");
+            if let Err(e) = self.session.remove(t) {
+                tracing::warn!(torrent = %t, error = %e, "removing from the session");
+            }
+        }
+        self.sync();
     }
 
     fn on_event(&self, ev: Event) {
@@ -369,8 +412,7 @@ impl Daemon {
                     tracing::error!(torrent = %t, error = %e, "cannot record metadata");
                 }
                 self.content.invalidate();
-                self.snapshot_dirty
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.journal.notify();
             }
             Event::TorrentFinished { t } => {
                 tracing::info!(torrent = %t, "download complete");
@@ -379,8 +421,6 @@ impl Daemon {
                         let _ = self.session.pause(t);
                     }
                 }
-                self.snapshot_dirty
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Event::HashFailed { t, piece } => {
                 tracing::warn!(torrent = %t, piece = piece.0, "piece failed its hash check; downloading it again");
@@ -402,6 +442,10 @@ impl Daemon {
             Request::Sync => {
                 let d = self.clone();
                 let _ = tokio::task::spawn_blocking(move || d.sync()).await;
+                // `add` is durable in the remote too when it returns (if the remote answers).
+                if !self.journal.flush_meta(SYNC_META_WAIT).await {
+                    tracing::warn!("torrent metadata not yet in the remote; will retry");
+                }
                 Response::Done {
                     message: "ok".into(),
                 }
@@ -467,6 +511,7 @@ impl Daemon {
             cache: self.store.stats(),
             cache_limit_bytes: self.store.limit_bytes(),
             uploader: Some(self.uploader.status()),
+            integrity: self.store.integrity_stats(),
             ..Default::default()
         };
         match super::report::live(&self.lib.catalog, &self.store, &self.session) {
@@ -486,43 +531,39 @@ impl Daemon {
                 .warnings
                 .push(format!("uploads are failing (will retry): {e}"));
         }
-        report
-    }
-
-    /// Uploads the catalog snapshot when something changed, at most every 30 s.
-    async fn snapshot_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        let mut uploaded_seen = 0;
-        loop {
-            tick.tick().await;
-            // New uploads change chunk states: a restore should know about them.
-            let uploaded = self.uploader.status().uploaded_chunks;
-            if uploaded != uploaded_seen {
-                uploaded_seen = uploaded;
-                self.snapshot_dirty
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            if self
-                .snapshot_dirty
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-            {
-                if let Err(e) = self.upload_snapshot().await {
-                    tracing::warn!(error = %e, "catalog snapshot upload failed; will retry");
-                    self.snapshot_dirty
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
+        if let Some(n) = report
+            .uploader
+            .as_ref()
+            .map(|u| u.parked)
+            .filter(|&n| n > 0)
+        {
+            report.warnings.push(format!(
+                "{n} chunks were refused by the remote and wait before the next attempt \
+                 (check credentials and bucket policy; they stay in the cache)"
+            ));
         }
-    }
-
-    async fn upload_snapshot(&self) -> Result<(), snapshot::SnapshotError> {
-        snapshot::upload(
-            &self.lib.catalog,
-            &self.remote,
-            &self.lib.key,
-            &self.lib.home,
-        )
-        .await
+        let i = report.integrity;
+        if i.damaged_local_chunks > 0 {
+            report.warnings.push(format!(
+                "{} local chunks were damaged (missing or altered): {} fetched again from the remote, {} downloaded again",
+                i.damaged_local_chunks,
+                i.damaged_local_chunks - i.revoked_chunks.min(i.damaged_local_chunks),
+                i.revoked_chunks
+            ));
+        }
+        if i.remote_integrity_errors > 0 {
+            report.warnings.push(format!(
+                "{} objects from the remote failed their integrity check (tampered, swapped or wrong key); never served",
+                i.remote_integrity_errors
+            ));
+        }
+        if i.remote_missing > 0 {
+            report.warnings.push(format!(
+                "{} chunks were missing from the remote",
+                i.remote_missing
+            ));
+        }
+        report
     }
 
     async fn shutdown(self: Arc<Self>) {
@@ -537,9 +578,8 @@ impl Daemon {
         if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
             tracing::info!("uploads not finished; they resume at the next start");
         }
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), self.upload_snapshot()).await
-        {
-            tracing::warn!(error = %e, "catalog snapshot upload timed out");
+        if !self.journal.flush_meta(Duration::from_secs(10)).await {
+            tracing::warn!("some remote metadata is not written yet; it is at the next start");
         }
         if let Err(e) = self.store.shutdown() {
             tracing::error!(error = %e, "store shutdown");

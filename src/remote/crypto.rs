@@ -244,12 +244,16 @@ impl ChunkIdentity {
 }
 
 /// What any remote object claims to be; sealed into its associated data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ObjectIdentity {
     /// One chunk of one torrent's content.
     Chunk(ChunkIdentity),
-    /// The encrypted catalog snapshot of one library.
+    /// The encrypted catalog snapshot of one library (libraries made before the
+    /// remote journal; read by restore only).
     Snapshot { library_uid: [u8; 16] },
+    /// One metadata object of a library, bound to its object name so that moving an
+    /// object to another name (another torrent's, an older journal's) fails.
+    Meta { library_uid: [u8; 16], name: String },
 }
 
 impl ObjectIdentity {
@@ -269,6 +273,13 @@ impl ObjectIdentity {
                 let mut aad = Vec::with_capacity(16 + 16);
                 aad.extend_from_slice(b"bae-snapshot-v1\0");
                 aad.extend_from_slice(library_uid);
+                aad
+            }
+            ObjectIdentity::Meta { library_uid, name } => {
+                let mut aad = Vec::with_capacity(12 + 16 + name.len());
+                aad.extend_from_slice(b"bae-meta-v1\0");
+                aad.extend_from_slice(library_uid);
+                aad.extend_from_slice(name.as_bytes());
                 aad
             }
         }

@@ -263,6 +263,10 @@ fn classify_service_error(
         "RequestTimeoutException",
         "InternalError",
         "ServiceUnavailable",
+        // The body was damaged on its way (a truncating proxy): sending it again helps.
+        "BadDigest",
+        "IncompleteBody",
+        "XAmzContentSHA256Mismatch",
     ];
     const AUTH_CODES: &[&str] = &[
         "AccessDenied",
@@ -297,14 +301,30 @@ fn classify_service_error(
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError> {
         validate_key(key)?;
-        self.client
+        // The server checks the body against this checksum and refuses a body that was
+        // cut short or altered on the way; a bare 200 OK proves nothing.
+        let checksum = {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body))
+        };
+        let resp = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
+            .checksum_sha256(&checksum)
             .body(ByteStream::from(body))
             .send()
             .await
             .map_err(|e| self.map_error(e, Target::Object(key)))?;
+        if let Some(echoed) = resp.checksum_sha256() {
+            if echoed != checksum {
+                return Err(RemoteError::Transient(format!(
+                    "object {key}: the server stored a body with another checksum"
+                )));
+            }
+        }
         Ok(())
     }
 

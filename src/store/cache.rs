@@ -14,6 +14,8 @@ use lru::LruCache;
 
 use crate::model::{ChunkKey, ChunkState, Geometry, TorrentId};
 
+pub use super::files::FileStamp;
+
 /// Per-chunk facts the cache needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkEntry {
@@ -22,6 +24,10 @@ pub struct ChunkEntry {
     pub present: bool,
     pub hash: Option<[u8; 32]>,
     pub object_id: Option<String>,
+    /// The local file as it was when last checked against `hash` (since it was written,
+    /// fetched or loaded at start-up). A read of a complete chunk whose file no longer
+    /// has this stamp (never checked, or changed since) hashes it again first.
+    pub checked: Option<FileStamp>,
 }
 
 #[derive(Debug)]
@@ -32,16 +38,11 @@ pub struct TorrentEntry {
     /// Pieces verified (in memory as soon as libtorrent says so; durable after commit).
     pub verified: Vec<bool>,
     pub verified_count: u32,
+    /// Pieces recorded in the catalog (a subset of `verified`): the committer decides
+    /// chunk completeness from these plus its batch, never from `verified` alone.
+    pub durable: Vec<bool>,
     /// Seeding with pin: none of the torrent's chunks is evictable.
     pub pinned: bool,
-}
-
-impl TorrentEntry {
-    pub fn all_pieces_verified(&self, chunk: u32) -> bool {
-        self.geometry
-            .pieces_of_chunk(crate::model::ChunkIndex(chunk))
-            .all(|p| self.verified[p as usize])
-    }
 }
 
 #[derive(Debug)]
@@ -149,6 +150,9 @@ impl CacheState {
         let Some(c) = self.entry_mut(key) else {
             return false;
         };
+        if !present {
+            c.checked = None;
+        }
         if c.present != present {
             c.present = present;
             let len = c.len;
@@ -165,6 +169,24 @@ impl CacheState {
     pub fn set_state(&mut self, key: ChunkKey, state: ChunkState) {
         if let Some(c) = self.entry_mut(key) {
             c.state = state;
+        }
+        self.refresh(key);
+    }
+
+    pub fn set_checked(&mut self, key: ChunkKey, checked: Option<FileStamp>) {
+        if let Some(c) = self.entry_mut(key) {
+            c.checked = checked;
+        }
+    }
+
+    /// Forgets what a chunk was known to be (its bytes were lost): partial, no hash, no
+    /// object. Accounting and LRU membership follow.
+    pub fn reset_chunk(&mut self, key: ChunkKey) {
+        if let Some(c) = self.entry_mut(key) {
+            c.state = ChunkState::Partial;
+            c.hash = None;
+            c.object_id = None;
+            c.checked = None;
         }
         self.refresh(key);
     }
@@ -204,6 +226,7 @@ impl CacheState {
         let (key, ()) = self.lru.pop_lru()?;
         if let Some(c) = self.entry_mut(key) {
             c.present = false;
+            c.checked = None;
             self.used_bytes -= c.len;
         }
         Some(key)
@@ -248,10 +271,12 @@ mod tests {
                     present,
                     hash: None,
                     object_id: None,
+                    checked: None,
                 })
                 .collect(),
             verified: vec![false; chunks as usize],
             verified_count: 0,
+            durable: vec![false; chunks as usize],
             pinned: false,
         }
     }

@@ -2,14 +2,35 @@
 //!
 //! Files are sparse and written in place with positioned writes, so a 16 KiB block
 //! from libtorrent lands directly at its offset. Bytes never written read back as
-//! zeros (pad files, holes), which is what piece hashing expects.
+//! zeros (pad files, holes), which is what piece hashing expects. A complete chunk's
+//! file may be shorter than the chunk (trailing pad bytes never written), so only its
+//! hash says whether it is intact; a [`FileStamp`] says whether it changed since.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 pub const TMP_SUFFIX: &str = ".tmp";
+
+/// What identifies one version of a file: any write, truncation or replacement (even
+/// one that restores the modification time) changes the inode's change time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub ino: u64,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            len: meta.len(),
+            ino: meta.ino(),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
 
 pub fn torrent_dir(root: &Path, uid: &[u8; 16]) -> PathBuf {
     root.join(hex::encode(uid))
@@ -43,17 +64,8 @@ pub fn write_at(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
     file.write_all_at(data, offset)
 }
 
-/// Fills `buf` from `offset` in the chunk file; bytes past the end of the file (never
-/// written) are zeros. A missing file reads as all zeros too.
-pub fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            buf.fill(0);
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+/// Fills `buf` from `offset` in an open file; bytes past its end are zeros.
+pub fn read_file_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
@@ -67,24 +79,44 @@ pub fn read_at(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a whole chunk of `len` bytes (zero-filled past the end of the file).
-pub fn read_whole(path: &Path, len: u64) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    read_at(path, 0, &mut buf)?;
-    Ok(buf)
+/// Fills `buf` from `offset` in the chunk file (zeros past its end); `false` when the
+/// file does not exist (nothing was read).
+pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+    match File::open(path) {
+        Ok(f) => read_file_at(&f, offset, buf).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
-/// Replaces the chunk file atomically (temp file + rename): a reader never sees a
-/// half-written chunk fetched from the remote.
-pub fn write_whole(path: &Path, data: &[u8]) -> io::Result<()> {
+/// Opens a chunk file that must exist, with its current stamp.
+pub fn open_stamped(path: &Path) -> io::Result<(File, FileStamp)> {
+    let file = File::open(path)?;
+    let stamp = FileStamp::of(&file.metadata()?);
+    Ok((file, stamp))
+}
+
+/// Replaces the chunk file atomically and durably (temp file, fsync, rename): a reader
+/// never sees a half-written chunk fetched from the remote, and a crash leaves either
+/// the old state or the whole new file. Returns the new file's stamp.
+pub fn write_whole(path: &Path, data: &[u8]) -> io::Result<FileStamp> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    let result = (|| {
+        let f = File::create(&tmp)?;
+        f.write_all_at(data, 0)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(FileStamp::of(&f.metadata()?))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 pub fn sync(path: &Path) -> io::Result<()> {
@@ -113,14 +145,31 @@ mod tests {
         let p = chunk_path(dir.path(), &[1; 16], 3);
         write_at(&p, 100, b"abc").unwrap();
         let mut buf = [9u8; 110];
-        read_at(&p, 0, &mut buf).unwrap();
+        assert!(read_at_existing(&p, 0, &mut buf).unwrap());
         assert!(buf[..100].iter().all(|&b| b == 0));
         assert_eq!(&buf[100..103], b"abc");
         assert!(buf[103..].iter().all(|&b| b == 0));
         let mut missing = [7u8; 4];
-        read_at(&dir.path().join("nope"), 0, &mut missing).unwrap();
-        assert_eq!(missing, [0; 4]);
+        assert!(!read_at_existing(&dir.path().join("nope"), 0, &mut missing).unwrap());
         write_whole(&p, b"xyz").unwrap();
-        assert_eq!(read_whole(&p, 5).unwrap(), b"xyz\0\0");
+        let mut whole = [1u8; 5];
+        assert!(read_at_existing(&p, 0, &mut whole).unwrap());
+        assert_eq!(&whole, b"xyz\0\0");
+        assert!(open_stamped(&dir.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn stamps_change_with_any_write_even_when_mtime_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        let before = write_whole(&p, &[5u8; 4096]).unwrap();
+        assert_eq!(open_stamped(&p).unwrap().1, before);
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        // ctime has a coarse clock on some file systems: make sure it can move.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_at(&p, 10, b"altered").unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_modified(mtime).unwrap();
+        assert_ne!(open_stamped(&p).unwrap().1, before);
     }
 }

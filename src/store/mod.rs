@@ -7,37 +7,59 @@
 //! that is not safe in the remote never leaves the cache, so the cache may exceed its
 //! limit rather than lose data.
 //!
-//! Durability order: block bytes are written in place; when pieces are verified, the
-//! committer fsyncs the chunk files they touch and only then records the pieces (and the
-//! chunks they complete) in the catalog in one transaction. After a crash, recovery
-//! re-derives the in-memory view from the catalog and the files actually present.
+//! The parts, by responsibility:
+//! - `cache`: in-memory accounting (presence, pins, LRU, sizes). Pure logic.
+//! - `read`: serving bytes. A complete chunk's file is hashed against its recorded hash
+//!   the first time it is used after it was written, fetched or loaded (and again
+//!   whenever the file changed since); a mismatch or a missing file makes the chunk
+//!   *damaged*: fetched again if it is in the remote, else its pieces are revoked and
+//!   downloaded again. Fetched chunks are served from memory to the read that fetched
+//!   them, whatever the cache pressure, so a full cache can never livelock a read.
+//! - `commit`: making verified pieces durable (fsync, then one catalog transaction).
+//! - `upload`: the queue of complete chunks and their hand-over to the uploader.
+//! - `recovery`: rebuilding the view after a start or a crash.
 //!
-//! Lock order: `commit_lock` → `state`; `inflight` is never held while taking `state`.
-//! No lock is held across an await or a remote call.
+//! Invariants: a byte is served only if the piece it belongs to is verified and the
+//! chunk holding it was checked (hash) since it was last written, fetched or loaded;
+//! bytes of a chunk that is not `Partial` are never rewritten (verified content is
+//! immutable); a chunk is `Complete` in the catalog only when every piece overlapping it
+//! is recorded there, after its bytes were fsynced.
+//!
+//! Lock order: `commit_lock` → `state` → (`hot` | `uploads` | `pending`); `inflight` is
+//! never held while taking `state`. No lock is held across an await or a remote call.
 
 mod cache;
+mod commit;
 mod files;
+mod read;
 mod recovery;
+mod upload;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, Shared};
 
-use crate::catalog::{Catalog, CatalogError, Completed};
+use crate::catalog::{Catalog, CatalogError};
 use crate::model::{ChunkIndex, ChunkKey, ChunkState, Geometry, PieceIndex, TorrentId};
 
 use cache::CacheState;
 pub use cache::{CacheStats, ChunkEntry};
+pub use upload::UploadPayload;
 
 /// Where a torrent's chunk files live under a cache root (for tools that inspect the
 /// cache without opening a store).
 pub fn torrent_cache_dir(root: &Path, uid: &[u8; 16]) -> PathBuf {
     files::torrent_dir(root, uid)
+}
+
+/// Where one chunk file lives under a cache root.
+pub fn chunk_file_path(root: &Path, uid: &[u8; 16], index: u32) -> PathBuf {
+    files::chunk_path(root, uid, index)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +84,8 @@ pub enum StoreError {
     },
     #[error("chunk {0} is neither cached nor in the remote")]
     Lost(ChunkKey),
+    #[error("chunk {0} was damaged on the local disk and is not in the remote; its pieces are downloaded again")]
+    Revoked(ChunkKey),
     #[error("fetching chunk {key} from the remote: {error}")]
     Fetch { key: ChunkKey, error: FetchError },
     #[error(transparent)]
@@ -120,16 +144,49 @@ pub struct TorrentStats {
     pub bytes_verified: u64,
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Result<(), FetchError>>>;
+/// Integrity events since the store opened, for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntegrityStats {
+    /// Local chunk files found missing or not matching their hash.
+    pub damaged_local_chunks: u64,
+    /// Of those, chunks that were not in the remote: their pieces are downloaded again.
+    pub revoked_chunks: u64,
+    /// Chunks fetched from the remote.
+    pub fetched_chunks: u64,
+    /// Fetches that failed authentication or the hash check (tampered, swapped, wrong key).
+    pub remote_integrity_errors: u64,
+    /// Fetches that failed because the object was missing.
+    pub remote_missing: u64,
+    /// Fetches that failed because the remote was unavailable.
+    pub remote_unavailable: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    damaged_local_chunks: AtomicU64,
+    revoked_chunks: AtomicU64,
+    fetched_chunks: AtomicU64,
+    remote_integrity_errors: AtomicU64,
+    remote_missing: AtomicU64,
+    remote_unavailable: AtomicU64,
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
+
+/// Chunks kept in memory after a fetch (verified plaintext). Small: it exists so a
+/// read or a peer's run of block requests is served even when the disk cache is full
+/// of pinned chunks and the fetched file is evicted at once.
+const HOT_CHUNKS: usize = 16;
 
 pub struct Store {
     root: PathBuf,
     catalog: Arc<Catalog>,
     rt: tokio::runtime::Handle,
     state: Mutex<CacheState>,
-    limit_bytes: std::sync::atomic::AtomicU64,
+    limit_bytes: AtomicU64,
     source: OnceLock<Arc<dyn ChunkSource>>,
     inflight: Mutex<HashMap<ChunkKey, SharedFetch>>,
+    hot: Mutex<lru::LruCache<ChunkKey, Bytes>>,
     /// Pieces verified in memory, waiting for the committer to make them durable.
     pending: Mutex<Vec<(TorrentId, u32)>>,
     pending_cv: Condvar,
@@ -139,7 +196,11 @@ pub struct Store {
     upload_notify: tokio::sync::Notify,
     /// Bumped whenever pieces are verified; readers waiting for a download watch it.
     verified_tx: tokio::sync::watch::Sender<u64>,
-    shutdown: std::sync::atomic::AtomicBool,
+    /// Torrents that lost verified pieces (damaged chunks): libtorrent must be told.
+    revoked_tx: tokio::sync::mpsc::UnboundedSender<TorrentId>,
+    revoked_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<TorrentId>>>,
+    counters: Counters,
+    shutdown: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -183,6 +244,7 @@ impl Store {
                     .map(move |(i, _)| ChunkKey::new(*id, i as u32))
             })
             .collect();
+        let (revoked_tx, revoked_rx) = tokio::sync::mpsc::unbounded_channel();
         let store = Arc::new(Store {
             root: root.to_owned(),
             catalog,
@@ -191,18 +253,24 @@ impl Store {
             limit_bytes: limit_bytes.into(),
             source: OnceLock::new(),
             inflight: Mutex::new(HashMap::new()),
+            hot: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(HOT_CHUNKS).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             pending: Mutex::new(Vec::new()),
             pending_cv: Condvar::new(),
             commit_lock: Mutex::new(()),
             uploads: Mutex::new(uploads),
             upload_notify: tokio::sync::Notify::new(),
             verified_tx: tokio::sync::watch::channel(0).0,
+            revoked_tx,
+            revoked_rx: Mutex::new(Some(revoked_rx)),
+            counters: Counters::default(),
             shutdown: false.into(),
         });
         let weak = Arc::downgrade(&store);
         std::thread::Builder::new()
             .name("bae-committer".into())
-            .spawn(move || committer(weak))
+            .spawn(move || commit::committer(weak))
             .map_err(|e| StoreError::io(root, e))?;
         Ok(store)
     }
@@ -218,6 +286,15 @@ impl Store {
 
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.rt
+    }
+
+    /// Torrents whose verified pieces were revoked because a chunk was damaged and not
+    /// in the remote (taken once, by the daemon, which re-adds them to the session).
+    pub fn take_revocations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<TorrentId>> {
+        self.revoked_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheState> {
@@ -277,10 +354,11 @@ impl Store {
                 let Some(c) = st.entry(key) else {
                     return Err(StoreError::UnknownTorrent(id));
                 };
-                if !c.present && c.state != ChunkState::Partial {
-                    // Every piece of this chunk is verified and it lives in the remote:
-                    // writing part of it locally would leave holes that read as zeros.
-                    tracing::debug!(%key, "ignoring write to an evicted complete chunk");
+                if c.state != ChunkState::Partial {
+                    // Every piece of this chunk is verified: its bytes are final (and
+                    // may be in the remote only). Rewriting them could only damage them,
+                    // e.g. with a re-downloaded neighbour piece that fails its hash.
+                    tracing::debug!(%key, "ignoring write to a complete chunk");
                     continue;
                 }
                 st.set_present(key, true);
@@ -315,477 +393,6 @@ impl Store {
         Ok((t.uid, t.geometry))
     }
 
-    /// Reads raw stream bytes for libtorrent (hashing, seeding): whatever is stored,
-    /// verified or not. An evicted chunk is fetched from the remote first. Blocking:
-    /// call from a worker thread, never from inside the tokio runtime.
-    pub fn read_raw_blocking(
-        self: &Arc<Self>,
-        id: TorrentId,
-        stream_offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), StoreError> {
-        // A peer's request is worthless after this long; it also bounds how long a
-        // session shutdown can wait for a read stuck on the remote.
-        const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-        let read = self.read_into(id, stream_offset, buf, false);
-        self.rt
-            .clone()
-            .block_on(async { tokio::time::timeout(PEER_READ_TIMEOUT, read).await })
-            .unwrap_or_else(|_| {
-                Err(StoreError::Fetch {
-                    key: ChunkKey::new(id, (stream_offset / crate::model::CHUNK_LEN) as u32),
-                    error: FetchError::Unavailable("timed out".into()),
-                })
-            })
-    }
-
-    /// Reads verified stream bytes (for the filesystem). Fails with `NotVerified` when a
-    /// piece of the range is not downloaded yet.
-    pub async fn read_verified(
-        self: &Arc<Self>,
-        id: TorrentId,
-        range: std::ops::Range<u64>,
-    ) -> Result<Bytes, StoreError> {
-        let len = range.end.saturating_sub(range.start) as usize;
-        let mut buf = vec![0u8; len];
-        self.read_into(id, range.start, &mut buf, true).await?;
-        Ok(Bytes::from(buf))
-    }
-
-    /// Pieces overlapping a stream range that are not verified yet.
-    pub fn missing_pieces(
-        &self,
-        id: TorrentId,
-        range: std::ops::Range<u64>,
-    ) -> Result<Vec<PieceIndex>, StoreError> {
-        let st = self.lock();
-        let t = st.torrents.get(&id).ok_or(StoreError::UnknownTorrent(id))?;
-        let g = t.geometry;
-        if range.start >= range.end {
-            return Ok(Vec::new());
-        }
-        let first = (range.start / g.piece_len()) as u32;
-        let last = ((range.end - 1).min(g.total_len().saturating_sub(1)) / g.piece_len()) as u32;
-        Ok((first..=last)
-            .filter(|&p| !t.verified.get(p as usize).copied().unwrap_or(false))
-            .map(PieceIndex)
-            .collect())
-    }
-
-    /// A receiver that changes whenever pieces are verified (for readers that wait).
-    pub fn watch_verified(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.verified_tx.subscribe()
-    }
-
-    async fn read_into(
-        self: &Arc<Self>,
-        id: TorrentId,
-        stream_offset: u64,
-        buf: &mut [u8],
-        verified_only: bool,
-    ) -> Result<(), StoreError> {
-        let end = stream_offset + buf.len() as u64;
-        let (uid, geometry) = self.torrent_geometry(id, stream_offset, end)?;
-        if verified_only {
-            let missing = self.missing_pieces(id, stream_offset..end)?;
-            if !missing.is_empty() {
-                return Err(StoreError::NotVerified {
-                    torrent: id,
-                    missing,
-                });
-            }
-        }
-        for span in geometry.chunk_spans(stream_offset..end) {
-            let key = ChunkKey {
-                torrent: id,
-                index: span.chunk,
-            };
-            let lo = (span.stream_offset - stream_offset) as usize;
-            let out = &mut buf[lo..lo + span.len as usize];
-            let Some(_guard) = self.pin_local(key).await? else {
-                // Never written and not in the remote: unwritten bytes are zeros.
-                out.fill(0);
-                continue;
-            };
-            let path = self.chunk_file(&uid, span.chunk);
-            files::read_at(&path, span.offset_in_chunk, out)
-                .map_err(|e| StoreError::io(&path, e))?;
-        }
-        Ok(())
-    }
-
-    /// Pins a chunk that is present locally, fetching it from the remote first when it
-    /// was evicted (single-flight). `None` for a partial chunk with no local file.
-    pub async fn pin_local(
-        self: &Arc<Self>,
-        key: ChunkKey,
-    ) -> Result<Option<PinGuard>, StoreError> {
-        loop {
-            let remote = {
-                let mut st = self.lock();
-                let t = st
-                    .torrents
-                    .get(&key.torrent)
-                    .ok_or(StoreError::UnknownTorrent(key.torrent))?;
-                let uid = t.uid;
-                let c = st.entry(key).ok_or(StoreError::OutOfRange {
-                    torrent: key.torrent,
-                    start: u64::from(key.index.0),
-                    end: u64::from(key.index.0),
-                })?;
-                if c.present {
-                    st.pin(key);
-                    return Ok(Some(PinGuard {
-                        store: Arc::clone(self),
-                        key,
-                    }));
-                }
-                match (c.state, &c.hash, &c.object_id) {
-                    (ChunkState::Uploaded, Some(hash), Some(oid)) => RemoteChunk {
-                        key,
-                        torrent_uid: uid,
-                        len: c.len,
-                        hash: *hash,
-                        object_id: oid.clone(),
-                    },
-                    (ChunkState::Partial, _, _) => return Ok(None),
-                    _ => return Err(StoreError::Lost(key)),
-                }
-            };
-            self.fetch_shared(remote)
-                .await
-                .map_err(|error| StoreError::Fetch { key, error })?;
-            // Loop: pin it now (or fetch again if it was evicted in between).
-        }
-    }
-
-    fn fetch_shared(self: &Arc<Self>, chunk: RemoteChunk) -> SharedFetch {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = inflight.get(&chunk.key) {
-            return f.clone();
-        }
-        let key = chunk.key;
-        let store = Arc::clone(self);
-        let task = self.rt.spawn(async move {
-            let r = store.fetch_one(&chunk).await;
-            store
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&chunk.key);
-            r
-        });
-        let fut = async move {
-            task.await
-                .unwrap_or_else(|e| Err(FetchError::Unavailable(format!("fetch task: {e}"))))
-        }
-        .boxed()
-        .shared();
-        inflight.insert(key, fut.clone());
-        fut
-    }
-
-    async fn fetch_one(&self, chunk: &RemoteChunk) -> Result<(), FetchError> {
-        let source = self.source.get().ok_or(FetchError::NoRemote)?;
-        let data = source.fetch(chunk).await?;
-        if data.len() as u64 != chunk.len {
-            return Err(FetchError::Integrity(format!(
-                "chunk {} has {} bytes, expected {}",
-                chunk.key,
-                data.len(),
-                chunk.len
-            )));
-        }
-        let path = self.chunk_file(&chunk.torrent_uid, chunk.key.index);
-        let write = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || files::write_whole(&path, &data))
-        };
-        write
-            .await
-            .map_err(|e| FetchError::Unavailable(e.to_string()))?
-            .map_err(|e| FetchError::Unavailable(format!("writing {}: {e}", path.display())))?;
-        {
-            let mut st = self.lock();
-            if !st.set_present(chunk.key, true) {
-                // The torrent was removed while we fetched.
-                let _ = files::remove(&path);
-            }
-        }
-        self.evict_to_limit();
-        Ok(())
-    }
-
-    /// libtorrent verified these pieces. Updates the in-memory view at once and queues
-    /// them for the committer, which makes them durable. Never blocks on I/O.
-    pub fn pieces_verified(&self, id: TorrentId, pieces: &[PieceIndex]) {
-        {
-            let mut st = self.lock();
-            let Some(t) = st.torrents.get_mut(&id) else {
-                return;
-            };
-            for p in pieces {
-                if let Some(v) = t.verified.get_mut(p.0 as usize) {
-                    if !*v {
-                        *v = true;
-                        t.verified_count += 1;
-                    }
-                }
-            }
-        }
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(pieces.iter().map(|p| (id, p.0)));
-        self.pending_cv.notify_one();
-        self.verified_tx.send_modify(|n| *n += 1);
-    }
-
-    /// A piece failed its hash check: forget any in-memory claim about it.
-    pub fn piece_failed(&self, id: TorrentId, piece: PieceIndex) {
-        let mut st = self.lock();
-        if let Some(t) = st.torrents.get_mut(&id) {
-            if let Some(v) = t.verified.get_mut(piece.0 as usize) {
-                if *v {
-                    tracing::warn!(torrent = %id, piece = piece.0, "verified piece reported as failed");
-                }
-            }
-        }
-    }
-
-    /// Makes every verified piece durable now (shutdown, tests). Returns the number
-    /// of chunks that became complete.
-    pub fn flush(&self) -> Result<usize, StoreError> {
-        let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let r = self.commit(&batch);
-        if r.is_err() {
-            // Nothing of a failed batch is lost: it is retried with the next one.
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(batch);
-        }
-        r
-    }
-
-    fn commit(&self, batch: &[(TorrentId, u32)]) -> Result<usize, StoreError> {
-        let mut by_torrent: HashMap<TorrentId, Vec<u32>> = HashMap::new();
-        for &(t, p) in batch {
-            by_torrent.entry(t).or_default().push(p);
-        }
-        let mut completed_total = 0;
-        for (id, mut pieces) in by_torrent {
-            pieces.sort_unstable();
-            pieces.dedup();
-            // Which chunks hold these pieces, and which of them are now complete.
-            let (uid, touched, now_complete) = {
-                let st = self.lock();
-                let Some(t) = st.torrents.get(&id) else {
-                    continue;
-                };
-                let mut touched: Vec<u32> = pieces
-                    .iter()
-                    .flat_map(|&p| t.geometry.chunks_of_piece(PieceIndex(p)))
-                    .collect();
-                touched.dedup();
-                let now_complete: Vec<(u32, u64)> = touched
-                    .iter()
-                    .filter(|&&c| {
-                        t.chunks[c as usize].state == ChunkState::Partial
-                            && t.all_pieces_verified(c)
-                    })
-                    .map(|&c| (c, t.chunks[c as usize].len))
-                    .collect();
-                (t.uid, touched, now_complete)
-            };
-            // A verified piece may cover chunks that never received a byte (all pad
-            // zeros). They get an (empty, sparse) file so that every verified byte is
-            // local or uploaded — the invariant recovery checks after a restart.
-            for &c in &touched {
-                let key = ChunkKey::new(id, c);
-                let needs_file = {
-                    let st = self.lock();
-                    st.entry(key)
-                        .is_some_and(|e| !e.present && e.state != ChunkState::Uploaded)
-                };
-                if needs_file {
-                    let path = self.chunk_file(&uid, ChunkIndex(c));
-                    files::write_at(&path, 0, &[]).map_err(|e| StoreError::io(&path, e))?;
-                    self.lock().set_present(key, true);
-                }
-            }
-            for &c in &touched {
-                let path = self.chunk_file(&uid, ChunkIndex(c));
-                files::sync(&path).map_err(|e| StoreError::io(&path, e))?;
-            }
-            let mut completed = Vec::with_capacity(now_complete.len());
-            for (c, len) in now_complete {
-                let path = self.chunk_file(&uid, ChunkIndex(c));
-                let data = files::read_whole(&path, len).map_err(|e| StoreError::io(&path, e))?;
-                completed.push(Completed {
-                    index: c,
-                    hash: *blake3::hash(&data).as_bytes(),
-                    object_id: crate::remote::new_object_id(),
-                });
-            }
-            self.catalog.commit_verified(id, &pieces, &completed)?;
-            let mut st = self.lock();
-            let mut queue = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-            for c in &completed {
-                let key = ChunkKey::new(id, c.index);
-                if let Some(t) = st.torrents.get_mut(&id) {
-                    let e = &mut t.chunks[c.index as usize];
-                    e.hash = Some(c.hash);
-                    e.object_id = Some(c.object_id.clone());
-                }
-                st.set_state(key, ChunkState::Complete);
-                queue.push_back(key);
-            }
-            completed_total += completed.len();
-        }
-        if completed_total > 0 {
-            self.upload_notify.notify_one();
-        }
-        Ok(completed_total)
-    }
-
-    /// Waits until a chunk may need uploading, then returns the next one.
-    pub async fn next_upload(&self) -> ChunkKey {
-        loop {
-            let notified = self.upload_notify.notified();
-            if let Some(k) = self
-                .uploads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front()
-            {
-                return k;
-            }
-            notified.await;
-        }
-    }
-
-    /// Puts a chunk back in the upload queue (after a failed attempt).
-    pub fn requeue_upload(&self, key: ChunkKey) {
-        self.uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(key);
-        self.upload_notify.notify_one();
-    }
-
-    /// Chunks that are complete but not yet safe in the remote (queued or in flight).
-    pub fn not_uploaded_chunks(&self) -> usize {
-        let st = self.lock();
-        st.torrents
-            .values()
-            .flat_map(|t| t.chunks.iter())
-            .filter(|c| c.state == ChunkState::Complete)
-            .count()
-    }
-
-    /// Number of complete chunks waiting for upload.
-    pub fn pending_uploads(&self) -> usize {
-        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// The plaintext and identity of a complete chunk, for the uploader. `None` if the
-    /// chunk is no longer waiting for upload (removed, or uploaded already).
-    pub fn upload_payload(
-        self: &Arc<Self>,
-        key: ChunkKey,
-    ) -> Result<Option<(RemoteChunk, Vec<u8>)>, StoreError> {
-        let (chunk, path) = {
-            let mut st = self.lock();
-            let Some(t) = st.torrents.get(&key.torrent) else {
-                return Ok(None);
-            };
-            let uid = t.uid;
-            let Some(c) = st.entry(key) else {
-                return Ok(None);
-            };
-            let (ChunkState::Complete, Some(hash), Some(oid)) = (c.state, c.hash, &c.object_id)
-            else {
-                return Ok(None);
-            };
-            let chunk = RemoteChunk {
-                key,
-                torrent_uid: uid,
-                len: c.len,
-                hash,
-                object_id: oid.clone(),
-            };
-            st.pin(key);
-            (chunk, self.chunk_file(&uid, key.index))
-        };
-        let _guard = PinGuard {
-            store: Arc::clone(self),
-            key,
-        };
-        let data = files::read_whole(&path, chunk.len).map_err(|e| StoreError::io(&path, e))?;
-        if *blake3::hash(&data).as_bytes() != chunk.hash {
-            // The local copy changed after it was verified (disk fault, outside meddling).
-            return Err(StoreError::Fetch {
-                key,
-                error: FetchError::Integrity("local chunk no longer matches its hash".into()),
-            });
-        }
-        Ok(Some((chunk, data)))
-    }
-
-    /// Identity of an uploaded chunk (for `verify`), `None` if it is not in the remote.
-    pub fn remote_chunk(&self, key: ChunkKey) -> Option<RemoteChunk> {
-        let st = self.lock();
-        let uid = st.torrents.get(&key.torrent)?.uid;
-        let c = st.entry(key)?;
-        match (c.state, c.hash, &c.object_id) {
-            (ChunkState::Uploaded, Some(hash), Some(oid)) => Some(RemoteChunk {
-                key,
-                torrent_uid: uid,
-                len: c.len,
-                hash,
-                object_id: oid.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// Re-hashes a chunk's local copy against its recorded hash. `None` when there is
-    /// nothing to check (no local copy, or the chunk is not complete yet).
-    pub fn check_local(self: &Arc<Self>, key: ChunkKey) -> Result<Option<bool>, StoreError> {
-        let (uid, len, hash) = {
-            let mut st = self.lock();
-            let Some(uid) = st.torrents.get(&key.torrent).map(|t| t.uid) else {
-                return Err(StoreError::UnknownTorrent(key.torrent));
-            };
-            let Some(c) = st.entry(key) else {
-                return Ok(None);
-            };
-            let (true, Some(hash)) = (c.present, c.hash) else {
-                return Ok(None);
-            };
-            let len = c.len;
-            st.pin(key);
-            (uid, len, hash)
-        };
-        let _guard = PinGuard {
-            store: Arc::clone(self),
-            key,
-        };
-        let path = self.chunk_file(&uid, key.index);
-        let data = files::read_whole(&path, len).map_err(|e| StoreError::io(&path, e))?;
-        Ok(Some(*blake3::hash(&data).as_bytes() == hash))
-    }
-
-    /// Records a successful upload: durable in the catalog first, then evictable.
-    pub fn mark_uploaded(&self, key: ChunkKey) -> Result<(), StoreError> {
-        self.catalog.mark_uploaded(key)?;
-        self.lock().set_state(key, ChunkState::Uploaded);
-        self.evict_to_limit();
-        Ok(())
-    }
-
     /// Pins (or unpins) all chunks of a seeding torrent.
     pub fn set_torrent_pinned(&self, id: TorrentId, pinned: bool) {
         self.lock().set_torrent_pinned(id, pinned);
@@ -795,12 +402,11 @@ impl Store {
     }
 
     pub fn limit_bytes(&self) -> u64 {
-        self.limit_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.limit_bytes.load(Ordering::Relaxed)
     }
 
     pub fn set_limit_bytes(&self, limit: u64) {
-        self.limit_bytes
-            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        self.limit_bytes.store(limit, Ordering::Relaxed);
         self.evict_to_limit();
     }
 
@@ -830,16 +436,28 @@ impl Store {
     /// Evicts every evictable chunk (e.g. `scripts/demo` emptying the cache).
     pub fn evict_all(&self) -> usize {
         let old = self.limit_bytes();
-        self.limit_bytes
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.limit_bytes.store(0, Ordering::Relaxed);
         let n = self.evict_to_limit();
-        self.limit_bytes
-            .store(old, std::sync::atomic::Ordering::Relaxed);
+        self.limit_bytes.store(old, Ordering::Relaxed);
+        self.hot.lock().unwrap_or_else(|e| e.into_inner()).clear();
         n
     }
 
     pub fn stats(&self) -> CacheStats {
         self.lock().stats()
+    }
+
+    pub fn integrity_stats(&self) -> IntegrityStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IntegrityStats {
+            damaged_local_chunks: get(&c.damaged_local_chunks),
+            revoked_chunks: get(&c.revoked_chunks),
+            fetched_chunks: get(&c.fetched_chunks),
+            remote_integrity_errors: get(&c.remote_integrity_errors),
+            remote_missing: get(&c.remote_missing),
+            remote_unavailable: get(&c.remote_unavailable),
+        }
     }
 
     pub fn torrent_stats(&self, id: TorrentId) -> Option<TorrentStats> {
@@ -867,6 +485,17 @@ impl Store {
     /// caller's business.
     pub fn remove_torrent(&self, id: TorrentId) -> Result<(), StoreError> {
         let removed = self.lock().remove_torrent(id);
+        {
+            let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<ChunkKey> = hot
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| k.torrent == id)
+                .collect();
+            for k in keys {
+                hot.pop(&k);
+            }
+        }
         if let Some(t) = removed {
             let dir = files::torrent_dir(&self.root, &t.uid);
             match std::fs::remove_dir_all(&dir) {
@@ -881,45 +510,9 @@ impl Store {
 
     /// Stops the committer after a final flush.
     pub fn shutdown(&self) -> Result<(), StoreError> {
-        self.shutdown
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutdown.store(true, Ordering::SeqCst);
         self.pending_cv.notify_all();
         self.flush().map(|_| ())
-    }
-}
-
-/// Batches verified pieces: wakes on new work, waits a moment for more, then commits
-/// them with one fsync per touched chunk file and one transaction.
-fn committer(store: Weak<Store>) {
-    const BATCH_WINDOW: Duration = Duration::from_millis(20);
-    loop {
-        let Some(s) = store.upgrade() else {
-            return;
-        };
-        {
-            let pending = s.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.is_empty() && !s.shutdown.load(std::sync::atomic::Ordering::SeqCst) {
-                // Bounded wait so a dropped store is noticed.
-                let _ = s
-                    .pending_cv
-                    .wait_timeout(pending, Duration::from_millis(200));
-            }
-        }
-        if s.shutdown.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let has_work = !s
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
-        if has_work {
-            std::thread::sleep(BATCH_WINDOW);
-            if let Err(e) = s.flush() {
-                tracing::error!(error = %e, "could not record verified pieces; will retry");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
     }
 }
 

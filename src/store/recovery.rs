@@ -69,6 +69,7 @@ pub(super) fn load_torrent(
             present: false,
             hash: None,
             object_id: None,
+            checked: None,
         })
         .collect();
     for r in records {
@@ -156,6 +157,7 @@ pub(super) fn load_torrent(
         uid: t.uid,
         geometry,
         chunks,
+        durable: verified.clone(),
         verified,
         verified_count,
         pinned: t.seeding && t.pin,

@@ -1,4 +1,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use super::*;
 use crate::catalog::{FileRecord, Layout, NewTorrent};
@@ -116,10 +118,12 @@ impl Fixture {
     fn upload_all(&self, src: &MemSource) {
         while self.store.pending_uploads() > 0 {
             let key = self.rt.block_on(self.store.next_upload());
-            let (chunk, data) = self.store.upload_payload(key).unwrap().unwrap();
+            let UploadPayload::Ready(chunk, data) = self.store.upload_payload(key).unwrap() else {
+                panic!("chunk {key} has no payload");
+            };
             assert_eq!(*blake3::hash(&data).as_bytes(), chunk.hash);
             src.chunks.lock().unwrap().insert(key, data);
-            self.store.mark_uploaded(key).unwrap();
+            assert!(self.store.mark_uploaded(key, &chunk.object_id).unwrap());
         }
     }
 }
@@ -223,10 +227,7 @@ fn pinned_torrents_and_read_pins_are_never_evicted() {
         total,
         "seeding torrent is pinned"
     );
-    let guard =
-        f.rt.block_on(f.store.pin_local(ChunkKey::new(f.id, 1)))
-            .unwrap()
-            .unwrap();
+    let guard = f.store.pin_present(ChunkKey::new(f.id, 1)).unwrap();
     f.store.set_torrent_pinned(f.id, false);
     assert_eq!(
         f.store.stats().used_bytes,

@@ -5,15 +5,19 @@
 //!   object is an integrity error and is never served.
 //! - [`Uploader`] seals complete chunks and PUTs them; a chunk is marked uploaded (and so
 //!   becomes evictable) only after its PUT succeeded. Failed uploads are retried with
-//!   backoff forever: a chunk that is not safe in the remote stays in the cache.
-//! - [`snapshot`] seals the catalog into the remote so a new machine can rebuild the
-//!   library from the bucket and the key.
+//!   backoff; a chunk that is not safe in the remote stays in the cache.
+//! - [`journal`] keeps the library's metadata in the remote (torrents, and a journal of
+//!   uploaded chunks), so a new machine can rebuild the library from the bucket and the
+//!   key, after a clean stop or a crash alike; [`snapshot`] reads the whole-catalog
+//!   snapshots that libraries made before it.
 
 mod fetcher;
+pub mod journal;
 pub mod snapshot;
 mod uploader;
 
 pub use fetcher::Fetcher;
+pub use journal::Journal;
 pub use uploader::{Uploader, UploaderStatus};
 
 use crate::remote::crypto::{ChunkIdentity, ObjectIdentity};

@@ -1,0 +1,544 @@
+//! Serving bytes out of the store: to the filesystem (verified bytes only) and to
+//! libtorrent (raw bytes, for hashing and seeding).
+//!
+//! Rules kept here:
+//! - A complete chunk's file is used only if it carries the stamp it had when it was
+//!   last hashed against the recorded hash; otherwise it is hashed first. A missing file
+//!   or a mismatch makes the chunk damaged ([`Store::chunk_damaged`]).
+//! - An evicted chunk is fetched once for all the readers that want it (single flight)
+//!   and the fetched, verified bytes serve those readers directly from memory; the file
+//!   is written into the cache in the background. So a read of N chunks costs at most N
+//!   fetches (plus one more per chunk found damaged), whatever the cache pressure.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::FutureExt;
+
+use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId};
+
+use super::files::{self, FileStamp};
+use super::{FetchError, PinGuard, RemoteChunk, SharedFetch, Store, StoreError};
+
+/// What to do for one chunk of a read, decided under the state lock.
+enum Plan {
+    /// A partial chunk (or one never written): sparse bytes, no hash to check.
+    Sparse(Option<PinGuard>),
+    /// A complete chunk with a local file.
+    Local {
+        _pin: PinGuard,
+        hash: [u8; 32],
+        len: u64,
+        checked: Option<FileStamp>,
+    },
+    Fetch(RemoteChunk),
+}
+
+impl Store {
+    /// Reads raw stream bytes for libtorrent (hashing, seeding): whatever is stored for
+    /// partial chunks, checked bytes for complete ones. An evicted chunk is fetched from
+    /// the remote first. Blocking: call from a worker thread, never inside the runtime.
+    pub fn read_raw_blocking(
+        self: &Arc<Self>,
+        id: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        // A peer's request is worthless after this long; it also bounds how long a
+        // session shutdown can wait for a read stuck on the remote.
+        const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+        let read = self.read_into(id, stream_offset, buf, false);
+        self.rt
+            .clone()
+            .block_on(async { tokio::time::timeout(PEER_READ_TIMEOUT, read).await })
+            .unwrap_or_else(|_| {
+                Err(StoreError::Fetch {
+                    key: ChunkKey::new(id, (stream_offset / crate::model::CHUNK_LEN) as u32),
+                    error: FetchError::Unavailable("timed out".into()),
+                })
+            })
+    }
+
+    /// Reads verified stream bytes (for the filesystem). Fails with `NotVerified` when a
+    /// piece of the range is not downloaded yet (or was revoked by a damaged chunk).
+    pub async fn read_verified(
+        self: &Arc<Self>,
+        id: TorrentId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        let len = range.end.saturating_sub(range.start) as usize;
+        let mut buf = vec![0u8; len];
+        match self.read_into(id, range.start, &mut buf, true).await {
+            Ok(()) => Ok(Bytes::from(buf)),
+            Err(StoreError::Revoked(_)) => Err(StoreError::NotVerified {
+                torrent: id,
+                missing: self.missing_pieces(id, range)?,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pieces overlapping a stream range that are not verified yet.
+    pub fn missing_pieces(
+        &self,
+        id: TorrentId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<PieceIndex>, StoreError> {
+        let st = self.lock();
+        let t = st.torrents.get(&id).ok_or(StoreError::UnknownTorrent(id))?;
+        let g = t.geometry;
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        let first = (range.start / g.piece_len()) as u32;
+        let last = ((range.end - 1).min(g.total_len().saturating_sub(1)) / g.piece_len()) as u32;
+        Ok((first..=last)
+            .filter(|&p| !t.verified.get(p as usize).copied().unwrap_or(false))
+            .map(PieceIndex)
+            .collect())
+    }
+
+    /// A receiver that changes whenever pieces are verified (for readers that wait).
+    pub fn watch_verified(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.verified_tx.subscribe()
+    }
+
+    async fn read_into(
+        self: &Arc<Self>,
+        id: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+        verified_only: bool,
+    ) -> Result<(), StoreError> {
+        let end = stream_offset + buf.len() as u64;
+        let (uid, geometry) = self.torrent_geometry(id, stream_offset, end)?;
+        if verified_only {
+            let missing = self.missing_pieces(id, stream_offset..end)?;
+            if !missing.is_empty() {
+                return Err(StoreError::NotVerified {
+                    torrent: id,
+                    missing,
+                });
+            }
+        }
+        for span in geometry.chunk_spans(stream_offset..end) {
+            let key = ChunkKey {
+                torrent: id,
+                index: span.chunk,
+            };
+            let lo = (span.stream_offset - stream_offset) as usize;
+            let out = &mut buf[lo..lo + span.len as usize];
+            self.read_span(key, &uid, span.offset_in_chunk, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Fills `out` with the bytes of chunk `key` from `offset`.
+    async fn read_span(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: &[u8; 16],
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), StoreError> {
+        if let Some(bytes) = self.hot_get(key) {
+            copy_from(&bytes, offset, out);
+            return Ok(());
+        }
+        // At most two rounds: a damaged local copy is dropped once, then the chunk is
+        // fetched (or reported revoked).
+        for _ in 0..2 {
+            let path = self.chunk_file(uid, key.index);
+            match self.plan(key)? {
+                Plan::Sparse(_pin) => {
+                    match files::read_at_existing(&path, offset, out) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // No file: fine for bytes never written, a loss if any
+                            // piece over this chunk was verified.
+                            if self.has_verified_pieces(key) {
+                                self.chunk_damaged(key, "chunk file is missing");
+                                return Err(StoreError::Revoked(key));
+                            }
+                            out.fill(0);
+                        }
+                        Err(e) => return Err(StoreError::io(&path, e)),
+                    }
+                    return Ok(());
+                }
+                Plan::Local {
+                    _pin,
+                    hash,
+                    len,
+                    checked,
+                } => {
+                    let (file, stamp) = match files::open_stamped(&path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            drop(_pin);
+                            if !self.chunk_damaged(key, "chunk file is missing") {
+                                return Err(StoreError::Revoked(key));
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(StoreError::io(&path, e)),
+                    };
+                    if checked == Some(stamp) {
+                        files::read_file_at(&file, offset, out)
+                            .map_err(|e| StoreError::io(&path, e))?;
+                        return Ok(());
+                    }
+                    let mut data = vec![0u8; len as usize];
+                    files::read_file_at(&file, 0, &mut data)
+                        .map_err(|e| StoreError::io(&path, e))?;
+                    if *blake3::hash(&data).as_bytes() != hash {
+                        drop(_pin);
+                        if !self.chunk_damaged(key, "chunk file does not match its hash") {
+                            return Err(StoreError::Revoked(key));
+                        }
+                        continue;
+                    }
+                    self.mark_checked(key, hash, stamp);
+                    copy_from(&data, offset, out);
+                    return Ok(());
+                }
+                Plan::Fetch(remote) => {
+                    let bytes = self
+                        .fetch_shared(remote)
+                        .await
+                        .map_err(|error| StoreError::Fetch { key, error })?;
+                    copy_from(&bytes, offset, out);
+                    return Ok(());
+                }
+            }
+        }
+        Err(StoreError::Lost(key))
+    }
+
+    fn plan(self: &Arc<Self>, key: ChunkKey) -> Result<Plan, StoreError> {
+        let mut st = self.lock();
+        let t = st
+            .torrents
+            .get(&key.torrent)
+            .ok_or(StoreError::UnknownTorrent(key.torrent))?;
+        let uid = t.uid;
+        let c = st.entry(key).ok_or(StoreError::OutOfRange {
+            torrent: key.torrent,
+            start: u64::from(key.index.0),
+            end: u64::from(key.index.0),
+        })?;
+        let pin = |st: &mut super::CacheState| {
+            st.pin(key);
+            PinGuard {
+                store: Arc::clone(self),
+                key,
+            }
+        };
+        match (c.present, c.state, c.hash, &c.object_id) {
+            (true, ChunkState::Partial, _, _) => Ok(Plan::Sparse(Some(pin(&mut st)))),
+            (false, ChunkState::Partial, _, _) => Ok(Plan::Sparse(None)),
+            (true, _, Some(hash), _) => {
+                let (len, checked) = (c.len, c.checked);
+                Ok(Plan::Local {
+                    _pin: pin(&mut st),
+                    hash,
+                    len,
+                    checked,
+                })
+            }
+            (false, ChunkState::Uploaded, Some(hash), Some(oid)) => Ok(Plan::Fetch(RemoteChunk {
+                key,
+                torrent_uid: uid,
+                len: c.len,
+                hash,
+                object_id: oid.clone(),
+            })),
+            _ => Err(StoreError::Lost(key)),
+        }
+    }
+
+    fn has_verified_pieces(&self, key: ChunkKey) -> bool {
+        let st = self.lock();
+        st.torrents.get(&key.torrent).is_some_and(|t| {
+            t.geometry
+                .pieces_of_chunk(key.index)
+                .any(|p| t.verified.get(p as usize).copied().unwrap_or(false))
+        })
+    }
+
+    /// Records that a chunk's file, as stamped, matches `hash` (if it still is that chunk).
+    fn mark_checked(&self, key: ChunkKey, hash: [u8; 32], stamp: FileStamp) {
+        let mut st = self.lock();
+        if st
+            .entry(key)
+            .is_some_and(|c| c.present && c.hash == Some(hash))
+        {
+            st.set_checked(key, Some(stamp));
+        }
+    }
+
+    /// Brings an evicted chunk back into the cache ahead of a read (read-ahead, peers'
+    /// request patterns). Does nothing for chunks that are local or not in the remote.
+    pub async fn prefetch_chunk(self: &Arc<Self>, key: ChunkKey) -> Result<(), StoreError> {
+        if self.hot_get(key).is_some() {
+            return Ok(());
+        }
+        let remote = match self.plan(key)? {
+            Plan::Fetch(r) => r,
+            _ => return Ok(()),
+        };
+        self.fetch_shared(remote)
+            .await
+            .map(|_| ())
+            .map_err(|error| StoreError::Fetch { key, error })
+    }
+
+    /// Pins a chunk that is present locally (tests, tools). `None` when it is not.
+    pub fn pin_present(self: &Arc<Self>, key: ChunkKey) -> Option<PinGuard> {
+        let mut st = self.lock();
+        if !st.entry(key)?.present {
+            return None;
+        }
+        st.pin(key);
+        Some(PinGuard {
+            store: Arc::clone(self),
+            key,
+        })
+    }
+
+    fn hot_get(&self, key: ChunkKey) -> Option<Bytes> {
+        self.hot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
+    fn fetch_shared(self: &Arc<Self>, chunk: RemoteChunk) -> SharedFetch {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = inflight.get(&chunk.key) {
+            return f.clone();
+        }
+        let key = chunk.key;
+        let store = Arc::clone(self);
+        let task = self.rt.spawn(async move {
+            let r = store.fetch_one(&chunk).await;
+            store
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&chunk.key);
+            r
+        });
+        let fut = async move {
+            task.await
+                .unwrap_or_else(|e| Err(FetchError::Unavailable(format!("fetch task: {e}"))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key, fut.clone());
+        fut
+    }
+
+    async fn fetch_one(self: &Arc<Self>, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
+        let source = self.source.get().ok_or(FetchError::NoRemote)?;
+        let c = &self.counters;
+        let data = match source.fetch(chunk).await {
+            Ok(d) => d,
+            Err(e) => {
+                let counter = match e {
+                    FetchError::Integrity(_) => &c.remote_integrity_errors,
+                    FetchError::NotFound => &c.remote_missing,
+                    FetchError::Unavailable(_) | FetchError::NoRemote => &c.remote_unavailable,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        if data.len() as u64 != chunk.len || *blake3::hash(&data).as_bytes() != chunk.hash {
+            c.remote_integrity_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(FetchError::Integrity(format!(
+                "chunk {} does not match its recorded length and hash",
+                chunk.key
+            )));
+        }
+        c.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+        let bytes = Bytes::from(data);
+        self.hot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(chunk.key, bytes.clone());
+        // The readers are served from memory now; the cache copy is written behind them.
+        let store = Arc::clone(self);
+        let (chunk, b) = (chunk.clone(), bytes.clone());
+        self.rt
+            .spawn_blocking(move || store.install_fetched(&chunk, &b));
+        Ok(bytes)
+    }
+
+    /// Writes a fetched chunk into the cache directory (durably, atomically) and makes
+    /// it present, unless the chunk changed meanwhile (torrent removed, chunk revoked).
+    fn install_fetched(&self, chunk: &RemoteChunk, data: &[u8]) {
+        let path = self.chunk_file(&chunk.torrent_uid, chunk.key.index);
+        let stamp = match files::write_whole(&path, data) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(chunk = %chunk.key, error = %e, "could not keep a fetched chunk in the cache");
+                return;
+            }
+        };
+        {
+            let mut st = self.lock();
+            let wanted = st.entry(chunk.key).map(|c| {
+                (
+                    c.present,
+                    c.state == ChunkState::Uploaded
+                        && c.object_id.as_deref() == Some(chunk.object_id.as_str()),
+                )
+            });
+            match wanted {
+                Some((false, true)) => {
+                    st.set_present(chunk.key, true);
+                    st.set_checked(chunk.key, Some(stamp));
+                }
+                Some((true, true)) => {}
+                _ => {
+                    let _ = files::remove(&path);
+                }
+            }
+        }
+        self.evict_to_limit();
+    }
+
+    /// A chunk's local bytes are gone or wrong. The file is dropped; if the chunk is in
+    /// the remote it will simply be fetched again (returns true); otherwise every
+    /// verified piece over it is revoked — in memory and in the catalog — so libtorrent
+    /// downloads them again, and the daemon is told (returns false).
+    pub(crate) fn chunk_damaged(&self, key: ChunkKey, why: &str) -> bool {
+        let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let revoked = {
+            let mut st = self.lock();
+            let Some(t) = st.torrents.get(&key.torrent) else {
+                return false;
+            };
+            let (uid, g) = (t.uid, t.geometry);
+            let Some(c) = st.entry(key).cloned() else {
+                return false;
+            };
+            if c.present {
+                let _ = files::remove(&self.chunk_file(&uid, key.index));
+                st.set_present(key, false);
+                self.counters
+                    .damaged_local_chunks
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if c.state == ChunkState::Uploaded {
+                tracing::warn!(chunk = %key, reason = why, "local chunk damaged; fetching it again from the remote");
+                return true;
+            }
+            let Some(t) = st.torrents.get_mut(&key.torrent) else {
+                return false;
+            };
+            let pieces: Vec<u32> = g
+                .pieces_of_chunk(key.index)
+                .filter(|&p| t.verified.get(p as usize).copied().unwrap_or(false))
+                .collect();
+            for &p in &pieces {
+                t.verified[p as usize] = false;
+                t.durable[p as usize] = false;
+                t.verified_count = t.verified_count.saturating_sub(1);
+            }
+            let mut chunks: Vec<u32> = pieces
+                .iter()
+                .flat_map(|&p| g.chunks_of_piece(PieceIndex(p)))
+                .chain([key.index.0])
+                .filter(|&ch| {
+                    t.chunks
+                        .get(ch as usize)
+                        .is_some_and(|e| e.state == ChunkState::Complete)
+                })
+                .collect();
+            chunks.sort_unstable();
+            chunks.dedup();
+            for &ch in &chunks {
+                st.reset_chunk(ChunkKey::new(key.torrent, ch));
+            }
+            (pieces, chunks)
+        };
+        let (pieces, chunks) = revoked;
+        if pieces.is_empty() {
+            return false;
+        }
+        self.counters.revoked_chunks.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(chunk = %key, reason = why, pieces = pieces.len(), "local chunk damaged and not in the remote; its pieces are downloaded again");
+        if let Err(e) = self.catalog.unverify(key.torrent, &pieces, &chunks) {
+            tracing::error!(chunk = %key, error = %e, "could not record revoked pieces");
+        }
+        let _ = self.revoked_tx.send(key.torrent);
+        false
+    }
+
+    /// Re-hashes a chunk's local copy against its recorded hash (for `verify`). `None`
+    /// when there is nothing to check (no local copy, or the chunk is not complete yet).
+    pub fn check_local(self: &Arc<Self>, key: ChunkKey) -> Result<Option<bool>, StoreError> {
+        let (uid, len, hash, _pin) = {
+            let mut st = self.lock();
+            let Some(uid) = st.torrents.get(&key.torrent).map(|t| t.uid) else {
+                return Err(StoreError::UnknownTorrent(key.torrent));
+            };
+            let Some(c) = st.entry(key) else {
+                return Ok(None);
+            };
+            let (true, Some(hash)) = (c.present, c.hash) else {
+                return Ok(None);
+            };
+            let len = c.len;
+            st.pin(key);
+            let pin = PinGuard {
+                store: Arc::clone(self),
+                key,
+            };
+            (uid, len, hash, pin)
+        };
+        let path = self.chunk_file(&uid, key.index);
+        let (file, stamp) = match files::open_stamped(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(false)),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let mut data = vec![0u8; len as usize];
+        files::read_file_at(&file, 0, &mut data).map_err(|e| StoreError::io(&path, e))?;
+        let ok = *blake3::hash(&data).as_bytes() == hash;
+        if ok {
+            self.mark_checked(key, hash, stamp);
+        }
+        Ok(Some(ok))
+    }
+
+    /// Identity of an uploaded chunk (for `verify`), `None` if it is not in the remote.
+    pub fn remote_chunk(&self, key: ChunkKey) -> Option<RemoteChunk> {
+        let st = self.lock();
+        let uid = st.torrents.get(&key.torrent)?.uid;
+        let c = st.entry(key)?;
+        match (c.state, c.hash, &c.object_id) {
+            (ChunkState::Uploaded, Some(hash), Some(oid)) => Some(RemoteChunk {
+                key,
+                torrent_uid: uid,
+                len: c.len,
+                hash,
+                object_id: oid.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn copy_from(chunk: &[u8], offset: u64, out: &mut [u8]) {
+    let start = (offset as usize).min(chunk.len());
+    let end = (start + out.len()).min(chunk.len());
+    let n = end - start;
+    out[..n].copy_from_slice(&chunk[start..end]);
+    out[n..].fill(0);
+}
