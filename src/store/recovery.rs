@@ -4,8 +4,8 @@
 //! which chunk files exist. Reconciling them:
 //! - files of unknown torrents, out-of-range indices and leftover temp files are
 //!   deleted (no orphans);
-//! - an uploaded chunk whose file has the wrong length is deleted (a torn fetch) and
-//!   will be fetched again;
+//! - chunk files are present but unchecked: the read path hashes a complete chunk on
+//!   its first use, so a torn or damaged file is fetched again or revoked then;
 //! - a verified piece whose bytes are gone from the cache and not in the remote is
 //!   forgotten (its chunk reverts to partial) so libtorrent downloads it again, rather
 //!   than anything claiming bytes that do not exist (no phantoms).
@@ -100,14 +100,10 @@ pub(super) fn load_torrent(
                 let _ = files::remove(&path);
                 continue;
             };
-            let c = &mut chunks[index as usize];
-            let len_on_disk = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            if c.state == ChunkState::Uploaded && len_on_disk != c.len {
-                tracing::info!(path = %path.display(), "removing torn cached chunk");
-                let _ = files::remove(&path);
-                continue;
-            }
-            c.present = true;
+            // Present, but not trusted: a complete chunk is hashed against its recorded
+            // hash on first use (a torn fetch or a damaged file fails there). Its length
+            // says nothing: trailing pad bytes are never written.
+            chunks[index as usize].present = true;
         }
     }
 

@@ -1,0 +1,301 @@
+//! Every byte served is verified, and what was uploaded survives a crash: the findings
+//! of the integrity review, each through the real binary, a real FUSE mount, real peers
+//! and a real S3 server on 127.0.0.1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::bae::{assert_same_files, make_flac_album, Bae};
+use common::s3::{S3Server, BUCKET};
+use common::swarm::{python_torrent, PyPeer};
+
+struct Album {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    torrent: PathBuf,
+    name: String,
+}
+
+fn album(name: &str, seconds: u32, piece_len: u64) -> Album {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = make_flac_album(&tmp.path().join("seed"), name, seconds, 3);
+    let torrent = tmp.path().join("album.torrent");
+    python_torrent(&dir, &torrent, piece_len, "hybrid");
+    Album {
+        _dir: tmp,
+        dir,
+        torrent,
+        name: name.to_owned(),
+    }
+}
+
+/// The chunk files of the library's only torrent, by index.
+fn chunk_files(bae: &Bae) -> Vec<PathBuf> {
+    let cache = bae.home.join("cache");
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one torrent in {}", cache.display());
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&dirs[0])
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let i = p.file_name()?.to_str()?.parse().ok()?;
+            Some((i, p))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+fn drop_page_cache() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+fn torrent_status<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    s["torrents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no torrent {name} in {s:#}"))
+}
+
+fn wait_uploaded(bae: &Bae, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = bae.status_json();
+        let t = torrent_status(&s, name);
+        if t["chunks_uploaded"] == t["chunks_total"] && t["progress"].as_f64() == Some(1.0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "uploads of {name}: {s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Damaged chunk files of an uploaded torrent — altered, deleted, truncated, while the
+/// daemon was stopped and while it runs — are never served: they are fetched again.
+#[test]
+fn damaged_local_chunks_are_fetched_again_never_served() {
+    let a = album("Damaged Album", 12, 256 * 1024);
+    let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+    let bae = Bae::new();
+    bae.mount();
+    bae.add_from(&a.torrent, seeder.addr());
+    drop(seeder);
+    wait_uploaded(&bae, &a.name);
+    bae.umount();
+
+    let files = chunk_files(&bae);
+    assert!(files.len() >= 4, "{files:?}");
+    overwrite(&files[0], 1000, &[0xAA; 64]);
+    std::fs::remove_file(&files[1]).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[2])
+        .unwrap();
+    f.set_len(1000).unwrap();
+    drop(f);
+
+    bae.mount();
+    let mounted = bae.mountpoint.join(&a.name);
+    assert_same_files(&a.dir, &mounted);
+    let s = bae.status_json();
+    assert!(
+        // The altered and the truncated file (a missing one is simply not local).
+        s["integrity"]["damaged_local_chunks"].as_u64().unwrap() >= 2,
+        "{s:#}"
+    );
+    assert!(
+        s["warnings"].to_string().contains("damaged"),
+        "status says so: {s:#}"
+    );
+
+    // While the daemon runs: altered in place with the modification time restored.
+    let files = chunk_files(&bae);
+    let victim = &files[files.len() / 2];
+    let mtime = std::fs::metadata(victim).unwrap().modified().unwrap();
+    overwrite(victim, 5, &[0x55; 64]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    drop_page_cache();
+    assert_same_files(&a.dir, &mounted);
+    bae.umount();
+}
+
+/// A damaged chunk that is not in the remote (uploads fail: the S3 server is down) is
+/// revoked: its pieces are downloaded again from the peer, and reads wait for them
+/// instead of getting wrong bytes.
+#[test]
+fn damaged_chunks_not_in_the_remote_are_downloaded_again() {
+    let a = album("Revoked Album", 10, 256 * 1024);
+    let s3dir = tempfile::tempdir().unwrap();
+    let mut server = S3Server::start(s3dir.path());
+    let bae = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
+    server.stop();
+    let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+    bae.mount();
+    bae.add_from(&a.torrent, seeder.addr());
+    let s = bae.status_json();
+    assert_eq!(torrent_status(&s, &a.name)["chunks_uploaded"], 0, "{s:#}");
+
+    let files = chunk_files(&bae);
+    overwrite(&files[1], 4096, &[0x42; 64]);
+    let mounted = bae.mountpoint.join(&a.name);
+    // The read waits while libtorrent downloads the revoked pieces again.
+    assert_same_files(&a.dir, &mounted);
+    let s = bae.status_json();
+    assert!(
+        s["integrity"]["revoked_chunks"].as_u64().unwrap() >= 1,
+        "{s:#}"
+    );
+    let t = torrent_status(&s, &a.name);
+    assert_eq!(t["progress"].as_f64(), Some(1.0), "{s:#}");
+    drop(seeder);
+    bae.umount();
+}
+
+/// A cache full of pinned chunks (a seeding torrent larger than the cache) does not stop
+/// an evicted torrent from being read or seeded: each chunk is fetched once.
+#[test]
+fn a_cache_full_of_pinned_chunks_still_serves_evicted_torrents() {
+    let big = album("Pinned Album", 30, 256 * 1024);
+    let small = album("Evicted Album", 8, 256 * 1024);
+    let bae = Bae::new();
+    bae.mount();
+    {
+        let seeder = PyPeer::seed(&small.torrent, small.dir.parent().unwrap());
+        bae.add_from(&small.torrent, seeder.addr());
+    }
+    wait_uploaded(&bae, &small.name);
+    bae.ok(&["seed", &small.name, "on", "--no-pin"]);
+    {
+        let seeder = PyPeer::seed(&big.torrent, big.dir.parent().unwrap());
+        bae.add_from(&big.torrent, seeder.addr());
+    }
+    wait_uploaded(&bae, &big.name);
+    // Smaller than the pinned torrent alone.
+    let s = bae.status_json();
+    let pinned = torrent_status(&s, &big.name)["chunks_total"]
+        .as_u64()
+        .unwrap();
+    let small_chunks = torrent_status(&s, &small.name)["chunks_total"]
+        .as_u64()
+        .unwrap();
+    bae.umount();
+    let mp = bae.mountpoint.to_str().unwrap().to_owned();
+    let limit = format!("{}MiB", pinned / 2);
+    bae.ok(&["mount", &mp, "--cache-size", &limit]);
+    bae.ok(&["evict"]);
+    let s = bae.status_json();
+    assert_eq!(torrent_status(&s, &small.name)["chunks_local"], 0, "{s:#}");
+
+    assert_same_files(&small.dir, &bae.mountpoint.join(&small.name));
+    let fetched = bae.status_json()["integrity"]["fetched_chunks"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        fetched <= small_chunks,
+        "{fetched} fetches for a torrent of {small_chunks} chunks"
+    );
+    // And a third-party client downloads it from bae.
+    let port = bae.status_json()["listen_port"].as_u64().unwrap() as u16;
+    let got = tempfile::tempdir().unwrap();
+    let mut leecher = PyPeer::leech(
+        &small.torrent,
+        got.path(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    leecher.wait_line("DONE");
+    assert_same_files(&small.dir, &got.path().join(&small.name));
+    bae.umount();
+}
+
+/// `kill -9` right after an add and during uploads: a new machine restores every torrent
+/// that was added and every chunk the old one called uploaded, from the remote alone.
+#[test]
+fn restore_after_kill9_finds_every_torrent_and_uploaded_chunk() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(s3dir.path());
+    let a = album("Crash Album", 8, 256 * 1024);
+    let late = album("Added Late", 2, 64 * 1024);
+    let first = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
+    first.mount();
+    {
+        let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+        first.add_from(&a.torrent, seeder.addr());
+    }
+    wait_uploaded(&first, &a.name);
+    first.ok(&["add", late.torrent.to_str().unwrap(), "--paused"]);
+    first.kill9();
+
+    let second = Bae::restored(&server.endpoint(), BUCKET, &first.home.join("key"));
+    let s = second.status_json();
+    let names: Vec<&str> = s["torrents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&a.name.as_str()), "{s:#}");
+    assert!(names.contains(&late.name.as_str()), "{s:#}");
+    let t = torrent_status(&s, &a.name);
+    assert_eq!(t["chunks_uploaded"], t["chunks_total"], "{s:#}");
+    second.mount();
+    assert_same_files(&a.dir, &second.mountpoint.join(&a.name));
+    second.umount();
+}
+
+/// A copy of a library with another (valid) key is refused at mount with one clear
+/// error, and the remote's metadata is left as it was.
+#[test]
+fn a_wrong_key_is_refused_at_mount_and_writes_nothing() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(s3dir.path());
+    let owner = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
+    owner.mount();
+    owner.umount();
+    let meta = server.object_path(BUCKET, "lib/meta/library");
+    let before = std::fs::read(&meta).unwrap();
+
+    let copy = tempfile::tempdir().unwrap();
+    let home = copy.path().join("home");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&owner.home)
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(home.join("key")).unwrap();
+    bae::remote::crypto::Key::write_new(&home.join("key")).unwrap();
+    let mnt = copy.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = owner
+        .cmd(&["mount", mnt.to_str().unwrap()])
+        .env("BAE_HOME", &home)
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&mnt)
+        .status();
+    assert!(!out.status.success(), "mount with the wrong key succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong key"), "{err}");
+    assert_eq!(std::fs::read(&meta).unwrap(), before);
+}
