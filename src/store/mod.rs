@@ -751,6 +751,20 @@ impl Store {
         }
     }
 
+    /// Which chunks of a torrent have a local file (for `verify`); `None` for a torrent
+    /// the store does not know.
+    pub fn local_chunks(&self, id: TorrentId) -> Option<Vec<bool>> {
+        let st = self.lock();
+        Some(
+            st.torrents
+                .get(&id)?
+                .chunks
+                .iter()
+                .map(|c| c.present)
+                .collect(),
+        )
+    }
+
     /// Re-hashes a chunk's local copy against its recorded hash. `None` when there is
     /// nothing to check (no local copy, or the chunk is not complete yet).
     pub fn check_local(self: &Arc<Self>, key: ChunkKey) -> Result<Option<bool>, StoreError> {

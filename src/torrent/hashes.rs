@@ -191,6 +191,22 @@ impl PieceHashes {
         self.geometry.num_pieces()
     }
 
+    /// Whether some hash covers piece `piece` (v1, or a usable v2 tree for its file).
+    pub fn can_check(&self, piece: PieceIndex) -> bool {
+        if piece.0 >= self.geometry.num_pieces() {
+            return false;
+        }
+        if self.v1.is_some() {
+            return true;
+        }
+        self.v2.as_deref().is_some_and(|files| {
+            let i = files.partition_point(|f| f.first_piece + f.num_pieces <= piece.0);
+            files
+                .get(i)
+                .is_some_and(|f| f.first_piece <= piece.0 && !matches!(f.layer, Layer::Missing(_)))
+        })
+    }
+
     /// Checks piece `piece` given its bytes in stream order (pad bytes as zeros).
     pub fn check(&self, piece: PieceIndex, data: &[u8]) -> PieceCheck {
         if piece.0 >= self.geometry.num_pieces() {
