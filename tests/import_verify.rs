@@ -259,3 +259,30 @@ fn verify_names_tampered_and_missing_remote_chunks() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("bad remote chunks: 1\n"), "{stdout}");
 }
+
+/// Torrents added by magnet keep the metadata libtorrent got from peers; verify checks
+/// their pieces with it (v1 for hybrids; a v2-only torrent's metadata may lack piece
+/// layers, and then its chunks are checked by their recorded hashes instead).
+#[test]
+fn verify_checks_torrents_downloaded_from_a_magnet_link() {
+    for mode in ["hybrid", "v2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let album = album(&dir.path().join("seed"), 17);
+        let torrent = dir.path().join("album.torrent");
+        let (_, magnet) = python_torrent(&album, &torrent, PIECE_LEN, mode);
+        let seeder = common::swarm::PyPeer::seed(&torrent, album.parent().unwrap());
+        let bae = Bae::new();
+        bae.mount();
+        bae.ok(&[
+            "add",
+            &magnet,
+            "--peer",
+            &seeder.addr().to_string(),
+            "--wait",
+        ]);
+        let v = bae.ok(&["verify", NAME]);
+        assert!(!v.contains("problem"), "{mode}: {v}");
+        assert!(!v.contains(" 0 of "), "{mode}: no piece was checked: {v}");
+        bae.umount();
+    }
+}
