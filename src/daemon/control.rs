@@ -193,8 +193,17 @@ pub async fn call_with_progress(
         let mut line =
             serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push('\n');
-        w.write_all(line.as_bytes()).await?;
+        // A daemon that refuses us answers and hangs up without reading: its answer
+        // says more than the broken pipe.
+        let sent = w.write_all(line.as_bytes()).await;
         let mut reader = BufReader::new(r);
+        if let Err(e) = sent {
+            let mut answer = String::new();
+            return match reader.read_line(&mut answer).await {
+                Ok(n) if n > 0 => serde_json::from_str(&answer).map_err(|_| e.into()),
+                _ => Err(e.into()),
+            };
+        }
         loop {
             let mut answer = String::new();
             if reader.read_line(&mut answer).await? == 0 {
