@@ -183,6 +183,7 @@ fn a_new_machine_restores_the_library_from_the_remote() {
     // The wrong key is refused, and leaves nothing behind.
     let wrong = second.path().join("wrong.key");
     std::fs::write(&wrong, "11".repeat(32)).unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = run(&[
         "init",
         "--restore",

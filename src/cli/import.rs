@@ -1,5 +1,10 @@
-//! `bae import DIR`: make a torrent of a local album folder, store its content as
-//! verified chunks (through the daemon if one runs, else directly), and seed it.
+//! `bae import DIR`: make a torrent of a local album folder (or take an existing one with
+//! `--torrent`, to seed an album already on disk), store its content as chunks checked
+//! against the torrent's piece hashes (through the daemon if one runs, else directly),
+//! and seed it.
+//!
+//! The torrent is recorded paused until its content is stored, so a daemon never starts
+//! it with no data; a failed import removes the row again: nothing is left behind.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,28 +17,39 @@ use crate::daemon::control::{Request, Response};
 use crate::daemon::storage::layout_of;
 use crate::torrent::{create_torrent, parse_metainfo};
 
-use super::{ask_daemon, open_library, OfflineStore};
+use super::{ask_daemon, nudge_daemon, open_library, OfflineStore};
 
-pub fn run(
-    home: &Path,
-    dir: &Path,
-    piece_size: Option<&str>,
-    trackers: &[String],
-    out: Option<&Path>,
-) -> anyhow::Result<()> {
-    let piece_len = piece_size.map(parse_size).transpose()?;
-    let dir =
-        std::fs::canonicalize(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+/// What `bae import` was asked for.
+pub struct ImportArgs<'a> {
+    pub dir: &'a Path,
+    pub torrent: Option<&'a Path>,
+    pub piece_size: Option<&'a str>,
+    pub trackers: &'a [String],
+    pub out: Option<&'a Path>,
+}
+
+pub fn run(home: &Path, args: &ImportArgs<'_>) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(args.dir)
+        .with_context(|| format!("cannot open {}", args.dir.display()))?;
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
-    if let Some(out) = out {
+    if let Some(out) = args.out {
         if out.exists() {
             bail!("{} already exists", out.display());
         }
     }
-    let bytes = create_torrent(&dir, piece_len, trackers)?;
-    let meta = parse_metainfo(&bytes)?;
+    let bytes = match args.torrent {
+        Some(t) => std::fs::read(t).with_context(|| format!("cannot read {}", t.display()))?,
+        None => {
+            let piece_len = args.piece_size.map(parse_size).transpose()?;
+            create_torrent(&dir, piece_len, args.trackers)?
+        }
+    };
+    let meta = parse_metainfo(&bytes).with_context(|| match args.torrent {
+        Some(t) => format!("{} is not a valid torrent", t.display()),
+        None => "the new torrent".into(),
+    })?;
     let layout = layout_of(&meta.layout);
     layout.validate()?;
 
@@ -44,7 +60,7 @@ pub fn run(
         name: meta.name.clone(),
         magnet: None,
         metainfo: Some(meta.torrent_bytes.clone()),
-        paused: false,
+        paused: true,
         peers: Vec::new(),
         ..Default::default()
     })?;
@@ -54,34 +70,41 @@ pub fn run(
             torrent: id.0,
             dir: dir.display().to_string(),
         };
-        match ask_daemon(&lib, &req, Duration::from_secs(3600))? {
+        let stored = match ask_daemon(&lib, &req, Duration::from_secs(24 * 3600))? {
             Some(Response::Done { .. }) => {
-                Ok(layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum())
+                layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum()
             }
             Some(Response::Error { message }) => bail!("{message}"),
             Some(_) => bail!("unexpected answer from the daemon"),
             None => {
                 // No daemon: hold the library lock while writing into the store.
                 let off = OfflineStore::open(&lib)?;
-                let n = crate::daemon::import::store_content(&off.store, id, &dir, &layout)?;
+                let r = crate::daemon::import::store_content(&off.store, id, &dir, &layout);
                 off.close()?;
-                Ok(n)
+                r?
             }
-        }
+        };
+        lib.catalog.set_paused(id, false)?;
+        Ok(stored)
     })();
     let stored = match result {
         Ok(n) => n,
         Err(e) => {
-            let _ = lib.catalog.remove_torrent(id);
+            if let Err(re) = lib.catalog.remove_torrent(id) {
+                eprintln!("warning: could not remove the failed import: {re}");
+            }
+            // A daemon that picked the row up meanwhile drops it again.
+            let _ = nudge_daemon(&lib);
             return Err(e);
         }
     };
-    if let Some(out) = out {
+    nudge_daemon(&lib)?;
+    if let Some(out) = args.out {
         std::fs::write(out, &meta.torrent_bytes)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     println!(
-        "imported {} ({} bytes, info hash {})",
+        "imported {} ({} bytes, every piece checked, info hash {})",
         meta.name,
         stored,
         meta.info_hash_v1()

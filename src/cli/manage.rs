@@ -87,36 +87,113 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
 pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
-    let report = match ask_daemon(
-        &lib,
+    let bar = VerifyBar::new(&t.name);
+    let mut on_progress = |done: u64, total: u64| bar.update(done, total);
+    let answer = runtime()?.block_on(crate::daemon::control::call_with_progress(
+        &lib.socket_path(),
         &Request::Verify { torrent: t.id.0 },
         Duration::from_secs(24 * 3600),
-    )? {
-        Some(Response::Verify(r)) => r,
-        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
-        None => {
+        &mut on_progress,
+    ));
+    let report = match answer {
+        Ok(Response::Verify(r)) => r,
+        Ok(Response::Error { message }) => bail!("the daemon refused: {message}"),
+        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(crate::daemon::control::ControlError::NotRunning) => {
             let off = OfflineStore::open(&lib)?;
             let remote = off.rt.block_on(lib.remote())?;
             let fetcher = Arc::new(Fetcher::new(remote, lib.key.clone()));
             off.store.register_torrent(t.id)?;
-            let r: VerifyReport = off
-                .rt
-                .block_on(crate::daemon::verify::verify(&off.store, &*fetcher, t.id));
+            let r: VerifyReport = off.rt.block_on(crate::daemon::verify::verify_with_progress(
+                &off.store,
+                &*fetcher,
+                t.id,
+                &mut on_progress,
+            ));
             off.close()?;
             r
         }
+        Err(e) => return Err(e.into()),
     };
+    bar.finish();
     for p in &report.problems {
         println!("problem: {p}");
     }
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    if !report.bad_pieces.is_empty() {
+        println!("bad pieces: {}", list(&report.bad_pieces));
+    }
+    if !report.bad_local_chunks.is_empty() {
+        println!("bad local chunks: {}", list(&report.bad_local_chunks));
+    }
+    if !report.bad_remote_chunks.is_empty() {
+        println!("bad remote chunks: {}", list(&report.bad_remote_chunks));
+    }
+    if !report.missing_remote_chunks.is_empty() {
+        println!(
+            "chunks missing from the remote: {}",
+            list(&report.missing_remote_chunks)
+        );
+    }
+    if !report.unreachable_remote_chunks.is_empty() {
+        println!(
+            "chunks the remote did not answer for: {}",
+            list(&report.unreachable_remote_chunks)
+        );
+    }
+    let uncheckable = if report.pieces_uncheckable > 0 {
+        format!(" ({} with no hash to check)", report.pieces_uncheckable)
+    } else {
+        String::new()
+    };
     println!(
-        "{}: {} chunks checked, {} ok, {} missing from the remote",
-        t.name, report.chunks_checked, report.chunks_ok, report.chunks_missing
+        "{}: {} of {} pieces checked locally, {} ok{uncheckable}; {} chunks checked, {} ok, {} missing from the remote",
+        t.name,
+        report.pieces_checked,
+        report.pieces_total,
+        report.pieces_ok,
+        report.chunks_checked,
+        report.chunks_ok,
+        report.chunks_missing
     );
-    if !report.problems.is_empty() {
+    if !report.is_ok() {
         bail!("{} failed verification", t.name);
     }
     Ok(())
+}
+
+/// A progress bar for `verify`, drawn only when stdout is a terminal.
+struct VerifyBar(Option<indicatif::ProgressBar>);
+
+impl VerifyBar {
+    fn new(name: &str) -> VerifyBar {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return VerifyBar(None);
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} checks eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("verifying {name}"));
+        VerifyBar(Some(bar))
+    }
+
+    fn update(&self, done: u64, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
 }
 
 pub fn evict(home: &Path) -> anyhow::Result<()> {

@@ -69,7 +69,12 @@ pub enum Command {
     },
     /// Make a torrent of a local album folder, store its content and seed it.
     Import {
+        /// The album folder (with --torrent: the folder holding the torrent's files).
         dir: PathBuf,
+        /// Import the content of this existing torrent from DIR instead of making a new
+        /// one (re-seed an album you already have). Every piece is checked.
+        #[arg(long, value_name = "FILE.torrent", conflicts_with_all = ["piece_size", "tracker", "out"])]
+        torrent: Option<PathBuf>,
         /// Piece size (a power of two, e.g. 256KiB); default: chosen by size.
         #[arg(long, value_name = "SIZE")]
         piece_size: Option<String>,
@@ -201,10 +206,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => add::run(&home, &source, paused, wait, &peer),
         Command::Import {
             dir,
+            torrent,
             piece_size,
             tracker,
             out,
-        } => import::run(&home, &dir, piece_size.as_deref(), &tracker, out.as_deref()),
+        } => import::run(
+            &home,
+            &import::ImportArgs {
+                dir: &dir,
+                torrent: torrent.as_deref(),
+                piece_size: piece_size.as_deref(),
+                trackers: &tracker,
+                out: out.as_deref(),
+            },
+        ),
         Command::Mount {
             mountpoint,
             foreground,

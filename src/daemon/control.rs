@@ -2,13 +2,21 @@
 //! response per line. CLI commands change the catalog themselves (so they work without
 //! a daemon and are durable when they return) and then ask a running daemon to `Sync`;
 //! live numbers (`Status`) and actions on the running process go through here too.
+//! A long request (`Verify`) may send `Progress` lines before its one final response;
+//! the handler reports them with [`report_progress`], which is a no-op outside a request.
+//!
+//! Who may talk to it: the socket is mode 0600 in a 0700 `$BAE_HOME`, and every
+//! connection's peer credentials (SO_PEERCRED) must be the daemon's own uid or root;
+//! anyone else gets one error line and is disconnected. A request is at most
+//! [`MAX_REQUEST_BYTES`] and must arrive within [`REQUEST_READ_TIMEOUT`].
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use crate::store::CacheStats;
 use crate::tiering::UploaderStatus;
@@ -39,11 +47,38 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
-    Pong { pid: u32, mountpoint: String },
+    Pong {
+        pid: u32,
+        mountpoint: String,
+    },
     Status(Box<StatusReport>),
-    Done { message: String },
+    Done {
+        message: String,
+    },
     Verify(VerifyReport),
-    Error { message: String },
+    Error {
+        message: String,
+    },
+    /// Sent before the final response of a long request; never a final response.
+    Progress {
+        done: u64,
+        total: u64,
+    },
+}
+
+/// Largest request the daemon reads (requests are small JSON objects).
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
+/// A client that does not finish its request line within this is dropped.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+tokio::task_local! {
+    static PROGRESS: mpsc::UnboundedSender<(u64, u64)>;
+}
+
+/// Reports the progress of the request being handled to its client (`done` of `total`
+/// units). Does nothing when not called from inside a control request.
+pub fn report_progress(done: u64, total: u64) {
+    let _ = PROGRESS.try_with(|tx| tx.send((done, total)));
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -82,12 +117,38 @@ pub struct StatusReport {
     pub warnings: Vec<String>,
 }
 
+/// What `bae verify` found. Indices name what a repair must act on: `bad_pieces` are
+/// local pieces that fail the torrent's own hash (or cannot be read),
+/// `bad_local_chunks` local chunk files that no longer match their recorded hash,
+/// `bad_remote_chunks` and `missing_remote_chunks` remote objects that fail
+/// authentication or are gone, `unreachable_remote_chunks` ones the remote did not
+/// answer for (not known to be bad).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VerifyReport {
+    pub pieces_total: u32,
+    /// Local pieces read and checked against the torrent's hashes.
+    pub pieces_checked: u32,
+    pub pieces_ok: u32,
+    /// Verified pieces that no hash covers (e.g. v2 metadata without piece layers).
+    pub pieces_uncheckable: u32,
+    /// Local chunk files re-hashed against their recorded hash, plus remote objects.
     pub chunks_checked: u32,
     pub chunks_ok: u32,
     pub chunks_missing: u32,
+    pub bad_pieces: Vec<u32>,
+    pub bad_local_chunks: Vec<u32>,
+    pub bad_remote_chunks: Vec<u32>,
+    pub missing_remote_chunks: Vec<u32>,
+    pub unreachable_remote_chunks: Vec<u32>,
+    /// One line per problem, for people.
     pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +169,16 @@ pub async fn call(
     req: &Request,
     timeout: Duration,
 ) -> Result<Response, ControlError> {
+    call_with_progress(socket, req, timeout, &mut |_, _| {}).await
+}
+
+/// [`call`], passing each `Progress` line of a long request to `on_progress`.
+pub async fn call_with_progress(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+    on_progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Response, ControlError> {
     let fut = async {
         let stream = match UnixStream::connect(socket).await {
             Ok(s) => s,
@@ -125,46 +196,145 @@ pub async fn call(
         let mut line =
             serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push('\n');
-        w.write_all(line.as_bytes()).await?;
+        // A daemon that refuses us answers and hangs up without reading: its answer
+        // says more than the broken pipe.
+        let sent = w.write_all(line.as_bytes()).await;
         let mut reader = BufReader::new(r);
-        let mut answer = String::new();
-        reader.read_line(&mut answer).await?;
-        serde_json::from_str(&answer)
-            .map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
+        if let Err(e) = sent {
+            let mut answer = String::new();
+            return match reader.read_line(&mut answer).await {
+                Ok(n) if n > 0 => serde_json::from_str(&answer).map_err(|_| e.into()),
+                _ => Err(e.into()),
+            };
+        }
+        loop {
+            let mut answer = String::new();
+            if reader.read_line(&mut answer).await? == 0 {
+                return Err(ControlError::Protocol(
+                    "the daemon closed the connection".into(),
+                ));
+            }
+            match serde_json::from_str(&answer) {
+                Ok(Response::Progress { done, total }) => on_progress(done, total),
+                Ok(r) => return Ok(r),
+                Err(e) => return Err(ControlError::Protocol(format!("{e}: {answer:?}"))),
+            }
+        }
     };
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ControlError::Timeout(timeout))?
 }
 
-/// Serves requests on `socket` until the task is dropped, answering with `handle`.
+/// Binds the control socket at `path` (replacing a stale one), owner-only.
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    restrict_mode(path)?;
+    Ok(listener)
+}
+
+fn restrict_mode(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Whether a peer with `uid` may use the daemon: its own user, or root.
+fn peer_allowed(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    uid == own || uid == 0
+}
+
+/// Serves requests on `listener` until the task is dropped, answering with `handle`.
+/// The socket file is made owner-only first (whoever bound it).
 pub async fn serve<F, Fut>(listener: tokio::net::UnixListener, handle: F)
 where
     F: Fn(Request) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Response> + Send,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
 {
+    if let Some(path) = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+    {
+        if let Err(e) = restrict_mode(&path) {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot make the control socket owner-only");
+        }
+    }
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut reader = BufReader::new(r);
-            let mut line = String::new();
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req).await,
-                Err(e) => Response::Error {
-                    message: format!("bad request: {e}"),
-                },
-            };
-            if let Ok(mut out) = serde_json::to_string(&resp) {
-                out.push('\n');
-                let _ = w.write_all(out.as_bytes()).await;
-            }
-        });
+        tokio::spawn(async move { serve_one(stream, handle).await });
     }
+}
+
+async fn serve_one<F, Fut>(stream: UnixStream, handle: F)
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
+    let peer = stream.peer_cred();
+    let (r, mut w) = stream.into_split();
+    let send = |resp: &Response| {
+        let mut out = serde_json::to_string(resp).unwrap_or_else(|_| "{}".into());
+        out.push('\n');
+        out
+    };
+    match peer {
+        Ok(cred) if peer_allowed(cred.uid()) => {}
+        other => {
+            let who = match &other {
+                Ok(c) => format!("uid {} (pid {:?})", c.uid(), c.pid()),
+                Err(e) => format!("an unknown peer ({e})"),
+            };
+            tracing::warn!("control socket: refused a connection from {who}");
+            let resp = Response::Error {
+                message: format!(
+                    "refused: this daemon only answers its own user and root, not {who}"
+                ),
+            };
+            let _ = w.write_all(send(&resp).as_bytes()).await;
+            return;
+        }
+    }
+    let mut reader = BufReader::new(r).take(MAX_REQUEST_BYTES + 1);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, reader.read_until(b'\n', &mut line));
+    let resp = match read.await {
+        Err(_) => Response::Error {
+            message: format!("no complete request within {REQUEST_READ_TIMEOUT:?}"),
+        },
+        Ok(Err(_)) => return,
+        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => Response::Error {
+            message: format!("request too large (the limit is {MAX_REQUEST_BYTES} bytes)"),
+        },
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let fut = PROGRESS.scope(tx, handle(req));
+                tokio::pin!(fut);
+                loop {
+                    tokio::select! {
+                        resp = &mut fut => break resp,
+                        Some((mut done, mut total)) = rx.recv() => {
+                            // Only the latest of a burst matters.
+                            while let Ok((d, t)) = rx.try_recv() {
+                                (done, total) = (d, t);
+                            }
+                            let line = send(&Response::Progress { done, total });
+                            // A client that went away does not stop the work.
+                            let _ = w.write_all(line.as_bytes()).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+        },
+    };
+    let _ = w.write_all(send(&resp).as_bytes()).await;
 }

@@ -2,6 +2,11 @@
 //! `config.toml`, `key` (0600), `bae.db`, `cache/`, and — for the embedded default
 //! remote — `remote/`. Every command opens it through here; a command run before
 //! `bae init` creates the default library.
+//!
+//! Invariant: `$BAE_HOME` is mode 0700 whenever bae uses it (the cache holds plaintext
+//! chunks, the control socket lives there). It is created 0700; an existing one that
+//! group or others may enter is tightened to 0700 with a warning (refusing would leave
+//! the files exposed until the user acts), and one bae cannot tighten is an error.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +44,12 @@ pub enum LibraryError {
     #[error("cannot create the library in {path}: {source}")]
     Create {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is accessible to other users (mode {mode:o}) and could not be made private: {source}; run `chmod 700 {path}`")]
+    Exposed {
+        path: PathBuf,
+        mode: u32,
         source: std::io::Error,
     },
     #[error("--restore needs --key FILE (the key of the library to restore)")]
@@ -113,6 +124,7 @@ impl Library {
     }
 
     pub fn open(home: &Path) -> Result<Library, LibraryError> {
+        make_private(home)?;
         let config = Config::load(&config_path(home))?;
         let key = Key::load(&home.join("key"))?;
         let catalog = Catalog::open(&home.join("bae.db"))?;
@@ -295,7 +307,34 @@ fn create_private_dir(dir: &Path) -> Result<(), LibraryError> {
         .map_err(|source| LibraryError::Create {
             path: dir.to_owned(),
             source,
-        })
+        })?;
+    // An existing directory keeps its mode through `create`.
+    make_private(dir)
+}
+
+/// Makes `home` mode 0700 if group or others have any access to it (with a warning).
+fn make_private(home: &Path) -> Result<(), LibraryError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(home).map_err(|source| LibraryError::Create {
+        path: home.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        LibraryError::Exposed {
+            path: home.to_owned(),
+            mode,
+            source,
+        }
+    })?;
+    tracing::warn!(
+        home = %home.display(),
+        "the library was accessible to other users (mode {mode:o}); it is now 0700"
+    );
+    Ok(())
 }
 
 /// The remote a config names, wrapped with bounded concurrency and retries.

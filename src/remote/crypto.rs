@@ -64,6 +64,11 @@ pub enum KeyError {
     },
     #[error("key file {path} is not a bae key: {reason} (expected 64 hex characters)")]
     Malformed { path: PathBuf, reason: String },
+    #[error(
+        "key file {path} can be read by other users (mode {mode:o}); \
+         run `chmod 600 {path}` (and consider the key exposed)"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 /// A 256-bit object key with its expanded cipher state.
@@ -183,8 +188,8 @@ impl Key {
         Ok(())
     }
 
-    /// Reads a key file: 64 hex characters and an optional newline. Warns (without
-    /// failing) when the file is readable by group or others.
+    /// Reads a key file: 64 hex characters and an optional newline. A file that group
+    /// or others may access is refused: whoever can read it can read the library.
     pub fn load(path: &Path) -> Result<Key, KeyError> {
         let io_err = |source| KeyError::Io {
             path: path.to_path_buf(),
@@ -199,11 +204,10 @@ impl Key {
         }
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", mode & 0o777),
-                "key file is readable by other users; run chmod 600 on it"
-            );
+            return Err(KeyError::Exposed {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
         }
         let raw = fs::read(path).map_err(io_err)?;
         let text = std::str::from_utf8(&raw).map_err(|_| KeyError::Malformed {
@@ -569,6 +573,7 @@ mod tests {
         for (i, (text, ok)) in cases.iter().enumerate() {
             let path = dir.path().join(format!("k{i}"));
             fs::write(&path, text).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
             let result = Key::load(&path);
             assert_eq!(result.is_ok(), *ok, "case {i}: {result:?}");
             if let Err(e) = result {
@@ -577,6 +582,23 @@ mod tests {
         }
         let missing = Key::load(&dir.path().join("missing")).unwrap_err();
         assert!(matches!(missing, KeyError::Io { .. }));
+    }
+
+    #[test]
+    fn key_file_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let key = Key::write_new(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Key::load(&path).unwrap_err();
+            assert!(matches!(err, KeyError::Exposed { .. }), "{mode:o}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains("chmod 600"), "{msg}");
+            assert!(msg.contains(&format!("{mode:o}")), "{msg}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(Key::load(&path).unwrap().to_hex(), key.to_hex());
     }
 
     #[test]

@@ -393,6 +393,20 @@ impl Store {
         Ok((t.uid, t.geometry))
     }
 
+    /// Which chunks of a torrent have a local file (for `verify`); `None` for a torrent
+    /// the store does not know.
+    pub fn local_chunks(&self, id: TorrentId) -> Option<Vec<bool>> {
+        let st = self.lock();
+        Some(
+            st.torrents
+                .get(&id)?
+                .chunks
+                .iter()
+                .map(|c| c.present)
+                .collect(),
+        )
+    }
+
     /// Pins (or unpins) all chunks of a seeding torrent.
     pub fn set_torrent_pinned(&self, id: TorrentId, pinned: bool) {
         self.lock().set_torrent_pinned(id, pinned);

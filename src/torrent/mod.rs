@@ -6,12 +6,15 @@
 //! thread, which never blocks on bae. [`Session`] is the safe API: add (.torrent or
 //! magnet), pause, resume, remove, piece deadlines and priorities, status, and
 //! [`Event`]s from libtorrent's alerts. [`parse_metainfo`], [`parse_magnet`] and
-//! [`create_torrent`] use libtorrent's own parser and creator.
+//! [`create_torrent`] use libtorrent's own parser and creator; [`PieceHashes`] reads the
+//! torrent's piece hashes itself, to check bytes that did not come through libtorrent.
 //!
 //! Nothing outside this module knows about libtorrent.
 
+pub mod bencode;
 mod bridge;
 mod disk;
+mod hashes;
 mod metainfo;
 mod session;
 mod storage;
@@ -20,6 +23,7 @@ use std::path::PathBuf;
 
 use crate::model::TorrentId;
 
+pub use hashes::{HashKind, HashesError, PieceCheck, PieceHashes};
 pub use metainfo::{create_torrent, parse_magnet, parse_metainfo, MagnetInfo, Metainfo};
 pub use session::{AddOptions, Event, Session, SessionConfig, Source, TorrentState, TorrentStatus};
 pub use storage::{LayoutFile, StorageError, TorrentLayout, TorrentStorage};
