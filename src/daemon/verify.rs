@@ -192,7 +192,7 @@ async fn run_job(
             let r = tokio::task::spawn_blocking(move || {
                 let range = g.piece_range(PieceIndex(p));
                 let mut buf = vec![0u8; (range.end - range.start) as usize];
-                s.read_raw_blocking(t, range.start, &mut buf)
+                s.read_local_unchecked(t, range.start, &mut buf)
                     .map_err(|e| e.to_string())?;
                 let h = hashes.ok_or("no hashes")?;
                 Ok(h.check(PieceIndex(p), &buf))

@@ -480,6 +480,35 @@ impl Store {
         false
     }
 
+    /// Reads stream bytes from the local chunk files as they are, checking nothing and
+    /// changing nothing (for `verify`, which judges them against the torrent's own piece
+    /// hashes and reports instead of repairing). Chunks without a file read as zeros.
+    pub fn read_local_unchecked(
+        self: &Arc<Self>,
+        id: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let end = stream_offset + buf.len() as u64;
+        let (uid, geometry) = self.torrent_geometry(id, stream_offset, end)?;
+        for span in geometry.chunk_spans(stream_offset..end) {
+            let key = ChunkKey {
+                torrent: id,
+                index: span.chunk,
+            };
+            let _pin = self.pin_present(key);
+            let lo = (span.stream_offset - stream_offset) as usize;
+            let out = &mut buf[lo..lo + span.len as usize];
+            let path = self.chunk_file(&uid, span.chunk);
+            if !files::read_at_existing(&path, span.offset_in_chunk, out)
+                .map_err(|e| StoreError::io(&path, e))?
+            {
+                out.fill(0);
+            }
+        }
+        Ok(())
+    }
+
     /// Re-hashes a chunk's local copy against its recorded hash (for `verify`). `None`
     /// when there is nothing to check (no local copy, or the chunk is not complete yet).
     pub fn check_local(self: &Arc<Self>, key: ChunkKey) -> Result<Option<bool>, StoreError> {
