@@ -209,7 +209,10 @@ fn verify_names_a_local_piece_that_was_altered() {
         s["uploader"]["queued"] == 0 && s["uploader"]["in_flight"] == 0
     });
     let s = bae.status_json();
-    assert!(s["integrity"]["revoked_chunks"].as_u64().unwrap() >= 1, "{s:#}");
+    assert!(
+        s["integrity"]["revoked_chunks"].as_u64().unwrap() >= 1,
+        "{s:#}"
+    );
     let (chunk, off) = piece_in_chunk(40);
     edit_in_place(&chunk_file(&bae, chunk), off, 64);
     let out = bae.run(&["verify", NAME]);

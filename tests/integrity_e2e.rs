@@ -299,3 +299,41 @@ fn a_wrong_key_is_refused_at_mount_and_writes_nothing() {
     assert!(err.contains("wrong key"), "{err}");
     assert_eq!(std::fs::read(&meta).unwrap(), before);
 }
+
+/// `verify --repair` replaces what `verify` found: a tampered remote object is uploaded
+/// again from the good local copy, a damaged local copy is fetched again; then verify
+/// passes.
+#[test]
+fn verify_repair_replaces_damaged_copies() {
+    let a = album("Repair Album", 8, 256 * 1024);
+    let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+    let bae = Bae::new();
+    bae.mount();
+    bae.add_from(&a.torrent, seeder.addr());
+    drop(seeder);
+    wait_uploaded(&bae, &a.name);
+    let catalog = bae::catalog::Catalog::open(&bae.home.join("bae.db")).unwrap();
+    let t = catalog.find(&a.name).unwrap();
+    let chunks = catalog.chunks(t.id).unwrap();
+    drop(catalog);
+    let object = bae.home.join("remote").join(bae::remote::object_key_for(
+        chunks[0].object_id.as_deref().unwrap(),
+    ));
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    overwrite(&chunk_files(&bae)[1], 10, &[7; 64]);
+
+    let out = bae.run(&["verify", &a.name]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = bae.ok(&["verify", &a.name, "--repair"]);
+    assert!(out.contains("1 uploaded again"), "{out}");
+    wait_uploaded(&bae, &a.name);
+    let out = bae.ok(&["verify", &a.name]);
+    assert!(!out.contains("problem"), "{out}");
+    bae.ok(&["seed", &a.name, "on", "--no-pin"]);
+    bae.ok(&["evict"]);
+    drop_page_cache();
+    assert_same_files(&a.dir, &bae.mountpoint.join(&a.name));
+    bae.umount();
+}

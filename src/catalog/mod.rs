@@ -532,6 +532,38 @@ impl Catalog {
         Ok(n == 1)
     }
 
+    /// An uploaded chunk goes back to complete under a new object name (its object was
+    /// found bad; the local copy is good). False when it was not uploaded.
+    pub fn reupload_chunk(&self, key: ChunkKey, object_id: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE chunks SET state = ?3, object_id = ?4
+             WHERE torrent_id = ?1 AND idx = ?2 AND state = ?5",
+            params![
+                key.torrent.0,
+                key.index.0,
+                ChunkState::Complete.as_i64(),
+                object_id,
+                ChunkState::Uploaded.as_i64()
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// An uploaded chunk whose object is lost and with no local copy is complete no
+    /// more: the store then revokes its pieces ([`Catalog::unverify`]).
+    pub fn forget_uploaded_chunk(&self, key: ChunkKey) -> Result<()> {
+        self.conn().execute(
+            "UPDATE chunks SET state = ?3 WHERE torrent_id = ?1 AND idx = ?2 AND state = ?4",
+            params![
+                key.torrent.0,
+                key.index.0,
+                ChunkState::Complete.as_i64(),
+                ChunkState::Uploaded.as_i64()
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Keeps a magnet's metadata once it arrived (and its real name), so the torrent is
     /// re-added from it after a restart.
     pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {

@@ -84,7 +84,7 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
+pub fn verify(home: &Path, query: &str, repair: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
     let bar = VerifyBar::new(&t.name);
@@ -156,8 +156,51 @@ pub fn verify(home: &Path, query: &str) -> anyhow::Result<()> {
         report.chunks_ok,
         report.chunks_missing
     );
-    if !report.is_ok() {
-        bail!("{} failed verification", t.name);
+    if report.is_ok() {
+        return Ok(());
+    }
+    if !repair {
+        bail!(
+            "{} failed verification (`bae verify --repair` replaces what is damaged)",
+            t.name
+        );
+    }
+    let mut bad_local = report.bad_local_chunks.clone();
+    if let Some(g) = t.geometry {
+        for &p in &report.bad_pieces {
+            bad_local.extend(g.chunks_of_piece(crate::model::PieceIndex(p)));
+        }
+    }
+    bad_local.sort_unstable();
+    bad_local.dedup();
+    let mut bad_remote = report.bad_remote_chunks.clone();
+    bad_remote.extend(&report.missing_remote_chunks);
+    let req = Request::Repair {
+        torrent: t.id.0,
+        bad_local: bad_local.clone(),
+        bad_remote: bad_remote.clone(),
+    };
+    let summary = match ask_daemon(&lib, &req, Duration::from_secs(600))? {
+        Some(Response::Repaired(s)) => s,
+        Some(Response::Error { message }) => bail!("the daemon refused: {message}"),
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => {
+            let off = OfflineStore::open(&lib)?;
+            off.store.register_torrent(t.id)?;
+            let s = off.store.repair(t.id, &bad_local, &bad_remote);
+            off.close()?;
+            s
+        }
+    };
+    println!(
+        "repair: {} chunks fetched again from the remote when next read, {} uploaded again, {} to download again from peers",
+        summary.refetch, summary.reupload, summary.redownload
+    );
+    if !report.unreachable_remote_chunks.is_empty() {
+        bail!(
+            "{} chunks could not be checked (the remote did not answer); run verify again",
+            report.unreachable_remote_chunks.len()
+        );
     }
     Ok(())
 }

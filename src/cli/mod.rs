@@ -140,7 +140,12 @@ pub enum Command {
         purge: bool,
     },
     /// Check every stored chunk of a torrent, locally and in the remote.
-    Verify { torrent: String },
+    Verify {
+        torrent: String,
+        /// Replace what is damaged: fetch again, upload again, or download again.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Drop cached chunks that are safe in the remote (not pinned by seeding).
     Evict,
 }
@@ -244,7 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause { torrent } => manage::pause(&home, &torrent, true),
         Command::Resume { torrent } => manage::pause(&home, &torrent, false),
         Command::Remove { torrent, purge } => manage::remove(&home, &torrent, purge),
-        Command::Verify { torrent } => manage::verify(&home, &torrent),
+        Command::Verify { torrent, repair } => manage::verify(&home, &torrent, repair),
         Command::Evict => manage::evict(&home),
     }
 }

@@ -33,6 +33,12 @@ pub enum Request {
     Verify {
         torrent: i64,
     },
+    /// Replace damaged copies found by `Verify` (chunk indices).
+    Repair {
+        torrent: i64,
+        bad_local: Vec<u32>,
+        bad_remote: Vec<u32>,
+    },
     /// Store the content of `dir` as torrent `torrent` (already in the catalog) and seed.
     Import {
         torrent: i64,
@@ -56,6 +62,7 @@ pub enum Response {
         message: String,
     },
     Verify(VerifyReport),
+    Repaired(crate::store::RepairSummary),
     Error {
         message: String,
     },

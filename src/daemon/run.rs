@@ -461,6 +461,23 @@ impl Daemon {
                     super::verify::verify(&self.store, &*self.fetcher, TorrentId(torrent)).await;
                 Response::Verify(report)
             }
+            Request::Repair {
+                torrent,
+                bad_local,
+                bad_remote,
+            } => {
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || {
+                    store.repair(TorrentId(torrent), &bad_local, &bad_remote)
+                })
+                .await
+                {
+                    Ok(s) => Response::Repaired(s),
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
             Request::Import { torrent, dir } => {
                 let d = self.clone();
                 let r = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {

@@ -33,6 +33,7 @@ mod commit;
 mod files;
 mod read;
 mod recovery;
+mod repair;
 mod upload;
 
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +50,7 @@ use crate::model::{ChunkIndex, ChunkKey, ChunkState, Geometry, PieceIndex, Torre
 
 use cache::CacheState;
 pub use cache::{CacheStats, ChunkEntry};
+pub use repair::RepairSummary;
 pub use upload::UploadPayload;
 
 /// Where a torrent's chunk files live under a cache root (for tools that inspect the
