@@ -337,3 +337,93 @@ fn verify_repair_replaces_damaged_copies() {
     assert_same_files(&a.dir, &bae.mountpoint.join(&a.name));
     bae.umount();
 }
+
+/// `remove --purge` with the remote down removes the torrent here and leaves a durable
+/// record of the remote clean-up: the daemon finishes it once the remote is back, so no
+/// object leaks.
+#[test]
+fn an_interrupted_purge_is_finished_later_and_leaks_nothing() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let mut server = S3Server::start(s3dir.path());
+    let a = album("Purged Album", 4, 256 * 1024);
+    let bae = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
+    bae.mount();
+    {
+        let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+        bae.add_from(&a.torrent, seeder.addr());
+    }
+    wait_uploaded(&bae, &a.name);
+    bae.umount();
+    let bucket = s3dir.path().join(BUCKET).join("lib");
+    let count = |sub: &str| walk(&bucket.join(sub)).len();
+    assert!(count("chunks") > 0);
+    server.stop();
+    let err = bae.fails(&["remove", &a.name, "--purge"]);
+    assert!(err.contains("retried"), "{err}");
+    assert!(bae.status_json()["torrents"].as_array().unwrap().is_empty());
+    server.restart();
+    bae.mount();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("chunks") > 0 || count("meta/t") > 0 {
+        assert!(Instant::now() < deadline, "the purge was never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bae.umount();
+}
+
+/// The remote refuses uploads (bad credentials): the chunks stay in the cache, and
+/// `status` says why instead of retrying silently.
+#[test]
+fn refused_uploads_are_parked_and_shown() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(s3dir.path());
+    let a = album("Refused Album", 3, 256 * 1024);
+    let bae = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
+    let mp = bae.mountpoint.to_str().unwrap().to_owned();
+    let out = bae
+        .cmd(&["mount", &mp])
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    {
+        let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+        bae.add_from(&a.torrent, seeder.addr());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = bae.status_json();
+        if s["uploader"]["parked"].as_u64().unwrap_or(0) > 0 {
+            assert!(s["warnings"].to_string().contains("refused"), "{s:#}");
+            assert_eq!(torrent_status(&s, &a.name)["chunks_uploaded"], 0);
+            assert_eq!(
+                torrent_status(&s, &a.name)["chunks_local"],
+                torrent_status(&s, &a.name)["chunks_total"]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal shown: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_same_files(&a.dir, &bae.mountpoint.join(&a.name));
+    bae.umount();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

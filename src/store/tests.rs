@@ -118,8 +118,11 @@ impl Fixture {
     fn upload_all(&self, src: &MemSource) {
         while self.store.pending_uploads() > 0 {
             let key = self.rt.block_on(self.store.next_upload());
-            let UploadPayload::Ready(chunk, data) = self.store.upload_payload(key).unwrap() else {
-                panic!("chunk {key} has no payload");
+            let (chunk, data) = match self.store.upload_payload(key).unwrap() {
+                UploadPayload::Ready(chunk, data) => (chunk, data),
+                // Revoked since it was queued.
+                UploadPayload::Gone => continue,
+                UploadPayload::Damaged => panic!("chunk {key} is damaged"),
             };
             assert_eq!(*blake3::hash(&data).as_bytes(), chunk.hash);
             src.chunks.lock().unwrap().insert(key, data);
@@ -351,4 +354,91 @@ fn pad_only_chunks_are_complete_and_survive_a_restart() {
     let store = Store::open(&root, catalog.clone(), 1 << 40, rt.handle().clone()).unwrap();
     assert_eq!(store.verified_pieces(id).unwrap(), vec![true]);
     assert_eq!(store.pending_uploads(), 3);
+}
+
+#[test]
+fn a_chunk_is_recorded_complete_only_with_all_its_pieces_durable() {
+    // Chunk 0 = [0, 1 MiB) holds pieces 0 and 1 (768 KiB pieces). Piece 1 is verified in
+    // memory but not yet queued when a batch with piece 0 commits (the interleaving a
+    // flush between the two steps of `pieces_verified` allows): chunk 0 must stay
+    // partial until piece 1 itself is committed.
+    let f = fixture(2 * CHUNK_LEN);
+    let g = f.store.geometry(f.id).unwrap();
+    for p in 0..2 {
+        let r = g.piece_range(PieceIndex(p));
+        f.store
+            .write(f.id, r.start, &f.data[r.start as usize..r.end as usize])
+            .unwrap();
+    }
+    {
+        let mut st = f.store.lock();
+        let t = st.torrents.get_mut(&f.id).unwrap();
+        t.verified[1] = true;
+        t.verified_count += 1;
+    }
+    f.store.pieces_verified(f.id, &[PieceIndex(0)]);
+    f.store.flush().unwrap();
+    assert_eq!(
+        f.catalog.chunks(f.id).unwrap()[0].state,
+        ChunkState::Partial
+    );
+    assert_eq!(f.catalog.verified_pieces(f.id).unwrap(), vec![0]);
+    f.store.pieces_verified(f.id, &[PieceIndex(1)]);
+    f.store.flush().unwrap();
+    assert_eq!(
+        f.catalog.chunks(f.id).unwrap()[0].state,
+        ChunkState::Complete
+    );
+}
+
+#[test]
+fn a_damaged_complete_chunk_is_revoked_and_an_uploaded_one_fetched_again() {
+    let total = 3 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    let mut revoked = f.store.take_revocations().unwrap();
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    // Chunk 2 = [2M, 3M) holds pieces 2 (from 1.5M) and 3: not uploaded, then altered.
+    std::fs::write(f.root.join(&uid).join("2"), vec![1u8; 100]).unwrap();
+    match f.read(2 * CHUNK_LEN..2 * CHUNK_LEN + 10) {
+        Err(StoreError::NotVerified { missing, .. }) => {
+            assert_eq!(missing, vec![PieceIndex(2)])
+        }
+        other => panic!("damaged bytes must not be served: {other:?}"),
+    }
+    assert_eq!(revoked.try_recv().ok(), Some(f.id));
+    assert_eq!(f.catalog.verified_pieces(f.id).unwrap(), vec![0, 1]);
+    // Chunk 1 shared piece 2: it is partial again too, and gone from the upload queue.
+    let chunks = f.catalog.chunks(f.id).unwrap();
+    assert_eq!(chunks[1].state, ChunkState::Partial);
+    assert_eq!(chunks[2].state, ChunkState::Partial);
+    f.upload_all(&src);
+    assert_eq!(
+        f.catalog.chunks(f.id).unwrap()[0].state,
+        ChunkState::Uploaded
+    );
+    // An uploaded chunk with a damaged file is fetched again: right bytes.
+    std::fs::write(f.root.join(&uid).join("0"), vec![9u8; CHUNK_LEN as usize]).unwrap();
+    assert_eq!(&f.read(0..1000).unwrap()[..], &f.data[..1000]);
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(f.store.integrity_stats().damaged_local_chunks, 2);
+}
+
+#[test]
+fn a_fetched_chunk_serves_its_read_even_when_the_cache_is_full_of_pinned_chunks() {
+    let total = 2 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&src);
+    f.store.evict_all();
+    // A limit of zero: every fetched file is evicted the moment it lands.
+    f.store.set_limit_bytes(0);
+    for _ in 0..5 {
+        assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
+    }
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 2, "one fetch per chunk");
 }
