@@ -31,6 +31,12 @@ fn album(name: &str, seconds: u32, piece_len: u64) -> Album {
     }
 }
 
+/// Downloads the album into `bae` from a seeder that goes away afterwards.
+fn download(bae: &Bae, a: &Album) {
+    let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
+    bae.add_from(&a.torrent, seeder.addr());
+}
+
 /// The chunk files of the library's only torrent, by index.
 fn chunk_files(bae: &Bae) -> Vec<PathBuf> {
     let cache = bae.home.join("cache");
@@ -177,16 +183,10 @@ fn a_cache_full_of_pinned_chunks_still_serves_evicted_torrents() {
     let small = album("Evicted Album", 8, 256 * 1024);
     let bae = Bae::new();
     bae.mount();
-    {
-        let seeder = PyPeer::seed(&small.torrent, small.dir.parent().unwrap());
-        bae.add_from(&small.torrent, seeder.addr());
-    }
+    download(&bae, &small);
     wait_uploaded(&bae, &small.name);
     bae.ok(&["seed", &small.name, "on", "--no-pin"]);
-    {
-        let seeder = PyPeer::seed(&big.torrent, big.dir.parent().unwrap());
-        bae.add_from(&big.torrent, seeder.addr());
-    }
+    download(&bae, &big);
     wait_uploaded(&bae, &big.name);
     // Smaller than the pinned torrent alone.
     let s = bae.status_json();
@@ -235,10 +235,7 @@ fn restore_after_kill9_finds_every_torrent_and_uploaded_chunk() {
     let late = album("Added Late", 2, 64 * 1024);
     let first = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
     first.mount();
-    {
-        let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
-        first.add_from(&a.torrent, seeder.addr());
-    }
+    download(&first, &a);
     wait_uploaded(&first, &a.name);
     first.ok(&["add", late.torrent.to_str().unwrap(), "--paused"]);
     first.kill9();
@@ -348,10 +345,7 @@ fn an_interrupted_purge_is_finished_later_and_leaks_nothing() {
     let a = album("Purged Album", 4, 256 * 1024);
     let bae = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
     bae.mount();
-    {
-        let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
-        bae.add_from(&a.torrent, seeder.addr());
-    }
+    download(&bae, &a);
     wait_uploaded(&bae, &a.name);
     bae.umount();
     let bucket = s3dir.path().join(BUCKET).join("lib");
@@ -390,10 +384,7 @@ fn refused_uploads_are_parked_and_shown() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    {
-        let seeder = PyPeer::seed(&a.torrent, a.dir.parent().unwrap());
-        bae.add_from(&a.torrent, seeder.addr());
-    }
+    download(&bae, &a);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = bae.status_json();
