@@ -136,7 +136,8 @@ impl Proxy {
         if f.hang.matches(method, &mut rng) {
             return Decision::Hang;
         }
-        let roll = |rng: &mut rand::rngs::StdRng, pct: u32| pct > 0 && rng.random_range(0..100) < pct;
+        let roll =
+            |rng: &mut rand::rngs::StdRng, pct: u32| pct > 0 && rng.random_range(0..100) < pct;
         Decision::Forward {
             latency_ms: f.latency_ms,
             truncate_get: *method == Method::GET && roll(&mut rng, f.truncate_get),
@@ -144,7 +145,11 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, fd: RawFd) -> Result<Response<ProxyBody>, std::io::Error> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        fd: RawFd,
+    ) -> Result<Response<ProxyBody>, std::io::Error> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let (latency_ms, truncate_get, truncate_put) = match self.decide(req.method()) {
             Decision::Status(code) => {
@@ -174,7 +179,11 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(latency_ms)).await;
         }
         let (mut parts, body) = req.into_parts();
-        let mut body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        let mut body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
         if truncate_put && body.len() > 1 {
             body = body.slice(..body.len() / 2);
             parts
@@ -187,16 +196,26 @@ impl Proxy {
         parts.uri = format!("{}{path}", self.upstream)
             .parse()
             .map_err(std::io::Error::other)?;
-        let upstream = match self.client.request(Request::from_parts(parts, Full::new(body))).await {
+        let upstream = match self
+            .client
+            .request(Request::from_parts(parts, Full::new(body)))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
-                self.counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .upstream_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 return Ok(error_response_msg(502, &format!("upstream: {e}")));
             }
         };
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = upstream.into_parts();
-        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        let body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
         if truncate_get && body.len() > 1 && parts.status.is_success() {
             self.counters.truncated_gets.fetch_add(1, Ordering::Relaxed);
             // Headers promise the whole body; half of it arrives, then the connection dies.
@@ -235,7 +254,8 @@ impl Proxy {
                 .find_map(|p| p.strip_prefix(name))
                 .map(str::to_owned)
         };
-        let (Some(credential), Some(signed)) = (field("Credential="), field("SignedHeaders=")) else {
+        let (Some(credential), Some(signed)) = (field("Credential="), field("SignedHeaders="))
+        else {
             return;
         };
         let Some((access_key, scope)) = credential.split_once('/') else {
@@ -324,7 +344,10 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
     k.resize(BLOCK, 0);
     let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner_hash = Sha256::new().chain_update(&inner).chain_update(msg).finalize();
+    let inner_hash = Sha256::new()
+        .chain_update(&inner)
+        .chain_update(msg)
+        .finalize();
     Sha256::new()
         .chain_update(&outer)
         .chain_update(inner_hash)
@@ -352,7 +375,9 @@ fn set_linger_zero(fd: RawFd) {
 }
 
 fn full(b: Bytes) -> ProxyBody {
-    Full::new(b).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(b)
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn error_response(code: u16) -> Response<ProxyBody> {
@@ -394,7 +419,11 @@ fn parse_rule(args: &[&str], default_status: u16) -> Result<Rule, String> {
         if let Ok(code) = a.parse::<u16>() {
             rule.status = code;
         } else {
-            rule.method = Some(a.to_ascii_uppercase().parse().map_err(|_| format!("bad method {a}"))?);
+            rule.method = Some(
+                a.to_ascii_uppercase()
+                    .parse()
+                    .map_err(|_| format!("bad method {a}"))?,
+            );
         }
     }
     Ok(rule)
@@ -511,8 +540,14 @@ async fn main() -> Result<(), BoxError> {
     }
     let proxy = Arc::new(Proxy {
         upstream,
-        access_key: args.get(2).map_or(TEST_ACCESS_KEY, String::as_str).to_owned(),
-        secret_key: args.get(3).map_or(TEST_SECRET_KEY, String::as_str).to_owned(),
+        access_key: args
+            .get(2)
+            .map_or(TEST_ACCESS_KEY, String::as_str)
+            .to_owned(),
+        secret_key: args
+            .get(3)
+            .map_or(TEST_SECRET_KEY, String::as_str)
+            .to_owned(),
         faults: Mutex::new(Faults::default()),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
         counters: Counters::default(),

@@ -106,6 +106,8 @@ pub struct ReadStats {
     pub longest_eio: Duration,
     pub longest_read: Duration,
     pub wrong_details: Vec<String>,
+    /// `unavailable` by errno.
+    pub other_errors: std::collections::BTreeMap<i32, u64>,
 }
 
 impl ReadStats {
@@ -120,18 +122,31 @@ impl ReadStats {
         self.longest_read = self.longest_read.max(o.longest_read);
         self.wrong_details
             .extend(o.wrong_details.iter().take(8).cloned());
+        for (k, n) in &o.other_errors {
+            *self.other_errors.entry(*k).or_default() += n;
+        }
     }
 
     pub fn line(&self) -> String {
+        let errnos: Vec<String> = self
+            .other_errors
+            .iter()
+            .map(|(e, n)| format!("{n}x {}", std::io::Error::from_raw_os_error(*e)))
+            .collect();
         format!(
-            "{} reads: {} right, {} WRONG ({} zeros), {} EIO (longest {:.1}s), {} unavailable",
+            "{} reads: {} right, {} WRONG ({} zeros), {} EIO (longest {:.1}s), {} unavailable{}",
             self.reads,
             self.right,
             self.wrong,
             self.zeros,
             self.eio,
             self.longest_eio.as_secs_f64(),
-            self.unavailable
+            self.unavailable,
+            if errnos.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errnos.join(", "))
+            }
         )
     }
 }
@@ -224,7 +239,12 @@ pub fn checked_read(st: &mut ReadStats, t: &Target, offset: u64, len: usize) {
             st.eio += 1;
             st.longest_eio = st.longest_eio.max(took);
         }
-        Err(_) => st.unavailable += 1,
+        Err(e) => {
+            st.unavailable += 1;
+            *st.other_errors
+                .entry(e.raw_os_error().unwrap_or(0))
+                .or_default() += 1;
+        }
     }
 }
 
@@ -259,8 +279,11 @@ impl Readers {
                         }
                         let len = rng.random_range(1..=size.min(256 << 10));
                         let offset = rng.random_range(0..=size - len) as u64;
+                        let before = st.unavailable;
                         checked_read(&mut st, t, offset, len);
-                        std::thread::sleep(Duration::from_millis(15));
+                        // No mount (between a kill and the restart): do not spin.
+                        let pause = if st.unavailable > before { 200 } else { 15 };
+                        std::thread::sleep(Duration::from_millis(pause));
                     }
                     st
                 })
@@ -334,7 +357,8 @@ pub fn remount(bae: &Bae) -> Result<bool, String> {
         return Ok(false);
     }
     let err = String::from_utf8_lossy(&first.stderr).into_owned();
-    let um = run_bounded(bae.cmd(&["umount", &mp]), Duration::from_secs(60))?;
+    // Lazy: readers may hold files open across the crash.
+    let um = run_bounded(bae.cmd(&["umount", "--lazy", &mp]), Duration::from_secs(60))?;
     let again = run_bounded(bae.cmd(&["mount", &mp]), Duration::from_secs(150))?;
     if again.status.success() {
         return Ok(true);
@@ -362,7 +386,10 @@ pub fn integrity_check(db: &Path) -> String {
         .output()
     {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-        Ok(o) => format!("sqlite3 failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) => format!(
+            "sqlite3 failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(e) => format!("cannot run sqlite3: {e}"),
     }
 }
@@ -549,7 +576,11 @@ impl LoopFs {
         std::fs::create_dir_all(mountpoint).unwrap();
         let img = image.to_str().unwrap();
         sh("truncate", &["-s", &format!("{size_mib}M"), img]).unwrap();
-        sh("mkfs.ext4", &["-q", "-F", "-m", "0", "-O", "^has_journal", img]).unwrap();
+        sh(
+            "mkfs.ext4",
+            &["-q", "-F", "-m", "0", "-O", "^has_journal", img],
+        )
+        .unwrap();
         let fs = LoopFs {
             image: image.to_owned(),
             mountpoint: mountpoint.to_owned(),
@@ -566,17 +597,25 @@ impl LoopFs {
             .collect()
     }
 
-    /// Adds space while mounted: a bigger image, then an online resize.
-    pub fn grow(&self, size_mib: u64) -> Result<(), String> {
+    /// Takes all but `leave_bytes` of the free space with a preallocated ballast file
+    /// (online resizing is not allowed in containers; freeing the ballast is how space
+    /// comes back, as when a user deletes something).
+    pub fn fill_leaving(&self, leave_bytes: u64) -> Result<(), String> {
+        let take = self.free_bytes().saturating_sub(leave_bytes);
         sh(
-            "truncate",
-            &["-s", &format!("{size_mib}M"), self.image.to_str().unwrap()],
-        )?;
-        for dev in self.devices() {
-            sh("losetup", &["-c", &dev])?;
-            sh("resize2fs", &[&dev])?;
-        }
-        Ok(())
+            "fallocate",
+            &["-l", &take.to_string(), self.ballast().to_str().unwrap()],
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes the ballast: the space comes back.
+    pub fn free_ballast(&self) -> Result<(), String> {
+        std::fs::remove_file(self.ballast()).map_err(|e| e.to_string())
+    }
+
+    fn ballast(&self) -> PathBuf {
+        self.mountpoint.join("ballast")
     }
 
     pub fn free_bytes(&self) -> u64 {

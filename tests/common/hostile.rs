@@ -87,7 +87,10 @@ fn pieces(n: u64, seed: u64) -> B {
 /// A plausible v1 info dict: `files` (path components, length), 16 KiB pieces.
 fn info(name: &[u8], files: &[(Vec<&[u8]>, i64)], piece_len: i64, seed: u64) -> B {
     let total: i64 = files.iter().map(|f| f.1.max(0)).sum();
-    let n = (total as u64).div_ceil(piece_len.max(1) as u64).max(1);
+    // Capped: absurd declared sizes get a (wrong) short pieces field, not gigabytes.
+    let n = (total as u64)
+        .div_ceil(piece_len.max(1) as u64)
+        .clamp(1, 100_000);
     let files = B::List(
         files
             .iter()
@@ -130,10 +133,8 @@ pub fn valid(seed: u64) -> B {
 fn with_info(seed: u64, f: impl FnOnce(&mut B)) -> Vec<u8> {
     let mut t = valid(seed);
     if let B::Dict(e) = &mut t {
-        for (k, v) in e.iter_mut() {
-            if k == b"info" {
-                f(v);
-            }
+        if let Some((_, v)) = e.iter_mut().find(|(k, _)| k == b"info") {
+            f(v);
         }
     }
     t.bytes()
@@ -166,7 +167,10 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
     out.push(t("valid", good.clone()));
     out.push(t("empty file", Vec::new()));
     out.push(t("not bencode", b"hello world".to_vec()));
-    out.push(t("trailing garbage", [good.clone(), b"xyz".to_vec()].concat()));
+    out.push(t(
+        "trailing garbage",
+        [good.clone(), b"xyz".to_vec()].concat(),
+    ));
     out.push(t("lone 'd'", b"d".to_vec()));
     out.push(t("integer only", b"i42e".to_vec()));
     out.push(t("list only", b"le".to_vec()));
@@ -279,7 +283,13 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
         let sd = next();
         out.push(t(
             "declares 1 TiB",
-            torrent(info(b"huge", &[(vec![b"a".as_slice()], 1 << 40)], 16 << 20, sd)).bytes(),
+            torrent(info(
+                b"huge",
+                &[(vec![b"a".as_slice()], 1 << 40)],
+                16 << 20,
+                sd,
+            ))
+            .bytes(),
         ));
     }
     out.push(t(
@@ -323,7 +333,10 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
             &format!("path component: {label}"),
             torrent(info(
                 format!("paths {sd}").as_bytes(),
-                &[(vec![b"ok".as_slice(), name.as_slice(), b"f".as_slice()], 1000)],
+                &[(
+                    vec![b"ok".as_slice(), name.as_slice(), b"f".as_slice()],
+                    1000,
+                )],
                 16384,
                 sd,
             ))
@@ -373,7 +386,9 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
     ));
     // Many files.
     let count = if full { 100_000 } else { 20_000 };
-    let names: Vec<Vec<u8>> = (0..count).map(|i| format!("{i:06}.flac").into_bytes()).collect();
+    let names: Vec<Vec<u8>> = (0..count)
+        .map(|i| format!("{i:06}.flac").into_bytes())
+        .collect();
     let files: Vec<(Vec<&[u8]>, i64)> = names.iter().map(|n| (vec![n.as_slice()], 1)).collect();
     let sd = next();
     out.push(t(
@@ -396,13 +411,13 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
     let leaf = |len: i64| {
         dict(vec![(
             "",
-            dict(vec![("length", B::Int(len)), ("pieces root", B::Str(vec![7; 32]))]),
+            dict(vec![
+                ("length", B::Int(len)),
+                ("pieces root", B::Str(vec![7; 32])),
+            ]),
         )])
     };
-    out.push(t(
-        "v2: file tree is a list",
-        v2(B::List(vec![]), vec![]),
-    ));
+    out.push(t("v2: file tree is a list", v2(B::List(vec![]), vec![])));
     out.push(t("v2: empty file tree", v2(B::Dict(vec![]), vec![])));
     out.push(t(
         "v2: missing piece layers",
@@ -415,7 +430,10 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
                 "a",
                 dict(vec![(
                     "",
-                    dict(vec![("length", B::Int(10)), ("pieces root", B::Str(vec![1; 5]))]),
+                    dict(vec![
+                        ("length", B::Int(10)),
+                        ("pieces root", B::Str(vec![1; 5])),
+                    ]),
                 )]),
             )]),
             vec![],
@@ -427,7 +445,10 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
     ));
     out.push(t(
         "v2: meta version 3",
-        v2(dict(vec![("a", leaf(10))]), vec![("meta version", B::Int(3))]),
+        v2(
+            dict(vec![("a", leaf(10))]),
+            vec![("meta version", B::Int(3))],
+        ),
     ));
     let mut deep = leaf(10);
     for _ in 0..500 {
@@ -442,43 +463,75 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
         }),
     ));
     // Odd top-level fields (all local or unusable).
-    out.push(t(
-        "web seeds and odd trackers",
-        {
-            let mut v = valid(next());
-            set(
-                &mut v,
-                "url-list",
-                B::List(vec![B::s("http://127.0.0.1:1/"), B::s("file:///etc/passwd")]),
-            );
-            set(
-                &mut v,
-                "announce-list",
-                B::List(vec![B::List(vec![B::s("udp://127.0.0.1:1"), B::s("gopher://x")])]),
-            );
-            set(&mut v, "nodes", B::List(vec![B::List(vec![B::s("127.0.0.1"), B::Int(1)])]));
-            v.bytes()
-        },
-    ));
+    out.push(t("web seeds and odd trackers", {
+        let mut v = valid(next());
+        set(
+            &mut v,
+            "url-list",
+            B::List(vec![
+                B::s("http://127.0.0.1:1/"),
+                B::s("file:///etc/passwd"),
+            ]),
+        );
+        set(
+            &mut v,
+            "announce-list",
+            B::List(vec![B::List(vec![
+                B::s("udp://127.0.0.1:1"),
+                B::s("gopher://x"),
+            ])]),
+        );
+        set(
+            &mut v,
+            "nodes",
+            B::List(vec![B::List(vec![B::s("127.0.0.1"), B::Int(1)])]),
+        );
+        v.bytes()
+    }));
 
     // Magnet links.
     let m = |label: &str, uri: String| Input::Magnet(label.to_owned(), uri);
     let hex40 = |n: u64| format!("{:040x}", u128::from(n) * 0x9e37_79b9_7f4a_7c15);
-    out.push(m("magnet: valid", format!("magnet:?xt=urn:btih:{}", hex40(next()))));
+    out.push(m(
+        "magnet: valid",
+        format!("magnet:?xt=urn:btih:{}", hex40(next())),
+    ));
     out.push(m("magnet: bare", "magnet:".into()));
     out.push(m("magnet: only ?", "magnet:?".into()));
     out.push(m("magnet: empty xt", "magnet:?xt=".into()));
-    out.push(m("magnet: no xt", "magnet:?dn=x&tr=http%3A%2F%2F127.0.0.1%3A1%2Fannounce".into()));
+    out.push(m(
+        "magnet: no xt",
+        "magnet:?dn=x&tr=http%3A%2F%2F127.0.0.1%3A1%2Fannounce".into(),
+    ));
     out.push(m("magnet: short hash", "magnet:?xt=urn:btih:abcd".into()));
-    out.push(m("magnet: 41 hex digits", format!("magnet:?xt=urn:btih:{}f", hex40(next()))));
-    out.push(m("magnet: non-hex", format!("magnet:?xt=urn:btih:{}", "z".repeat(40))));
-    out.push(m("magnet: base32", format!("magnet:?xt=urn:btih:{}", "A".repeat(32))));
-    out.push(m("magnet: bad base32", format!("magnet:?xt=urn:btih:{}", "1".repeat(32))));
+    out.push(m(
+        "magnet: 41 hex digits",
+        format!("magnet:?xt=urn:btih:{}f", hex40(next())),
+    ));
+    out.push(m(
+        "magnet: non-hex",
+        format!("magnet:?xt=urn:btih:{}", "z".repeat(40)),
+    ));
+    out.push(m(
+        "magnet: base32",
+        format!("magnet:?xt=urn:btih:{}", "A".repeat(32)),
+    ));
+    out.push(m(
+        "magnet: bad base32",
+        format!("magnet:?xt=urn:btih:{}", "1".repeat(32)),
+    ));
     out.push(m("magnet: bad btmh", "magnet:?xt=urn:btmh:1220zz".into()));
-    out.push(m("magnet: short btmh", "magnet:?xt=urn:btmh:1220abcd".into()));
+    out.push(m(
+        "magnet: short btmh",
+        "magnet:?xt=urn:btmh:1220abcd".into(),
+    ));
     out.push(m(
         "magnet: two different xt",
-        format!("magnet:?xt=urn:btih:{}&xt=urn:btih:{}", hex40(next()), hex40(next())),
+        format!(
+            "magnet:?xt=urn:btih:{}&xt=urn:btih:{}",
+            hex40(next()),
+            hex40(next())
+        ),
     ));
     out.push(m(
         "magnet: dn with ..",
@@ -502,7 +555,11 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
     ));
     out.push(m(
         "magnet: 100k-byte dn",
-        format!("magnet:?xt=urn:btih:{}&dn={}", hex40(next()), "n".repeat(100_000)),
+        format!(
+            "magnet:?xt=urn:btih:{}&dn={}",
+            hex40(next()),
+            "n".repeat(100_000)
+        ),
     ));
     out.push(m(
         "magnet: bad peers",
@@ -519,10 +576,16 @@ fn fixed(seed: u64, out: &mut Vec<Input>, full: bool) {
             "&tr=http%3A%2F%2F127.0.0.1%3A1%2Fannounce".repeat(2000)
         ),
     ));
-    out.push(m("magnet: 20k empty params", format!("magnet:?{}", "&".repeat(20_000))));
+    out.push(m(
+        "magnet: 20k empty params",
+        format!("magnet:?{}", "&".repeat(20_000)),
+    ));
     out.push(m(
         "magnet: so=file selection garbage",
-        format!("magnet:?xt=urn:btih:{}&so=1-,-5,99999999999999999999", hex40(next())),
+        format!(
+            "magnet:?xt=urn:btih:{}&so=1-,-5,99999999999999999999",
+            hex40(next())
+        ),
     ));
 }
 

@@ -69,7 +69,10 @@ impl FaultProxy {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
         let answer = self.next_line();
-        assert!(!answer.starts_with("ERR"), "fault_proxy: {command}: {answer}");
+        assert!(
+            !answer.starts_with("ERR"),
+            "fault_proxy: {command}: {answer}"
+        );
         answer
     }
 
