@@ -571,7 +571,7 @@ fn tampered_objects_in_the_remote() {
                     for c in first..=last {
                         let lo = (c << 20).max(f.offset) - f.offset;
                         let hi = ((c + 1) << 20).min(f.offset + f.len) - f.offset;
-                        let (lo, hi) = (lo.div_ceil(page) * page, (hi / page * page).max(0));
+                        let (lo, hi) = (lo.div_ceil(page) * page, hi / page * page);
                         if lo >= hi {
                             continue;
                         }
