@@ -757,12 +757,12 @@ fn full_cache_filesystem() {
     let rig = {
         let bae = Bae::new();
         bae.configure(&[("read_timeout_secs", "5")]);
-        let fs = LoopFs::create(
+        let mut fs = LoopFs::create(
             &img_dir.path().join("cache.img"),
-            &bae.home.join("cache"),
+            &img_dir.path().join("disk"),
             96,
         );
-        let _ = std::fs::remove_dir(bae.home.join("cache/lost+found"));
+        fs.bind("cache", &bae.home.join("cache"));
         fs.fill_leaving(20 << 20).unwrap();
         FullDisk { bae, fs }
     };

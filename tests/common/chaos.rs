@@ -554,6 +554,8 @@ pub fn object_file(server: &super::s3::S3Server, prefix: &str, object_id: &str) 
 pub struct LoopFs {
     image: PathBuf,
     pub mountpoint: PathBuf,
+    /// Where a directory of the image is bind-mounted (see [`LoopFs::bind`]).
+    binds: Vec<PathBuf>,
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
@@ -584,6 +586,7 @@ impl LoopFs {
         let fs = LoopFs {
             image: image.to_owned(),
             mountpoint: mountpoint.to_owned(),
+            binds: Vec::new(),
         };
         sh("mount", &["-o", "loop", img, mountpoint.to_str().unwrap()]).unwrap();
         fs
@@ -595,6 +598,20 @@ impl LoopFs {
             .lines()
             .filter_map(|l| l.split(':').next().map(str::to_owned))
             .collect()
+    }
+
+    /// Bind-mounts the image's directory `sub` at `target`: `target` then lives on the
+    /// image, while the rest of the image (the ballast) stays out of its sight.
+    pub fn bind(&mut self, sub: &str, target: &Path) {
+        let src = self.mountpoint.join(sub);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(target).unwrap();
+        sh(
+            "mount",
+            &["--bind", src.to_str().unwrap(), target.to_str().unwrap()],
+        )
+        .unwrap();
+        self.binds.push(target.to_owned());
     }
 
     /// Takes all but `leave_bytes` of the free space with a preallocated ballast file
@@ -633,6 +650,12 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
+        for b in self.binds.iter().rev() {
+            let b = b.to_str().unwrap();
+            if sh("umount", &[b]).is_err() {
+                let _ = sh("umount", &["-l", b]);
+            }
+        }
         let mp = self.mountpoint.to_str().unwrap().to_owned();
         if sh("umount", &[&mp]).is_err() {
             let _ = sh("umount", &["-l", &mp]);
