@@ -204,30 +204,13 @@ fn kill_9_campaign() {
         done,
         || format!("{last}\nlog: {}", tail(&bae.log(), 20)),
     );
-    // Reads after the end come from the remote (the cache is 6 MiB).
-    std::thread::sleep(Duration::from_secs(2));
-    let st = readers.stop();
-    reads_right(&mut v, &st);
-    let bad = compare_all(&targets);
-    v.check(
-        "sha256 of every file right through the mount",
-        bad.is_empty(),
-        || bad.join("; "),
-    );
-    let lost = lost_chunks(&bae.home);
-    v.check(
-        "no complete, un-uploaded chunk lost its local file",
-        lost.is_empty(),
-        || lost.join(", "),
-    );
-    let verify = verify_ok(&bae, &a.name);
-    v.check(
-        "bae verify: every chunk right locally and in the remote",
-        verify.is_ok(),
-        || verify.clone().unwrap_err(),
-    );
-    check_library(&mut v, &bae);
-
+    // kill -9 the moment the last chunk is uploaded: the remote alone must then give
+    // everything back (no clean stop, no later snapshot).
+    bae.kill9();
+    let uploaded_before = chunks(&bae.home.join("bae.db"))
+        .iter()
+        .filter(|c| c.state == UPLOADED)
+        .count();
     // Bytes the seeder sent beyond the torrent: downloaded again after kills.
     std::thread::sleep(Duration::from_millis(1_500));
     // Payload only: libtorrent does not transfer pad files.
@@ -245,12 +228,6 @@ fn kill_9_campaign() {
     }
     drop(seeder);
 
-    // A last kill -9, then the remote alone must give everything back.
-    let uploaded_before = chunks(&bae.home.join("bae.db"))
-        .iter()
-        .filter(|c| c.state == UPLOADED)
-        .count();
-    bae.kill9();
     let restore_line = match Bae::restored(REMOTE, &s3.endpoint(), &bae.home.join("key")) {
         Err(e) => {
             v.check("bae init --restore after kill -9", false, || e.clone());
@@ -295,6 +272,34 @@ fn kill_9_campaign() {
             format!("restore: {torrents} torrent, {up}/{uploaded_before} chunks uploaded")
         }
     };
+    let back = remount(&bae);
+    v.check("bae mount after the last kill", back.is_ok(), || {
+        back.clone().unwrap_err()
+    });
+    // Reads after the end come from the remote (the cache is 6 MiB).
+    std::thread::sleep(Duration::from_secs(2));
+    let st = readers.stop();
+    reads_right(&mut v, &st);
+    let bad = compare_all(&targets);
+    v.check(
+        "sha256 of every file right through the mount",
+        bad.is_empty(),
+        || bad.join("; "),
+    );
+    let lost = lost_chunks(&bae.home);
+    v.check(
+        "no complete, un-uploaded chunk lost its local file",
+        lost.is_empty(),
+        || lost.join(", "),
+    );
+    let verify = verify_ok(&bae, &a.name);
+    v.check(
+        "bae verify: every chunk right locally and in the remote",
+        verify.is_ok(),
+        || verify.clone().unwrap_err(),
+    );
+    check_library(&mut v, &bae);
+
     let mut counts = std::collections::BTreeMap::new();
     for p in &phases {
         *counts.entry(*p).or_insert(0) += 1;
