@@ -44,19 +44,71 @@ impl Bae {
     }
 
     fn init(init_args: &[&str], extra: &[(&str, &str)]) -> Bae {
-        let dir = tempfile::tempdir().unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        let b = Bae {
-            home: dir.path().join("home"),
-            mountpoint,
-            _dir: dir,
-        };
+        let b = Bae::empty();
         let mut args = vec!["init", "--cache-size", "1GiB"];
         args.extend_from_slice(init_args);
         b.ok(&args);
         b.set_loopback_config(extra);
         b
+    }
+
+    /// A library rebuilt from the remote alone (`bae init --restore`) into a new home,
+    /// as on a new machine, with loopback-only settings. Err: the init's stderr.
+    pub fn restored(remote: &str, endpoint: &str, key: &Path) -> Result<Bae, String> {
+        let b = Bae::empty();
+        let out = b.run(&[
+            "init",
+            "--restore",
+            "--key",
+            key.to_str().unwrap(),
+            "--remote",
+            remote,
+            "--endpoint",
+            endpoint,
+        ]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        b.set_loopback_config(&[]);
+        Ok(b)
+    }
+
+    /// A copy of `src`'s library (stopped) in a new home, with `key_hex` as its key:
+    /// the same catalog and remote, another key.
+    pub fn copy_with_key(src: &Bae, key_hex: &str) -> Bae {
+        let b = Bae::empty();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&src.home)
+            .arg(&b.home)
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying the library failed");
+        for stale in ["daemon.pid", "control.sock", "daemon.log"] {
+            let _ = std::fs::remove_file(b.home.join(stale));
+        }
+        let key = b.home.join("key");
+        std::fs::write(&key, key_hex).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        b
+    }
+
+    /// A temporary directory with a mount point and no library yet.
+    fn empty() -> Bae {
+        let dir = tempfile::tempdir().unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        Bae {
+            home: dir.path().join("home"),
+            mountpoint,
+            _dir: dir,
+        }
+    }
+
+    /// Sets config keys (`key = value` lines, top level or existing anywhere).
+    pub fn configure(&self, keys: &[(&str, &str)]) {
+        self.set_loopback_config(keys);
     }
 
     /// Loopback only: no DHT/LSD/UPnP/NAT-PMP, TCP only, any free port.

@@ -3,5 +3,8 @@
 #![allow(dead_code)]
 
 pub mod bae;
+pub mod chaos;
+pub mod hostile;
+pub mod proxy;
 pub mod s3;
 pub mod swarm;

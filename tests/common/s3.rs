@@ -22,32 +22,36 @@ pub struct S3Server {
     child: Option<Child>,
 }
 
-/// Path of the example binary, built on first use if `cargo test` did not build it.
-fn server_binary() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Path of example `name`'s binary, built on first use if `cargo test` did not build it.
+pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap();
-    if let Some(path) = built.as_ref() {
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
         return path.clone();
     }
     // The test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let path = profile_dir.join("examples").join("s3_server");
+    let path = profile_dir.join("examples").join(name);
     if !path.exists() {
         let target_dir = profile_dir.parent().unwrap();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", "s3_server", "--target-dir"])
+        cmd.args(["build", "--example", name, "--target-dir"])
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build --example s3_server");
-        assert!(status.success(), "building the s3_server example failed");
+        let status = cmd.status().expect("run cargo build --example");
+        assert!(status.success(), "building the {name} example failed");
     }
     assert!(path.exists(), "missing {}", path.display());
-    *built = Some(path.clone());
+    built.push((name.to_owned(), path.clone()));
     path
+}
+
+fn server_binary() -> PathBuf {
+    example_binary("s3_server")
 }
 
 impl S3Server {
