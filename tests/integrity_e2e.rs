@@ -240,7 +240,12 @@ fn restore_after_kill9_finds_every_torrent_and_uploaded_chunk() {
     first.ok(&["add", late.torrent.to_str().unwrap(), "--paused"]);
     first.kill9();
 
-    let second = Bae::restored(&server.endpoint(), BUCKET, &first.home.join("key"));
+    let second = Bae::restored(
+        &format!("s3://{BUCKET}/lib"),
+        &server.endpoint(),
+        &first.home.join("key"),
+    )
+    .unwrap();
     let s = second.status_json();
     let names: Vec<&str> = s["torrents"]
         .as_array()

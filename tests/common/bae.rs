@@ -24,25 +24,6 @@ impl Bae {
         Bae::init(&["--remote", &remote, "--endpoint", endpoint], extra)
     }
 
-    /// A new machine: a library rebuilt with `init --restore` from the S3 remote that
-    /// another library (whose key file is `key`) uses.
-    pub fn restored(endpoint: &str, bucket: &str, key: &Path) -> Bae {
-        let remote = format!("s3://{bucket}/lib");
-        let key = key.to_str().unwrap().to_owned();
-        Bae::init(
-            &[
-                "--restore",
-                "--key",
-                &key,
-                "--remote",
-                &remote,
-                "--endpoint",
-                endpoint,
-            ],
-            &[],
-        )
-    }
-
     fn init(init_args: &[&str], extra: &[(&str, &str)]) -> Bae {
         let b = Bae::empty();
         let mut args = vec!["init", "--cache-size", "1GiB"];
