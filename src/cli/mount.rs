@@ -107,6 +107,15 @@ pub fn mount(
     loop {
         if let Some(status) = child.try_wait()? {
             let tail = log_tail(&log_path, log_start);
+            // A daemon that refused to start said why in its last line: that is the error.
+            if let Some(reason) = tail
+                .trim_end()
+                .lines()
+                .last()
+                .and_then(|l| l.strip_prefix("bae: "))
+            {
+                bail!("{reason}");
+            }
             bail!(
                 "the daemon exited ({status}) before the mount was ready:\n{}",
                 tail.trim_end()

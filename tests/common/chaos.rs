@@ -47,6 +47,7 @@ pub struct Verdict {
     scenario: String,
     checks: usize,
     failures: Vec<String>,
+    known: Vec<String>,
 }
 
 impl Verdict {
@@ -55,6 +56,7 @@ impl Verdict {
             scenario: scenario.to_owned(),
             checks: 0,
             failures: Vec::new(),
+            known: Vec::new(),
         }
     }
 
@@ -69,17 +71,31 @@ impl Verdict {
         ok
     }
 
+    /// A guarantee an open issue promises but the code does not keep yet: reported in
+    /// the summary (`KNOWN`), not a failure. Wrong bytes, lost chunks, panics and hangs
+    /// are never checked this way.
+    pub fn known(&mut self, what: &str, issue: u32, ok: bool, detail: impl FnOnce() -> String) {
+        if !ok {
+            let d = detail();
+            eprintln!("CHAOS {} KNOWN (issue {issue}): {what}: {d}", self.scenario);
+            self.known.push(format!("{what} (issue {issue})"));
+        }
+    }
+
     pub fn failed(&self) -> bool {
         !self.failures.is_empty()
     }
 
     /// Prints the summary and panics with every broken guarantee, if any.
     pub fn finish(self, summary: &str) {
-        let result = if self.failures.is_empty() {
+        let mut result = if self.failures.is_empty() {
             "ok".to_owned()
         } else {
             format!("FAILED {} of {} checks", self.failures.len(), self.checks)
         };
+        if !self.known.is_empty() {
+            result += &format!(" (known open: {})", self.known.join("; "));
+        }
         // stdout and stderr both: cargo shows stderr of failed tests, --nocapture both.
         println!("CHAOS {}: {result}: {summary}", self.scenario);
         eprintln!("CHAOS {}: {result}: {summary}", self.scenario);
