@@ -53,10 +53,37 @@ struct Daemon {
     snapshot_dirty: std::sync::atomic::AtomicBool,
 }
 
-/// An exclusive lock on the library: one daemon per library.
+/// How long a starting daemon waits for the library lock: a daemon that is still
+/// stopping (or whose process is being torn down after `kill -9`) holds it until then.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// An exclusive lock on the library: one daemon per library. A daemon holds it from
+/// before it mounts until its process ends, so whoever holds it knows that no server
+/// of this library's mount is alive.
 pub struct LibraryLock(#[allow(dead_code)] std::fs::File);
 
 pub fn lock_library(home: &Path) -> anyhow::Result<LibraryLock> {
+    lock_library_within(home, Duration::ZERO)
+}
+
+/// [`lock_library`], waiting up to `wait` for a daemon that is stopping.
+pub fn lock_library_within(home: &Path, wait: Duration) -> anyhow::Result<LibraryLock> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match try_lock_library(home)? {
+            Some(lock) => return Ok(lock),
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => bail!(
+                "a bae daemon is already running for the library in {} (bae umount stops it)",
+                home.display()
+            ),
+        }
+    }
+}
+
+fn try_lock_library(home: &Path) -> anyhow::Result<Option<LibraryLock>> {
     let path = home.join("daemon.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -67,12 +94,13 @@ pub fn lock_library(home: &Path) -> anyhow::Result<LibraryLock> {
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
-        bail!(
-            "a bae daemon is already running for the library in {} (bae umount stops it)",
-            home.display()
-        );
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("locking {}", path.display()));
     }
-    Ok(LibraryLock(f))
+    Ok(Some(LibraryLock(f)))
 }
 
 /// Runs the daemon in the foreground until it is told to stop. `ready` is called once
@@ -84,17 +112,12 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let _lock = lock_library(&lib.home)?;
+    let _lock = lock_library_within(&lib.home, LOCK_WAIT)?;
 
-    // A mount left behind by a crashed daemon is cleaned up first.
-    if crate::fs::is_fuse_mount(&opts.mountpoint)
-        && std::fs::metadata(&opts.mountpoint)
-            .err()
-            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
-    {
-        tracing::warn!(mountpoint = %opts.mountpoint.display(), "cleaning up a stale mount");
-        let _ = crate::fs::unmount_path(&opts.mountpoint, true);
-    }
+    // A mount left behind by a crashed daemon of this library is cleaned up first: we
+    // hold the lock, so its server is gone whatever state the kernel shows.
+    let fsname = crate::fs::source_name(&lib.home);
+    crate::fs::clean_stale_mount(&opts.mountpoint, &fsname)?;
 
     let remote = rt.block_on(lib.remote())?;
     let limit = opts
@@ -183,6 +206,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
             runtime: Some(rt.handle().clone()),
             max_readahead_bytes: u64::from(daemon.lib.config.readahead_chunks)
                 * crate::model::CHUNK_LEN,
+            fsname,
             ..MountOptions::default()
         },
     )?;
