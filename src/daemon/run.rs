@@ -161,6 +161,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         enable_utp: net.utp,
         allow_multiple_connections_per_ip: true,
         storage,
+        resume_dir: Some(lib.home.join("resume")),
     })?);
     content.set_session(&session);
     let events = session.take_events();
@@ -558,7 +559,11 @@ impl Daemon {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "recording verified pieces at shutdown");
         }
-        if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
+        // Uploads that are failing (remote down, disk full) will not finish in the grace
+        // period: waiting for them would only make stopping slow.
+        if self.uploader.status().last_error.is_some() {
+            tracing::info!("uploads are failing; they resume at the next start");
+        } else if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
             tracing::info!("uploads not finished; they resume at the next start");
         }
         if let Err(e) = tokio::time::timeout(Duration::from_secs(10), self.upload_snapshot()).await

@@ -5,7 +5,8 @@
 //! call the [`TorrentStorage`] trait; completions are posted back to libtorrent's network
 //! thread, which never blocks on bae. [`Session`] is the safe API: add (.torrent or
 //! magnet), pause, resume, remove, piece deadlines and priorities, status, and
-//! [`Event`]s from libtorrent's alerts. [`parse_metainfo`], [`parse_magnet`] and
+//! [`Event`]s from libtorrent's alerts, resume data kept across crashes (`resume.rs`).
+//! [`parse_metainfo`], [`parse_magnet`] and
 //! [`create_torrent`] use libtorrent's own parser and creator.
 //!
 //! Nothing outside this module knows about libtorrent.
@@ -13,6 +14,7 @@
 mod bridge;
 mod disk;
 mod metainfo;
+mod resume;
 mod session;
 mod storage;
 
@@ -21,7 +23,10 @@ use std::path::PathBuf;
 use crate::model::TorrentId;
 
 pub use metainfo::{create_torrent, parse_magnet, parse_metainfo, MagnetInfo, Metainfo};
-pub use session::{AddOptions, Event, Session, SessionConfig, Source, TorrentState, TorrentStatus};
+pub use session::{
+    AddOptions, Event, Session, SessionConfig, Source, TorrentState, TorrentStatus,
+    RESUME_SAVE_INTERVAL,
+};
 pub use storage::{LayoutFile, StorageError, TorrentLayout, TorrentStorage};
 
 /// Errors of the torrent layer.
