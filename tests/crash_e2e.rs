@@ -5,7 +5,8 @@
 //!   works, ten times in a row, and the files come out right;
 //! - blocks of unfinished pieces survive a `kill -9` (resume data): they are not
 //!   downloaded again;
-//! - `bae mount -f` with stderr on /dev/full runs and stops cleanly;
+//! - `bae mount -f` with stderr on /dev/full runs and stops cleanly, and so does a
+//!   daemon whose `$BAE_HOME` (cache, database, log) is on a filesystem that fills up;
 //! - a read of data that never comes fails with EIO within the configured timeout,
 //!   not twice that (the kernel's retry fails at once), and a clean stop says nothing
 //!   about unmounting.
@@ -336,4 +337,112 @@ fn a_read_of_data_that_never_comes_fails_within_the_timeout_once() {
         !log.to_lowercase().contains("unmount failed"),
         "a clean stop complained about unmounting:\n{log}"
     );
+}
+
+/// A tmpfs mounted over `dir` (keeping what `dir` held), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn over(dir: &Path, size: &str) -> Tmpfs {
+        let keep = dir.with_extension("before-tmpfs");
+        std::fs::rename(dir, &keep).unwrap();
+        std::fs::create_dir(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs (the tests run as root)");
+        let guard = Tmpfs(dir.to_path_buf());
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", keep.display()))
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        guard
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs fills the struct we pass; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_daemon_whose_home_fills_up_keeps_going_and_stops_cleanly() {
+    let files: &[(&str, usize)] = &[("01 - Big.flac", 12_000_000)];
+    let f = fixture(files, 256 << 10, 25);
+    let seeder = PyPeer::seed(&f.torrent, f.album.parent().unwrap());
+    let bae = Bae::new();
+    let home = Tmpfs::over(&bae.home, "16m");
+    // Room for a few MiB of the download, then nothing.
+    let filler = vec![0u8; (home.free_bytes() - (5 << 20)) as usize];
+    std::fs::write(bae.home.join("filler"), filler).unwrap();
+    let log = std::fs::File::create(bae.home.join("daemon.log")).unwrap();
+    let mut daemon = bae
+        .cmd(&["mount", "-f", bae.mountpoint.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = daemon.id() as i32;
+    struct Reap(Option<std::process::Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while bae.status_json()["daemon_running"] != true {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut reap = Reap(Some(daemon));
+    add(&bae, &f, Some(seeder.addr()));
+    while home.free_bytes() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the download did not fill the disk"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Full: writes, commits and log lines fail now. The daemon still answers…
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(bae.status_json()["daemon_running"], true);
+    // …and stops when told, by itself.
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut child = reap.0.take().unwrap();
+    let stop_deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > stop_deadline {
+            reap.0 = Some(child);
+            panic!("the daemon did not stop with its home full");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the daemon ended with {status}");
+    assert!(!listed_as_mounted(&bae.mountpoint));
+    drop(home);
 }
