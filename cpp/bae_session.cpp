@@ -1,6 +1,7 @@
 // See bae_session.hpp.
 #include "bae/cpp/bae_session.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -11,9 +12,11 @@
 #include <libtorrent/announce_entry.hpp>
 #include <libtorrent/create_torrent.hpp>
 #include <libtorrent/magnet_uri.hpp>
+#include <libtorrent/read_resume_data.hpp>
 #include <libtorrent/session_params.hpp>
 #include <libtorrent/torrent_info.hpp>
 #include <libtorrent/torrent_status.hpp>
+#include <libtorrent/write_resume_data.hpp>
 
 #include "bae/cpp/bae_disk.hpp"
 #include "bae/src/torrent/bridge.rs.h"
@@ -86,6 +89,42 @@ std::string torrent_bytes(lt::torrent_info const& ti, std::vector<lt::announce_e
     return out;
 }
 
+// Adds to `atp` the block bitmaps of pieces the store has not verified, from resume
+// data libtorrent saved in an earlier run. A block is marked finished in resume data only
+// once its write to the store completed, and the store's chunk files keep written bytes
+// across a kill, so those blocks need not be downloaded again. The store stays the only
+// authority on verified pieces: libtorrent counts a piece as had only after hashing it
+// (through the store) once all its blocks are there. Pieces the earlier run verified but
+// the store never recorded get every block marked, so libtorrent hashes them again
+// instead of downloading them. The earlier run's have-pieces, paused state and the rest
+// are ignored, as is resume data that does not parse or is of another torrent.
+void keep_partial_blocks(lt::add_torrent_params& atp, rust::Vec<std::uint8_t> const& resume) {
+    lt::error_code ec;
+    auto const* data = reinterpret_cast<char const*>(resume.data());
+    lt::add_torrent_params const rd =
+        lt::read_resume_data(lt::span<char const>(data, static_cast<std::ptrdiff_t>(resume.size())), ec);
+    if (ec || !atp.ti || !(rd.info_hashes == atp.ti->info_hashes())) return;
+    lt::torrent_info const& ti = *atp.ti;
+    auto const store_has = [&](lt::piece_index_t p) {
+        return p < atp.have_pieces.end_index() && atp.have_pieces.get_bit(p);
+    };
+    auto const blocks_in = [&](lt::piece_index_t p) {
+        return (ti.piece_size(p) + lt::default_block_size - 1) / lt::default_block_size;
+    };
+    for (auto const& entry : rd.unfinished_pieces) {
+        lt::piece_index_t const piece = entry.first;
+        if (piece < lt::piece_index_t(0) || piece >= ti.end_piece() || store_has(piece)) continue;
+        lt::bitfield blocks(blocks_in(piece), false);
+        int const n = std::min(blocks.size(), entry.second.size());
+        for (int i = 0; i < n; ++i)
+            if (entry.second.get_bit(i)) blocks.set_bit(i);
+        if (!blocks.none_set()) atp.unfinished_pieces[piece] = std::move(blocks);
+    }
+    lt::piece_index_t const end = std::min(rd.have_pieces.end_index(), ti.end_piece());
+    for (lt::piece_index_t p(0); p < end; ++p)
+        if (rd.have_pieces.get_bit(p) && !store_has(p)) atp.unfinished_pieces[p] = lt::bitfield(blocks_in(p), true);
+}
+
 }  // namespace
 
 std::unique_ptr<Session> new_session(SessionOptions const& opts, rust::Box<DiskHandle> disk) {
@@ -154,6 +193,7 @@ void Session::add_torrent(AddRequest const& req) const {
         for (std::size_t i = 0; i < req.have_pieces.size(); ++i)
             if (req.have_pieces[i]) atp.have_pieces.set_bit(lt::piece_index_t(static_cast<int>(i)));
     }
+    if (!req.resume.empty()) keep_partial_blocks(atp, req.resume);
     atp.flags &= ~(lt::torrent_flags::auto_managed | lt::torrent_flags::paused);
     if (req.paused) atp.flags |= lt::torrent_flags::paused;
     for (auto const& peer : req.peers) atp.peers.push_back(parse_endpoint(std::string(peer)));
@@ -215,6 +255,8 @@ rust::Vec<std::uint32_t> Session::have_pieces(std::int64_t id) const {
     return out;
 }
 
+void Session::save_resume_data(std::int64_t id) const { find(id).save_resume_data({}); }
+
 rust::Vec<AlertFfi> Session::wait_alerts(std::uint32_t timeout_ms) const {
     rust::Vec<AlertFfi> out;
     if (!session_->wait_for_alert(lt::milliseconds(timeout_ms))) return out;
@@ -253,6 +295,14 @@ void Session::collect_alerts(rust::Vec<AlertFfi>& out) const {
             out.push_back(alert(AlertKind::TorrentError, id_of(p->handle), 0, p->message()));
         } else if (auto const* p = lt::alert_cast<lt::file_error_alert>(a)) {
             out.push_back(alert(AlertKind::TorrentError, id_of(p->handle), 0, p->message()));
+        } else if (auto const* p = lt::alert_cast<lt::save_resume_data_alert>(a)) {
+            AlertFfi m = alert(AlertKind::ResumeData, id_of(p->handle), 0, "");
+            std::vector<char> const buf = lt::write_resume_data_buf(p->params);
+            m.bytes.reserve(buf.size());
+            for (char c : buf) m.bytes.push_back(static_cast<std::uint8_t>(c));
+            out.push_back(std::move(m));
+        } else if (auto const* p = lt::alert_cast<lt::save_resume_data_failed_alert>(a)) {
+            out.push_back(alert(AlertKind::ResumeDataFailed, id_of(p->handle), 0, p->message()));
         } else if (auto const* p = lt::alert_cast<lt::listen_failed_alert>(a)) {
             out.push_back(alert(AlertKind::SessionError, -1, 0, p->message()));
         }

@@ -47,6 +47,7 @@ public:
     void connect_peer(std::int64_t id, rust::Str addr) const;
     StatusFfi torrent_status(std::int64_t id) const;
     rust::Vec<std::uint32_t> have_pieces(std::int64_t id) const;
+    void save_resume_data(std::int64_t id) const;
     rust::Vec<AlertFfi> wait_alerts(std::uint32_t timeout_ms) const;
 
 private:

@@ -1,9 +1,12 @@
 //! The command line: one file per command, all behind one `clap` parser. Commands
 //! change the catalog themselves (so they work with no daemon running and are durable
 //! when they return) and then nudge a running daemon over the control socket.
+//! Nothing here panics on a closed or full stderr: logs go through [`log`], and the
+//! final error line is written with its failure ignored.
 
 mod add;
 mod import;
+mod log;
 mod manage;
 mod mount;
 mod status;
@@ -154,14 +157,21 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let verbose = matches!(cli.command, Command::Mount { .. });
     init_tracing(verbose);
-    match run(cli) {
+    let result = run(cli);
+    // Queued log lines first, so the error line comes last.
+    log::flush(LOG_FLUSH_TIMEOUT);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bae: {e:#}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "bae: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
+
+/// How long a finishing command waits for its queued log lines to be written.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn init_tracing(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
@@ -170,7 +180,8 @@ fn init_tracing(daemon: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(log::sink())
+        .log_internal_errors(false)
         .try_init();
 }
 

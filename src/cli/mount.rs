@@ -8,7 +8,11 @@
 //! program holds a file open under the mount, the unmount is refused with a clear error
 //! (the mount stays usable); `--lazy` detaches it at once instead and the daemon stops,
 //! so programs that still hold files open get errors on their next read. A mount left
-//! behind by a crashed daemon is cleaned up by `bae umount` or by the next `bae mount`.
+//! behind by a crashed daemon is cleaned up by `bae umount` or by the next `bae mount`
+//! (which waits for a daemon that is still exiting: see `daemon::run`).
+//!
+//! Messages go through [`say`], which never panics on a closed or full stdout: the
+//! foreground daemon prints its "mounted" line from inside the running daemon.
 
 use std::io::{BufRead, Seek};
 use std::os::unix::process::CommandExt;
@@ -37,10 +41,12 @@ pub fn mount(
 ) -> anyhow::Result<()> {
     let cache_size_bytes = cache_size.as_deref().map(parse_size).transpose()?;
     let lib = open_library(home)?;
-    if let Some(Response::Pong {
+    // Only a daemon that answers is running: one that is dying (its socket still there,
+    // no answer) is waited for by the new daemon, which needs the library lock.
+    if let Ok(Some(Response::Pong {
         mountpoint: mp,
         pid,
-    }) = ask_daemon(&lib, &Request::Ping, Duration::from_secs(5))?
+    })) = ask_daemon(&lib, &Request::Ping, Duration::from_secs(5))
     {
         bail!("this library is already mounted at {mp} (daemon pid {pid})");
     }
@@ -59,7 +65,7 @@ pub fn mount(
             cache_size_bytes,
         };
         return run(lib, opts, || {
-            println!("mounted at {}", mountpoint.display());
+            say(format_args!("mounted at {}", mountpoint.display()));
         });
     }
 
@@ -125,11 +131,11 @@ pub fn mount(
             ask_daemon(&lib, &Request::Ping, Duration::from_secs(2))
         {
             if crate::fs::is_fuse_mount(&mountpoint) {
-                println!(
+                say(format_args!(
                     "mounted at {} (daemon pid {pid}, log {})",
                     mountpoint.display(),
                     log_path.display()
-                );
+                ));
                 return Ok(());
             }
         }
@@ -207,14 +213,25 @@ pub fn umount(home: &Path, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> 
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            println!("unmounted {}", mountpoint.display());
+            say(format_args!("unmounted {}", mountpoint.display()));
             Ok(())
         }
         _ => {
-            if crate::fs::is_fuse_mount(mountpoint) {
-                crate::fs::unmount_path(mountpoint, true)?;
-                println!("removed the stale mount at {}", mountpoint.display());
+            // No daemon answers. Holding the lock proves none is alive, so a mount of
+            // this library at the path is stale; a dead mount of anyone goes too.
+            let _lock = crate::daemon::run::lock_library_within(&lib.home, UMOUNT_LOCK_WAIT)?;
+            let fsname = crate::fs::source_name(&lib.home);
+            if crate::fs::clean_stale_mount(mountpoint, &fsname)? {
+                say(format_args!(
+                    "removed the stale mount at {}",
+                    mountpoint.display()
+                ));
                 Ok(())
+            } else if crate::fs::is_fuse_mount(mountpoint) {
+                bail!(
+                    "{} is mounted by another program or library, not by this one",
+                    mountpoint.display()
+                )
             } else {
                 bail!(
                     "nothing of this library is mounted at {}",
@@ -223,4 +240,15 @@ pub fn umount(home: &Path, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> 
             }
         }
     }
+}
+
+/// How long `bae umount` waits for a daemon that is exiting before judging the mount.
+const UMOUNT_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Prints a line on stdout; a closed or full stdout loses it rather than panicking.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }

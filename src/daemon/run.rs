@@ -55,10 +55,37 @@ struct Daemon {
 /// remote before answering anyway (the writer keeps trying).
 const SYNC_META_WAIT: Duration = Duration::from_secs(5);
 
-/// An exclusive lock on the library: one daemon per library.
+/// How long a starting daemon waits for the library lock: a daemon that is still
+/// stopping (or whose process is being torn down after `kill -9`) holds it until then.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// An exclusive lock on the library: one daemon per library. A daemon holds it from
+/// before it mounts until its process ends, so whoever holds it knows that no server
+/// of this library's mount is alive.
 pub struct LibraryLock(#[allow(dead_code)] std::fs::File);
 
 pub fn lock_library(home: &Path) -> anyhow::Result<LibraryLock> {
+    lock_library_within(home, Duration::ZERO)
+}
+
+/// [`lock_library`], waiting up to `wait` for a daemon that is stopping.
+pub fn lock_library_within(home: &Path, wait: Duration) -> anyhow::Result<LibraryLock> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match try_lock_library(home)? {
+            Some(lock) => return Ok(lock),
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => bail!(
+                "a bae daemon is already running for the library in {} (bae umount stops it)",
+                home.display()
+            ),
+        }
+    }
+}
+
+fn try_lock_library(home: &Path) -> anyhow::Result<Option<LibraryLock>> {
     let path = home.join("daemon.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -69,12 +96,13 @@ pub fn lock_library(home: &Path) -> anyhow::Result<LibraryLock> {
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
-        bail!(
-            "a bae daemon is already running for the library in {} (bae umount stops it)",
-            home.display()
-        );
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("locking {}", path.display()));
     }
-    Ok(LibraryLock(f))
+    Ok(Some(LibraryLock(f)))
 }
 
 /// Runs the daemon in the foreground until it is told to stop. `ready` is called once
@@ -86,17 +114,12 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let _lock = lock_library(&lib.home)?;
+    let _lock = lock_library_within(&lib.home, LOCK_WAIT)?;
 
-    // A mount left behind by a crashed daemon is cleaned up first.
-    if crate::fs::is_fuse_mount(&opts.mountpoint)
-        && std::fs::metadata(&opts.mountpoint)
-            .err()
-            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
-    {
-        tracing::warn!(mountpoint = %opts.mountpoint.display(), "cleaning up a stale mount");
-        let _ = crate::fs::unmount_path(&opts.mountpoint, true);
-    }
+    // A mount left behind by a crashed daemon of this library is cleaned up first: we
+    // hold the lock, so its server is gone whatever state the kernel shows.
+    let fsname = crate::fs::source_name(&lib.home);
+    crate::fs::clean_stale_mount(&opts.mountpoint, &fsname)?;
 
     let remote = rt.block_on(lib.remote())?;
     // The remote must belong to this library and key before anything is written to it:
@@ -157,6 +180,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         enable_utp: net.utp,
         allow_multiple_connections_per_ip: true,
         storage,
+        resume_dir: Some(lib.home.join("resume")),
     })?);
     content.set_session(&session);
     let events = session.take_events();
@@ -201,6 +225,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
             runtime: Some(rt.handle().clone()),
             max_readahead_bytes: u64::from(daemon.lib.config.readahead_chunks)
                 * crate::model::CHUNK_LEN,
+            fsname,
             ..MountOptions::default()
         },
     )?;
@@ -592,7 +617,11 @@ impl Daemon {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "recording verified pieces at shutdown");
         }
-        if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
+        // Uploads that are failing (remote down, disk full) will not finish in the grace
+        // period: waiting for them would only make stopping slow.
+        if self.uploader.status().last_error.is_some() {
+            tracing::info!("uploads are failing; they resume at the next start");
+        } else if !self.uploader.wait_idle(SHUTDOWN_UPLOAD_GRACE).await {
             tracing::info!("uploads not finished; they resume at the next start");
         }
         if !self.journal.flush_meta(Duration::from_secs(10)).await {

@@ -47,7 +47,7 @@ pub struct FileEntry {
 }
 
 /// Why [`Content::read`] could not return the bytes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ContentError {
     /// The torrent (or range) is not known: removed while open, or out of range.
     #[error("torrent or range not found")]

@@ -9,18 +9,25 @@
 //!   needs no tree and keeps working across rebuilds.
 //! - Reads map file bytes to stream bytes, never past the end of the file, and feed the
 //!   handle's [`ReadAhead`] to prefetch what a sequential reader will want next.
+//! - A read that failed after waiting (timed out, data unavailable) is remembered for
+//!   [`RETRY_FAIL_TTL`]: the kernel answers a failed read-ahead by reading the same
+//!   pages again, one at a time, and that retry fails at once with the same error
+//!   instead of waiting a second full timeout. So a reader waits at most the
+//!   configured timeout. Failures that come fast (not found, integrity) are not
+//!   remembered.
 //!
 //! Locks (never held across an `.await`, never two at once except as listed):
 //! `rebuild` → `tree` (a rebuild swaps the tree while holding both); `handles` and each
-//! handle's `readahead` are taken alone.
+//! handle's `readahead` and `failed` are taken alone.
 //!
 //! [`tree`]: super::tree
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -109,9 +116,43 @@ const STATFS_BLOCK_BYTES: u64 = 4096;
 /// Bytes prefetched at each end of a file on open: tags and cover art live there.
 const OPEN_PREFETCH_BYTES: u64 = CHUNK_LEN;
 
+/// How long a failed read range fails again at once (see the module comment). Short:
+/// the kernel retries within milliseconds, and a reader that tries again later should
+/// get a fresh wait.
+pub const RETRY_FAIL_TTL: Duration = Duration::from_secs(3);
+
 struct Handle {
     file: FileRef,
     readahead: Mutex<ReadAhead>,
+    /// Recent failed reads of this handle: stream range, when, and why. A few, since
+    /// read-ahead requests for neighbouring windows fail together.
+    failed: Mutex<Vec<(Range<u64>, Instant, ContentError)>>,
+}
+
+/// Most failed reads a handle remembers.
+const MAX_REMEMBERED_FAILURES: usize = 8;
+
+impl Handle {
+    /// The error of a recent failed read covering `range`, if any.
+    fn recent_failure(&self, range: &Range<u64>) -> Option<ContentError> {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.retain(|(_, at, _)| at.elapsed() < RETRY_FAIL_TTL);
+        failed
+            .iter()
+            .find(|(r, _, _)| r.start <= range.start && range.end <= r.end)
+            .map(|(_, _, e)| e.clone())
+    }
+
+    fn remember_failure(&self, range: Range<u64>, e: &ContentError) {
+        if !matches!(e, ContentError::Timeout | ContentError::Unavailable(_)) {
+            return;
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= MAX_REMEMBERED_FAILURES {
+            failed.remove(0);
+        }
+        failed.push((range, Instant::now(), e.clone()));
+    }
 }
 
 /// The filesystem over one [`Content`].
@@ -266,6 +307,7 @@ impl Filesystem {
         let handle = Arc::new(Handle {
             file,
             readahead: Mutex::new(ReadAhead::default()),
+            failed: Mutex::new(Vec::new()),
         });
         self.handles
             .lock()
@@ -288,6 +330,11 @@ impl Filesystem {
             return Ok(Bytes::new());
         }
         let end = offset.saturating_add(u64::from(size)).min(file.len_bytes);
+        let range = file.stream_offset + offset..file.stream_offset + end;
+        if let Some(e) = handle.recent_failure(&range) {
+            tracing::debug!(torrent = %file.torrent, ?range, error = %e, "retry of a read that just failed");
+            return Err(FsError::Content(e));
+        }
         let ahead = handle
             .readahead
             .lock()
@@ -299,7 +346,6 @@ impl Filesystem {
                 file.stream_offset + r.start..file.stream_offset + r.end,
             );
         }
-        let range = file.stream_offset + offset..file.stream_offset + end;
         let read = self.content.read(file.torrent, range.clone());
         let result = match self.config.read_timeout {
             Some(limit) => tokio::time::timeout(limit, read)
@@ -309,6 +355,7 @@ impl Filesystem {
         };
         let bytes = result.map_err(|e| {
             tracing::warn!(torrent = %file.torrent, file = file.index.0, ?range, error = %e, "read failed");
+            handle.remember_failure(range.clone(), &e);
             FsError::Content(e)
         })?;
         let want = end - offset;

@@ -26,6 +26,7 @@ pub use content::{Content, ContentError, FileEntry, TorrentEntry};
 pub use error::FsError;
 pub use filesystem::{Attr, DirEntry, EntryKind, Filesystem, FsConfig, Opened, StatFs};
 pub use mount::{
-    is_fuse_mount, mount, unmount_path, wait_until_mounted, MountHandle, MountOptions,
+    clean_stale_mount, is_fuse_mount, mount, source_name, unmount_path, wait_until_mounted,
+    MountHandle, MountOptions,
 };
 pub use tree::{InodeNo, Tree};

@@ -14,7 +14,14 @@
 //! there); the mount then stays fully working. [`MountHandle::unmount_lazy`] detaches
 //! it at once (`umount -l`): new lookups fail, open files keep being served until they
 //! are closed, then the session ends. Dropping a handle tries a plain unmount and falls
-//! back to a lazy one.
+//! back to a lazy one. We do all unmounting ourselves: fuser 0.15's own unmount at the
+//! end of a session is disarmed (see [`disarm_fuser_unmount`]), because it unmounts
+//! whatever is mounted at the path by then and logs an error when nothing is.
+//!
+//! Stale mounts: a mount whose FUSE server died (`kill -9`) stays listed by the kernel.
+//! [`clean_stale_mount`] removes one before mounting again: a mount whose source is the
+//! caller's (the caller guarantees its server is gone, e.g. by holding a lock its
+//! server held for life), or any FUSE mount whose connection answers `ENOTCONN`.
 
 use std::ffi::CString;
 use std::fs;
@@ -44,7 +51,8 @@ pub struct MountOptions {
     /// Backstop on each read's wait for data, after which it fails with `EIO`; `None`
     /// trusts [`Content::read`]'s own bound.
     pub read_timeout: Option<Duration>,
-    /// Source name shown in /proc/mounts and `df`.
+    /// Source name shown in /proc/mounts and `df`; also how [`clean_stale_mount`]
+    /// recognises a mount of the same owner (see [`source_name`]).
     pub fsname: String,
     /// How long the kernel caches attributes and entries.
     pub attr_ttl: Duration,
@@ -131,6 +139,8 @@ pub fn mount(
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
     let mut session = Session::new(adapter, &mountpoint, &mount_options)
         .map_err(|e| FsError::io(format!("mounting {}", mountpoint.display()), e))?;
+    // Which kernel mount is ours: after the session, it must not be left behind.
+    let dev = mount_entry(&mountpoint).map(|m| m.dev);
 
     let thread_mountpoint = mountpoint.clone();
     let spawned = thread::Builder::new()
@@ -139,6 +149,17 @@ pub fn mount(
             if let Err(e) = session.run() {
                 tracing::error!(mountpoint = %thread_mountpoint.display(), error = %e, "FUSE session failed");
             }
+            // The session ends when the kernel drops the connection, normally because we
+            // unmounted. If our mount is still listed (connection aborted, or the loop
+            // failed), nothing serves it any more: detach it rather than leave it stale.
+            let entry = mount_entry(&thread_mountpoint);
+            if dev.is_some() && entry.map(|m| m.dev) == dev {
+                tracing::warn!(mountpoint = %thread_mountpoint.display(), "FUSE session ended while mounted; detaching the mount");
+                if let Err(e) = unmount_path(&thread_mountpoint, true) {
+                    tracing::error!(mountpoint = %thread_mountpoint.display(), error = %e, "detaching the mount failed");
+                }
+            }
+            disarm_fuser_unmount(&session);
             drop(session);
             if let Some(rt) = owned_runtime {
                 rt.shutdown_timeout(Duration::from_secs(1));
@@ -247,7 +268,7 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
     }
     let canonical = fs::canonicalize(path)
         .map_err(|e| FsError::io(format!("resolving mount point {}", path.display()), e))?;
-    if mount_fstype(&canonical).is_some() {
+    if mount_entry(&canonical).is_some() {
         return Err(FsError::AlreadyMounted(canonical));
     }
     let mut entries = fs::read_dir(&canonical)
@@ -261,8 +282,114 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
 /// Whether a FUSE filesystem is mounted at `path` (live or stale).
 pub fn is_fuse_mount(path: &Path) -> bool {
     resolve(path)
-        .and_then(|p| mount_fstype(&p))
-        .is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+        .and_then(|p| mount_entry(&p))
+        .is_some_and(|m| m.is_fuse())
+}
+
+/// The mount source (`fsname`) that names `dir` as a mount's owner: its canonical path,
+/// or plain "bae" when the path cannot be carried in a mount option (not UTF-8, or a
+/// comma or backslash, which `fusermount3` would split or unescape).
+pub fn source_name(dir: &Path) -> String {
+    let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match canonical.to_str() {
+        Some(s) if !s.contains([',', '\\']) && !s.is_empty() => s.to_string(),
+        _ => "bae".to_string(),
+    }
+}
+
+/// How long [`clean_stale_mount`] lets a stat of a foreign FUSE mount take.
+const STALE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most mounts stacked at one path that [`clean_stale_mount`] takes off.
+const MAX_STACKED_MOUNTS: usize = 16;
+
+/// Removes dead FUSE mounts at `path`, so that a new mount can go there. A FUSE mount
+/// is dead when its source is `owner` — the caller vouches that no server of `owner`
+/// runs — or when it answers `ENOTCONN` (its server is gone, whoever it was). Its
+/// connection is aborted (so no request waits on it any more, where the fusectl
+/// filesystem is mounted) and it is detached lazily (programs may still hold files
+/// open on it; they get errors). Returns whether anything was removed. A live mount
+/// of someone else is left alone; [`mount`] then reports it as already mounted.
+///
+/// Never stats `path` while the mount may be ours: a dying server may not answer.
+pub fn clean_stale_mount(path: &Path, owner: &str) -> Result<bool, FsError> {
+    let Some(target) = resolve_without_stat(path) else {
+        return Ok(false);
+    };
+    let mut cleaned = false;
+    for _ in 0..MAX_STACKED_MOUNTS {
+        let Some(entry) = mount_entry(&target) else {
+            return Ok(cleaned);
+        };
+        if !entry.is_fuse() {
+            return Ok(cleaned);
+        }
+        let ours = entry.source == owner;
+        if !ours && !answers_enotconn(&target) {
+            return Ok(cleaned);
+        }
+        tracing::warn!(mountpoint = %target.display(), source = %entry.source, "removing a stale FUSE mount left by a server that is gone");
+        abort_connection(entry.dev);
+        match unmount_path(&target, true) {
+            Ok(()) | Err(FsError::NotMounted(_)) => cleaned = true,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(cleaned)
+}
+
+/// Whether a stat of `path` fails with `ENOTCONN` (a FUSE mount whose connection is
+/// gone), probed on a helper thread so that a server that never answers cannot hang us.
+fn answers_enotconn(path: &Path) -> bool {
+    let (tx, rx) = mpsc::channel();
+    let probe = path.to_path_buf();
+    let spawned = thread::Builder::new()
+        .name("bae-stale-probe".to_string())
+        .spawn(move || {
+            let _ = tx.send(fs::metadata(&probe).err().and_then(|e| e.raw_os_error()));
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    matches!(
+        rx.recv_timeout(STALE_PROBE_TIMEOUT),
+        Ok(Some(libc::ENOTCONN))
+    )
+}
+
+/// Aborts the FUSE connection of the mount with device `dev` through the fusectl
+/// filesystem, if it is mounted. Best effort: a lazy unmount works without it.
+fn abort_connection(dev: (u32, u32)) {
+    // fusectl names a connection after the kernel's device number of the mount.
+    let id = (u64::from(dev.0) << 20) | u64::from(dev.1);
+    let knob = format!("/sys/fs/fuse/connections/{id}/abort");
+    match fs::write(&knob, "1") {
+        Ok(()) => tracing::info!(%knob, "aborted the FUSE connection"),
+        Err(e) => tracing::debug!(%knob, error = %e, "could not abort the FUSE connection"),
+    }
+}
+
+/// Makes fuser's end-of-session unmount a no-op. fuser 0.15.1 unmounts at drop unless a
+/// poll of its /dev/fuse descriptor reports neither nothing nor an error, and it polls
+/// an already dead connection as mounted: it would unmount whatever is at the path by
+/// then, or log "Unmount failed: Invalid argument" when nothing is. The descriptor is
+/// replaced, atomically, by the read end of a pipe with no writer, which polls as
+/// hung up; the connection is over by now, so nothing needs the old descriptor.
+fn disarm_fuser_unmount<T: std::os::fd::AsFd>(session: &T) {
+    use std::os::fd::AsRawFd;
+    let fd = session.as_fd().as_raw_fd();
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass; we own both.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    // SAFETY: `pipe` holds two descriptors we own; `fd` stays open (now naming the
+    // pipe) and is closed once, by the session that owns it.
+    unsafe {
+        libc::close(pipe[1]);
+        libc::dup3(pipe[0], fd, libc::O_CLOEXEC);
+        libc::close(pipe[0]);
+    }
 }
 
 /// Waits until a FUSE filesystem mounted at `path` answers requests (its root can be
@@ -353,16 +480,58 @@ fn resolve(path: &Path) -> Option<PathBuf> {
     Some(fs::canonicalize(parent).ok()?.join(path.file_name()?))
 }
 
-/// The filesystem type mounted exactly at `canonical`, from /proc/self/mountinfo.
-fn mount_fstype(canonical: &Path) -> Option<String> {
+/// `path` with its parent resolved and its last component kept, without touching
+/// `path` itself (a dead FUSE mount may not answer). Falls back to canonicalising
+/// paths that end in `..` or are a root.
+fn resolve_without_stat(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match name {
+        Some(name) => Some(fs::canonicalize(parent).ok()?.join(name)),
+        None => fs::canonicalize(path).ok(),
+    }
+}
+
+/// One line of /proc/self/mountinfo, reduced to what we use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MountEntry {
+    /// Device number (major, minor) of the mounted filesystem.
+    dev: (u32, u32),
+    fstype: String,
+    /// The mount source (a FUSE mount's `fsname`), unescaped.
+    source: String,
+}
+
+impl MountEntry {
+    fn is_fuse(&self) -> bool {
+        self.fstype == "fuse" || self.fstype.starts_with("fuse.")
+    }
+}
+
+/// The mount visible exactly at `canonical`, from /proc/self/mountinfo.
+fn mount_entry(canonical: &Path) -> Option<MountEntry> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = canonical.as_os_str().as_bytes();
+    parse_mountinfo(&info, canonical.as_os_str().as_bytes())
+}
+
+fn parse_mountinfo(info: &str, want: &[u8]) -> Option<MountEntry> {
     // The last mount at a path is the visible one.
     info.lines().rev().find_map(|line| {
-        let mut fields = line.split(' ');
-        let mount_point = fields.nth(4)?;
-        let fstype = fields.skip_while(|f| *f != "-").nth(1)?;
-        (unescape_mountinfo(mount_point) == want).then(|| fstype.to_string())
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mount_point = fields.get(4)?;
+        if unescape_mountinfo(mount_point) != want {
+            return None;
+        }
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        let sep = fields.iter().position(|f| *f == "-")?;
+        Some(MountEntry {
+            dev: (major.parse().ok()?, minor.parse().ok()?),
+            fstype: fields.get(sep + 1)?.to_string(),
+            source: String::from_utf8_lossy(&unescape_mountinfo(fields.get(sep + 2)?)).into_owned(),
+        })
     })
 }
 
@@ -416,6 +585,40 @@ mod tests {
             b"/mnt/my music\\x".to_vec()
         );
         assert_eq!(unescape_mountinfo(r"/a\04"), b"/a\\04".to_vec());
+    }
+
+    #[test]
+    fn mountinfo_lines_give_device_type_and_source() {
+        let info = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+            46 27 0:41 / /tmp/m\\040x ro,nosuid shared:3 - fuse /home/a\\040b ro,user_id=0\n\
+            47 46 0:42 / /tmp/m\\040x ro - fuse.bae bae ro\n";
+        assert_eq!(
+            parse_mountinfo(info, b"/tmp/m x"),
+            Some(MountEntry {
+                dev: (0, 42),
+                fstype: "fuse.bae".into(),
+                source: "bae".into()
+            })
+        );
+        let lower = info.lines().take(2).collect::<Vec<_>>().join("\n");
+        let e = parse_mountinfo(&lower, b"/tmp/m x").unwrap();
+        assert_eq!((e.dev, e.source.as_str()), ((0, 41), "/home/a b"));
+        assert!(e.is_fuse());
+        assert_eq!(parse_mountinfo(info, b"/tmp/m"), None);
+    }
+
+    #[test]
+    fn source_names_avoid_what_mount_options_cannot_carry() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("lib");
+        fs::create_dir(&plain).unwrap();
+        assert_eq!(
+            source_name(&plain),
+            fs::canonicalize(&plain).unwrap().to_str().unwrap()
+        );
+        let comma = dir.path().join("a,b");
+        fs::create_dir(&comma).unwrap();
+        assert_eq!(source_name(&comma), "bae");
     }
 
     #[test]

@@ -441,7 +441,7 @@ fn keep_cache_follows_completeness() {
 #[tokio::test]
 async fn content_errors_become_eio_or_enoent() {
     let (content, fs) = fs_over(vec![torrent(1, "A", &[(&["f"], 300)])]);
-    let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
+    let ino = resolve(&fs, "A/f").ino;
     let cases: [(fn() -> ContentError, i32); 4] = [
         (|| ContentError::Integrity("bad piece".into()), libc::EIO),
         (|| ContentError::Timeout, libc::EIO),
@@ -452,10 +452,13 @@ async fn content_errors_become_eio_or_enoent() {
         (|| ContentError::NotFound, libc::ENOENT),
     ];
     for (make, errno) in cases {
+        // A fresh handle each time: a handle remembers a failed wait for a moment.
+        let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
         content.behave(TorrentId(1), Behaviour::Fail(make));
         assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), errno);
     }
     // Fewer bytes than asked for is never passed on as a short read.
+    let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
     content.behave(TorrentId(1), Behaviour::ShortBy(1));
     assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EIO);
 }
@@ -472,6 +475,34 @@ async fn the_read_timeout_backstop_ends_a_hung_read_with_eio() {
     let fs = Filesystem::new(content.clone(), config);
     let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
     assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EIO);
+}
+
+#[tokio::test]
+async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
+    let content = Arc::new(MemContent::default());
+    let (entry, stream) = torrent(1, "A", &[(&["f"], 300)]);
+    content.set(vec![(entry, stream.clone())]);
+    content.behave(TorrentId(1), Behaviour::Hang);
+    let config = FsConfig {
+        read_timeout: Some(Duration::from_millis(50)),
+        ..FsConfig::default()
+    };
+    let fs = Filesystem::new(content.clone(), config);
+    let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(fs.read(fh, 0, 200).await.unwrap_err().errno(), libc::EIO);
+    let asked = content.state.lock().unwrap().reads.len();
+    // The data would now come, but the kernel's retry of part of the failed range gets
+    // the failure without asking the content (and so without a second wait).
+    content.behave(TorrentId(1), Behaviour::Serve);
+    assert_eq!(fs.read(fh, 100, 50).await.unwrap_err().errno(), libc::EIO);
+    assert_eq!(content.state.lock().unwrap().reads.len(), asked);
+    // A range the failure did not cover, or another handle, reads normally.
+    assert_eq!(fs.read(fh, 150, 100).await.unwrap(), stream.slice(150..250));
+    let other = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(
+        fs.read(other, 100, 50).await.unwrap(),
+        stream.slice(100..150)
+    );
 }
 
 #[tokio::test]

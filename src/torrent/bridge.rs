@@ -82,6 +82,9 @@ pub(crate) mod ffi {
         magnet: String,
         /// One byte per piece, non-zero = verified. Empty for magnets.
         have_pieces: Vec<u8>,
+        /// libtorrent resume data saved by an earlier run, or empty. Only its block
+        /// bitmaps of pieces not in `have_pieces` are used (see `keep_partial_blocks`).
+        resume: Vec<u8>,
         paused: bool,
         peers: Vec<String>,
     }
@@ -118,6 +121,10 @@ pub(crate) mod ffi {
         TorrentChecked,
         TorrentError,
         SessionError,
+        /// `bytes`: the torrent's resume data (bencoded), as asked by `save_resume_data`.
+        ResumeData,
+        /// Resume data could not be made (torrent being removed…); `message` says why.
+        ResumeDataFailed,
     }
 
     /// One libtorrent alert, reduced to what bae uses. `id` is -1 for session alerts
@@ -195,6 +202,8 @@ pub(crate) mod ffi {
         fn connect_peer(self: &Session, id: i64, addr: &str) -> Result<()>;
         fn torrent_status(self: &Session, id: i64) -> Result<StatusFfi>;
         fn have_pieces(self: &Session, id: i64) -> Result<Vec<u32>>;
+        /// Asks for the torrent's resume data; it arrives as a `ResumeData` alert.
+        fn save_resume_data(self: &Session, id: i64) -> Result<()>;
         fn wait_alerts(self: &Session, timeout_ms: u32) -> Vec<AlertFfi>;
 
         fn parse_torrent(bytes: &[u8]) -> Result<MetainfoFfi>;

@@ -22,10 +22,14 @@
 //! storage calls already under way delay shutdown; writes always run. Nothing here
 //! panics into C++.
 //!
+//! Torrents with a block stored since the last [`DiskCore::take_changed`] are recorded,
+//! after libtorrent was told of the write: the session saves their resume data.
+//!
 //! Lock order: `slots` → `prepared` are never held together with a slot's `pending`;
-//! each lock is held only for map operations, never across storage calls.
+//! each lock is held only for map operations, never across storage calls; `changed` is
+//! taken alone.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -209,6 +213,8 @@ pub(crate) struct DiskCore {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Set when libtorrent starts shutting down (`disk_interface::abort`).
     aborting: Arc<AtomicBool>,
+    /// Torrents that stored a block since the last `take_changed`.
+    changed: Arc<Mutex<HashSet<TorrentId>>>,
 }
 
 impl DiskCore {
@@ -222,6 +228,7 @@ impl DiskCore {
             read_q: Queue::new(),
             workers: Mutex::new(Vec::new()),
             aborting: Arc::new(AtomicBool::new(false)),
+            changed: Arc::new(Mutex::new(HashSet::new())),
         });
         let mut queues = vec![
             ("bae-disk-write", &core.write_q),
@@ -255,6 +262,13 @@ impl DiskCore {
 
     pub(crate) fn unprepare(&self, t: TorrentId) -> Option<Prepared> {
         lock(&self.prepared).remove(&t)
+    }
+
+    /// Torrents that stored a block since the last call. A write is counted only after
+    /// its completion was posted to libtorrent, so resume data asked for afterwards
+    /// includes that block.
+    pub(crate) fn take_changed(&self) -> HashSet<TorrentId> {
+        std::mem::take(&mut *lock(&self.changed))
     }
 
     /// Stops taking jobs, lets the workers finish what is queued, joins them. Idempotent.
@@ -330,6 +344,7 @@ struct Target {
     torrent: TorrentId,
     storage: Arc<dyn TorrentStorage>,
     aborting: Arc<AtomicBool>,
+    changed: Arc<Mutex<HashSet<TorrentId>>>,
 }
 
 impl Target {
@@ -362,6 +377,7 @@ impl DiskHandle {
                 torrent,
                 storage: Arc::clone(&self.core.storage),
                 aborting: Arc::clone(&self.core.aborting),
+                changed: Arc::clone(&self.core.changed),
             }),
             None => {
                 tracing::error!(index, "disk job for an unknown storage");
@@ -480,7 +496,10 @@ impl DiskHandle {
                 target.slot.stored.notify_all();
             }
             match result {
-                Ok(()) => ffi::complete_job(job, ok(Vec::new())),
+                Ok(()) => {
+                    ffi::complete_job(job, ok(Vec::new()));
+                    lock(&target.changed).insert(target.torrent);
+                }
                 Err(e) => {
                     tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "write failed");
                     ffi::complete_job(job, failed(DiskOp::Write, &e))

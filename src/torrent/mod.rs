@@ -5,9 +5,10 @@
 //! call the [`TorrentStorage`] trait; completions are posted back to libtorrent's network
 //! thread, which never blocks on bae. [`Session`] is the safe API: add (.torrent or
 //! magnet), pause, resume, remove, piece deadlines and priorities, status, and
-//! [`Event`]s from libtorrent's alerts. [`parse_metainfo`], [`parse_magnet`] and
-//! [`create_torrent`] use libtorrent's own parser and creator; [`PieceHashes`] reads the
-//! torrent's piece hashes itself, to check bytes that did not come through libtorrent.
+//! [`Event`]s from libtorrent's alerts, resume data kept across crashes (`resume.rs`).
+//! [`parse_metainfo`], [`parse_magnet`] and [`create_torrent`] use libtorrent's own parser
+//! and creator; [`PieceHashes`] reads the torrent's piece hashes itself, to check bytes
+//! that did not come through libtorrent.
 //!
 //! Nothing outside this module knows about libtorrent.
 
@@ -16,6 +17,7 @@ mod bridge;
 mod disk;
 mod hashes;
 mod metainfo;
+mod resume;
 mod session;
 mod storage;
 
@@ -25,7 +27,10 @@ use crate::model::TorrentId;
 
 pub use hashes::{HashKind, HashesError, PieceCheck, PieceHashes};
 pub use metainfo::{create_torrent, parse_magnet, parse_metainfo, MagnetInfo, Metainfo};
-pub use session::{AddOptions, Event, Session, SessionConfig, Source, TorrentState, TorrentStatus};
+pub use session::{
+    AddOptions, Event, Session, SessionConfig, Source, TorrentState, TorrentStatus,
+    RESUME_SAVE_INTERVAL,
+};
 pub use storage::{LayoutFile, StorageError, TorrentLayout, TorrentStorage};
 
 /// Errors of the torrent layer.

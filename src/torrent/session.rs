@@ -1,20 +1,29 @@
 //! A libtorrent session whose disk I/O goes through bae's [`TorrentStorage`], with a
 //! safe API keyed by [`TorrentId`] and a stream of [`Event`]s.
 //!
-//! Threads: libtorrent's network thread (C++), the disk workers (`disk.rs`), and one
-//! alert thread started here, which turns alerts into store calls (`pieces_verified`)
-//! and events. Dropping the [`Session`] stops the alert thread, then destroys the
-//! libtorrent session, which destroys the C++ disk object, which joins the disk workers.
+//! Threads: libtorrent's network thread (C++), the disk workers (`disk.rs`), one alert
+//! thread started here, which turns alerts into store calls (`pieces_verified`) and
+//! events, and, with a resume directory, a `bae-resume` thread writing resume files.
+//! Dropping the [`Session`] saves the last resume data (bounded wait), stops the alert
+//! thread, then destroys the libtorrent session, which destroys the C++ disk object,
+//! which joins the disk workers.
 //!
-//! Lock order: `torrents` → `sweep` → `given` → `complete_at_add`; none is held across a
-//! libtorrent call.
+//! Resume data (see [`resume`](super::resume)): every [`RESUME_SAVE_INTERVAL`] the alert
+//! thread asks libtorrent for the resume data of torrents that stored blocks since the
+//! last time, and at add it is handed back so that blocks of unfinished pieces are not
+//! downloaded again after a crash. The store's verified pieces stay authoritative.
+//!
+//! Lock order: `torrents` → `sweep` → `given` → `complete_at_add`; `resume_jobs` alone;
+//! none is held across a libtorrent call.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use cxx::UniquePtr;
 
@@ -22,11 +31,20 @@ use crate::model::{PieceIndex, TorrentId};
 use crate::torrent::bridge::ffi;
 use crate::torrent::disk::{save_path_for, DiskCore, DiskHandle, Prepared};
 use crate::torrent::metainfo::{parse_magnet, parse_metainfo};
+use crate::torrent::resume::{self, Outstanding, ResumeFiles, ResumeJob};
 use crate::torrent::storage::TorrentStorage;
 use crate::torrent::TorrentError;
 
 /// How long the alert thread waits for alerts before checking for shutdown.
 const ALERT_WAIT_MS: u32 = 200;
+
+/// How often torrents that stored blocks get their resume data saved. What a `kill -9`
+/// can cost is the blocks of unfinished pieces stored since the last save, so this is
+/// short; a save is a small file per downloading torrent.
+pub const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long dropping the session waits for the last resume data to be written.
+const RESUME_SAVE_AT_STOP: Duration = Duration::from_secs(3);
 
 /// Session settings. Tests use [`SessionConfig::loopback`].
 #[derive(Clone)]
@@ -42,6 +60,8 @@ pub struct SessionConfig {
     /// Needed when every peer is on 127.0.0.1.
     pub allow_multiple_connections_per_ip: bool,
     pub storage: Arc<dyn TorrentStorage>,
+    /// Where resume data is kept (see the module comment); `None`: not kept.
+    pub resume_dir: Option<PathBuf>,
 }
 
 impl SessionConfig {
@@ -56,6 +76,7 @@ impl SessionConfig {
             enable_utp: false,
             allow_multiple_connections_per_ip: true,
             storage,
+            resume_dir: None,
         }
     }
 }
@@ -144,6 +165,45 @@ struct Inner {
     given: Mutex<HashMap<TorrentId, Vec<bool>>>,
     /// Torrents added with every piece verified: their first "finished" needs no sweep.
     complete_at_add: Mutex<HashSet<TorrentId>>,
+    resume: Option<Resume>,
+}
+
+/// Resume data keeping: the files, the queue of the `bae-resume` thread, and what was
+/// asked of libtorrent and not yet written.
+struct Resume {
+    files: ResumeFiles,
+    resume_jobs: Mutex<Sender<ResumeJob>>,
+    outstanding: Arc<Outstanding>,
+}
+
+impl Inner {
+    /// Asks libtorrent for the resume data of every torrent that stored blocks since
+    /// the last time.
+    fn request_resume_data(&self) {
+        let Some(resume) = &self.resume else { return };
+        let changed = self.disk.take_changed();
+        let known: Vec<TorrentId> = {
+            let torrents = lock(&self.torrents);
+            changed
+                .into_iter()
+                .filter(|t| torrents.contains(t))
+                .collect()
+        };
+        for t in known {
+            resume.outstanding.add(1);
+            if let Err(e) = self.ffi.save_resume_data(t.0) {
+                resume.outstanding.finish_one();
+                tracing::debug!(torrent = %t, error = e.what(), "cannot ask for resume data");
+            }
+        }
+    }
+
+    fn send_resume_job(&self, job: ResumeJob) -> bool {
+        let Some(resume) = &self.resume else {
+            return false;
+        };
+        lock(&resume.resume_jobs).send(job).is_ok()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -176,6 +236,28 @@ impl Session {
         };
         let handle = Box::new(DiskHandle::new(Arc::clone(&disk)));
         let ffi = ffi::new_session(&opts, handle).map_err(session_err)?;
+        let resume = match config.resume_dir.clone() {
+            Some(dir) => {
+                let files = ResumeFiles::new(dir);
+                let outstanding = Arc::new(Outstanding::default());
+                let (jobs_tx, jobs_rx) = channel();
+                {
+                    let files = files.clone();
+                    let outstanding = Arc::clone(&outstanding);
+                    // Ends when the session (the only sender) is gone.
+                    std::thread::Builder::new()
+                        .name("bae-resume".into())
+                        .spawn(move || resume::run_writer(files, jobs_rx, &outstanding))
+                        .map_err(TorrentError::Workers)?;
+                }
+                Some(Resume {
+                    files,
+                    resume_jobs: Mutex::new(jobs_tx),
+                    outstanding,
+                })
+            }
+            None => None,
+        };
         let inner = Arc::new(Inner {
             ffi,
             disk,
@@ -183,6 +265,7 @@ impl Session {
             sweep: Mutex::new(HashSet::new()),
             given: Mutex::new(HashMap::new()),
             complete_at_add: Mutex::new(HashSet::new()),
+            resume,
         });
         let (tx, rx) = channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -226,6 +309,7 @@ impl Session {
             torrent_bytes: Vec::new(),
             magnet: String::new(),
             have_pieces: Vec::new(),
+            resume: Vec::new(),
             paused: opts.paused,
             peers: opts.peers.iter().map(SocketAddr::to_string).collect(),
         };
@@ -243,6 +327,10 @@ impl Session {
                 }
                 req.have_pieces = have.iter().map(|&h| u8::from(h)).collect();
                 req.torrent_bytes = bytes;
+                // Not for a full check: it hashes everything anyway.
+                if let (Some(resume), false) = (&self.inner.resume, opts.full_check) {
+                    req.resume = resume.files.load(t);
+                }
                 Prepared {
                     opened: true,
                     full_check: opts.full_check,
@@ -299,10 +387,12 @@ impl Session {
     }
 
     /// Removes a torrent from the session; the store's data stays (the store is closed
-    /// once libtorrent releases the storage).
+    /// once libtorrent releases the storage). Its resume data goes: a torrent added
+    /// again starts from the store's verified pieces alone.
     pub fn remove(&self, t: TorrentId) -> Result<(), TorrentError> {
         self.known(t)?;
         self.inner.ffi.remove_torrent(t.0).map_err(session_err)?;
+        self.inner.send_resume_job(ResumeJob::Discard(t));
         lock(&self.inner.torrents).remove(&t);
         lock(&self.inner.sweep).remove(&t);
         lock(&self.inner.given).remove(&t);
@@ -387,6 +477,13 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(resume) = &self.inner.resume {
+            // The alert thread still runs: it receives the answers.
+            self.inner.request_resume_data();
+            if !resume.outstanding.wait(RESUME_SAVE_AT_STOP) {
+                tracing::warn!("resume data not all saved at stop");
+            }
+        }
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.alert_thread.take() {
             if thread.join().is_err() {
@@ -434,7 +531,12 @@ fn was_given(inner: &Inner, a: &ffi::AlertFfi) -> bool {
 }
 
 fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
+    let mut last_resume_save = Instant::now();
     while !stop.load(Ordering::Acquire) {
+        if last_resume_save.elapsed() >= RESUME_SAVE_INTERVAL {
+            last_resume_save = Instant::now();
+            inner.request_resume_data();
+        }
         let mut alerts = inner.ffi.wait_alerts(ALERT_WAIT_MS);
         alerts.retain(|a| !was_given(inner, a));
         // Tell the store about a batch of verified pieces at once, before the events.
@@ -482,6 +584,24 @@ fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
                         sweep_verified(inner, t);
                     }
                     Event::TorrentFinished { t }
+                }
+                (ffi::AlertKind::ResumeData, t) => {
+                    let known = t.filter(|t| lock(&inner.torrents).contains(t));
+                    let sent =
+                        known.is_some_and(|t| inner.send_resume_job(ResumeJob::Save(t, a.bytes)));
+                    if !sent {
+                        if let Some(r) = &inner.resume {
+                            r.outstanding.finish_one();
+                        }
+                    }
+                    continue;
+                }
+                (ffi::AlertKind::ResumeDataFailed, t) => {
+                    tracing::debug!(torrent = ?t, message = %a.message, "no resume data");
+                    if let Some(r) = &inner.resume {
+                        r.outstanding.finish_one();
+                    }
+                    continue;
                 }
                 (ffi::AlertKind::TorrentError | ffi::AlertKind::SessionError, t) => {
                     tracing::error!(torrent = ?t, message = %a.message, "libtorrent error");
