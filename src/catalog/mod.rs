@@ -86,6 +86,13 @@ pub struct Layout {
 impl Layout {
     /// Checks piece length and that the files tile the stream exactly.
     pub fn validate(&self) -> std::result::Result<Geometry, GeometryError> {
+        self.geometry_and_files().map(|(g, _)| g)
+    }
+
+    /// The model's view of this layout: piece geometry and file spans, both checked.
+    pub fn geometry_and_files(
+        &self,
+    ) -> std::result::Result<(Geometry, crate::model::FileLayout), GeometryError> {
         let g = Geometry::new(self.total_len, self.piece_len)?;
         let spans = self
             .files
@@ -96,8 +103,7 @@ impl Layout {
                 pad: f.pad,
             })
             .collect();
-        crate::model::FileLayout::new(spans, self.total_len)?;
-        Ok(g)
+        Ok((g, crate::model::FileLayout::new(spans, self.total_len)?))
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::catalog::{CatalogError, Layout};
-use crate::model::{FileLayout, FileSpan, Geometry, GeometryError, PieceIndex, TorrentId};
+use crate::model::{FileLayout, Geometry, GeometryError, PieceIndex, TorrentId};
 use crate::store::{Store, StoreError};
 use crate::torrent::{HashKind, HashesError, PieceCheck, PieceHashes};
 
@@ -68,17 +68,7 @@ pub fn piece_hashes(metainfo: &[u8], layout: &Layout) -> Result<PieceHashes, Imp
 
 /// The model's view of a catalog layout.
 pub fn file_layout(layout: &Layout) -> Result<(Geometry, FileLayout), GeometryError> {
-    let g = layout.validate()?;
-    let spans = layout
-        .files
-        .iter()
-        .map(|f| FileSpan {
-            offset: f.stream_offset,
-            len: f.len,
-            pad: f.pad,
-        })
-        .collect();
-    Ok((g, FileLayout::new(spans, layout.total_len)?))
+    layout.geometry_and_files()
 }
 
 /// Writes the files of `layout` found under `dir` into the store, checking every piece
