@@ -145,7 +145,12 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     pack.set_int(lt::settings_pack::alert_mask, lt::alert_category::status | lt::alert_category::error
                                                     | lt::alert_category::storage
                                                     | lt::alert_category::piece_progress);
-    // Piece alerts drive the store's verified state: do not drop them under load.
+    // Auto-managed torrents: libtorrent's queue decides which of many run at once.
+    pack.set_int(lt::settings_pack::active_downloads, opts.active_downloads);
+    pack.set_int(lt::settings_pack::active_seeds, opts.active_seeds);
+    pack.set_int(lt::settings_pack::active_limit, opts.active_limit);
+    // Piece alerts drive the store's verified state: do not drop them under load (and
+    // if they are dropped anyway, the alert thread reconciles from have-pieces).
     pack.set_int(lt::settings_pack::alert_queue_size, 1 << 16);
     pack.set_int(lt::settings_pack::stop_tracker_timeout, 2);
     pack.set_str(lt::settings_pack::user_agent, "bae/0.1");
@@ -194,8 +199,12 @@ void Session::add_torrent(AddRequest const& req) const {
             if (req.have_pieces[i]) atp.have_pieces.set_bit(lt::piece_index_t(static_cast<int>(i)));
     }
     if (!req.resume.empty()) keep_partial_blocks(atp, req.resume);
+    // A torrent paused by the user is not auto-managed (the queue would resume it).
     atp.flags &= ~(lt::torrent_flags::auto_managed | lt::torrent_flags::paused);
-    if (req.paused) atp.flags |= lt::torrent_flags::paused;
+    if (req.paused)
+        atp.flags |= lt::torrent_flags::paused;
+    else
+        atp.flags |= lt::torrent_flags::auto_managed;
     for (auto const& peer : req.peers) atp.peers.push_back(parse_endpoint(std::string(peer)));
 
     std::lock_guard<std::mutex> lock(mutex_);
@@ -213,8 +222,17 @@ void Session::remove_torrent(std::int64_t id) const {
     by_id_.erase(id);
 }
 
-void Session::pause_torrent(std::int64_t id) const { find(id).pause(); }
-void Session::resume_torrent(std::int64_t id) const { find(id).resume(); }
+void Session::pause_torrent(std::int64_t id) const {
+    lt::torrent_handle const h = find(id);
+    h.unset_flags(lt::torrent_flags::auto_managed);
+    h.pause();
+}
+
+void Session::resume_torrent(std::int64_t id) const {
+    lt::torrent_handle const h = find(id);
+    h.set_flags(lt::torrent_flags::auto_managed);
+    h.resume();
+}
 
 void Session::set_piece_deadline(std::int64_t id, std::uint32_t piece, std::int32_t deadline_ms) const {
     find(id).set_piece_deadline(lt::piece_index_t(static_cast<int>(piece)), deadline_ms);
@@ -303,6 +321,8 @@ void Session::collect_alerts(rust::Vec<AlertFfi>& out) const {
             out.push_back(std::move(m));
         } else if (auto const* p = lt::alert_cast<lt::save_resume_data_failed_alert>(a)) {
             out.push_back(alert(AlertKind::ResumeDataFailed, id_of(p->handle), 0, p->message()));
+        } else if (lt::alert_cast<lt::alerts_dropped_alert>(a)) {
+            out.push_back(alert(AlertKind::AlertsDropped, -1, 0, "alert queue overflowed"));
         } else if (auto const* p = lt::alert_cast<lt::listen_failed_alert>(a)) {
             out.push_back(alert(AlertKind::SessionError, -1, 0, p->message()));
         }

@@ -115,7 +115,9 @@ pub struct TorrentRecord {
     pub info_hash_v2: Option<[u8; 32]>,
     pub name: String,
     pub magnet: Option<String>,
-    pub metainfo: Option<Vec<u8>>,
+    /// Whether the bencoded .torrent is known ([`Catalog::metainfo`] reads it: it can be
+    /// megabytes, so records never carry it).
+    pub has_metainfo: bool,
     /// Known once metadata is known.
     pub geometry: Option<Geometry>,
     pub paused: bool,
@@ -124,9 +126,25 @@ pub struct TorrentRecord {
     pub pin: bool,
     pub added_at: i64,
     pub peers: Vec<String>,
+    /// Verified pieces, complete (or uploaded) chunks and uploaded chunks, as recorded.
+    pub n_verified: u32,
+    pub n_complete: u32,
+    pub n_uploaded: u32,
 }
 
 impl TorrentRecord {
+    /// Every piece verified and every chunk uploaded: nothing about this torrent changes
+    /// any more but its flags, so nothing per chunk need be read to use it.
+    pub fn settled(&self) -> bool {
+        self.geometry
+            .is_some_and(|g| self.n_verified == g.num_pieces() && self.n_uploaded == g.num_chunks())
+    }
+
+    /// Nothing verified, nothing complete.
+    pub fn untouched(&self) -> bool {
+        self.n_verified == 0 && self.n_complete == 0
+    }
+
     /// Hex of the v1 info hash, else of the v2 one (truncated to 40 chars as clients show).
     pub fn info_hash_hex(&self) -> String {
         match (&self.info_hash_v1, &self.info_hash_v2) {
@@ -150,6 +168,7 @@ pub struct ChunkRecord {
 #[derive(Clone, Debug)]
 pub struct Completed {
     pub index: u32,
+    pub len: u64,
     pub hash: [u8; 32],
     pub object_id: String,
 }
@@ -165,8 +184,9 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, \
-                            piece_len, total_len, paused, seeding, pin, added_at, peers";
+const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, \
+                            metainfo IS NOT NULL, piece_len, total_len, paused, seeding, pin, \
+                            added_at, peers, n_verified, n_complete, n_uploaded";
 
 impl Catalog {
     /// Opens (creating if needed) the database and brings its schema up to date.
@@ -255,7 +275,7 @@ impl Catalog {
         Ok(TorrentId(conn.last_insert_rowid()))
     }
 
-    /// Records a torrent's layout (files and chunk rows) once its metadata is known.
+    /// Records a torrent's layout (its files) once its metadata is known.
     /// Idempotent: recording the same layout again is a no-op; a different one is an
     /// error (the content of a torrent never changes).
     pub fn set_layout(
@@ -315,20 +335,20 @@ impl Catalog {
                     f.mtime
                 ])?;
             }
-            let mut ins = tx.prepare(
-                "INSERT INTO chunks (torrent_id, idx, len, state) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for c in 0..g.num_chunks() {
-                ins.execute(params![
-                    id.0,
-                    c,
-                    g.chunk_len(crate::model::ChunkIndex(c)) as i64,
-                    ChunkState::Partial.as_i64()
-                ])?;
-            }
+            // No chunk rows: a chunk gets one when it is complete (library scale).
         }
         tx.commit()?;
         Ok(g)
+    }
+
+    /// The torrent's bencoded .torrent, once known.
+    pub fn metainfo(&self, id: TorrentId) -> Result<Option<Vec<u8>>> {
+        self.conn()
+            .query_row("SELECT metainfo FROM torrents WHERE id = ?1", [id.0], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or(CatalogError::UnknownTorrent(id))
     }
 
     pub fn torrent(&self, id: TorrentId) -> Result<TorrentRecord> {
@@ -474,18 +494,19 @@ impl Catalog {
             for p in pieces {
                 ins.execute(params![id.0, p])?;
             }
-            let mut up = tx.prepare(
-                "UPDATE chunks SET state = ?3, hash = ?4, object_id = ?5
-                 WHERE torrent_id = ?1 AND idx = ?2 AND state = ?6",
+            // A row exists only for a chunk complete already: never overwritten here.
+            let mut ins = tx.prepare(
+                "INSERT OR IGNORE INTO chunks (torrent_id, idx, len, state, hash, object_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for c in completed {
-                up.execute(params![
+                ins.execute(params![
                     id.0,
                     c.index,
+                    c.len as i64,
                     ChunkState::Complete.as_i64(),
                     c.hash.to_vec(),
                     c.object_id,
-                    ChunkState::Partial.as_i64()
                 ])?;
             }
         }
@@ -503,17 +524,11 @@ impl Catalog {
             for p in pieces {
                 del.execute(params![id.0, p])?;
             }
-            let mut up = tx.prepare(
-                "UPDATE chunks SET state = ?3, hash = NULL, object_id = NULL
-                 WHERE torrent_id = ?1 AND idx = ?2 AND state != ?4",
-            )?;
+            // Partial chunks have no row.
+            let mut del = tx
+                .prepare("DELETE FROM chunks WHERE torrent_id = ?1 AND idx = ?2 AND state != ?3")?;
             for c in chunks {
-                up.execute(params![
-                    id.0,
-                    c,
-                    ChunkState::Partial.as_i64(),
-                    ChunkState::Uploaded.as_i64()
-                ])?;
+                del.execute(params![id.0, c, ChunkState::Uploaded.as_i64()])?;
             }
         }
         tx.commit()?;
@@ -732,9 +747,9 @@ impl Catalog {
         let mut st = conn.prepare(
             "SELECT t.id FROM torrents t
              WHERE t.compacted = 0 AND t.total_len IS NOT NULL AND t.needs_full_journal = 0
-               AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.torrent_id = t.id AND c.state != ?1)",
+               AND t.n_uploaded = (t.total_len + ?1 - 1) / ?1",
         )?;
-        let rows = st.query_map([ChunkState::Uploaded.as_i64()], |r| {
+        let rows = st.query_map([crate::model::CHUNK_LEN as i64], |r| {
             Ok(TorrentId(r.get(0)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -777,14 +792,29 @@ impl Catalog {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
+            let total: Option<i64> = tx.query_row(
+                "SELECT total_len FROM torrents WHERE id = ?1",
+                [id.0],
+                |r| r.get(0),
+            )?;
+            let g = Geometry::new(
+                total.ok_or(CatalogError::UnknownTorrent(id))? as u64,
+                crate::model::CHUNK_LEN,
+            )?;
             let mut up = tx.prepare(
-                "UPDATE chunks SET state = ?3, hash = ?4, object_id = ?5
-                 WHERE torrent_id = ?1 AND idx = ?2",
+                "INSERT OR REPLACE INTO chunks (torrent_id, idx, len, state, hash, object_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for (idx, hash, oid) in chunks {
+                if *idx >= g.num_chunks() {
+                    return Err(CatalogError::Corrupt(format!(
+                        "restored chunk {idx} out of range"
+                    )));
+                }
                 up.execute(params![
                     id.0,
                     idx,
+                    g.chunk_len(crate::model::ChunkIndex(*idx)) as i64,
                     ChunkState::Uploaded.as_i64(),
                     hash.to_vec(),
                     oid
@@ -858,13 +888,16 @@ fn torrent_row(r: &Row<'_>) -> rusqlite::Result<TorrentRecord> {
             .transpose()?,
         name: r.get(4)?,
         magnet: r.get(5)?,
-        metainfo: r.get(6)?,
+        has_metainfo: r.get(6)?,
         geometry,
         paused: r.get(9)?,
         seeding: r.get(10)?,
         pin: r.get(11)?,
         added_at: r.get(12)?,
         peers: serde_json::from_str(&r.get::<_, String>(13)?).map_err(|_| bad("peers"))?,
+        n_verified: r.get(14)?,
+        n_complete: r.get(15)?,
+        n_uploaded: r.get(16)?,
     })
 }
 

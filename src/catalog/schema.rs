@@ -70,6 +70,39 @@ const MIGRATIONS: &[&str] = &[
         objects TEXT NOT NULL                   -- JSON list of chunk object ids to delete (--purge)
     );
     "#,
+    // 3: library scale. A chunk has a row only once it is complete (its hash and object
+    // name are what need keeping); per-torrent counts, kept by triggers, let a start-up
+    // load a settled torrent (all verified, all uploaded) or an untouched one without
+    // reading a row per chunk.
+    r#"
+    DELETE FROM chunks WHERE state = 0;
+    DROP INDEX IF EXISTS chunks_by_state;
+    ALTER TABLE torrents ADD COLUMN n_verified INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE torrents ADD COLUMN n_complete INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE torrents ADD COLUMN n_uploaded INTEGER NOT NULL DEFAULT 0;
+    UPDATE torrents SET
+        n_verified = (SELECT count(*) FROM pieces p WHERE p.torrent_id = torrents.id),
+        n_complete = (SELECT count(*) FROM chunks c WHERE c.torrent_id = torrents.id),
+        n_uploaded = (SELECT count(*) FROM chunks c WHERE c.torrent_id = torrents.id AND c.state = 2);
+    CREATE TRIGGER pieces_ins AFTER INSERT ON pieces BEGIN
+        UPDATE torrents SET n_verified = n_verified + 1 WHERE id = NEW.torrent_id;
+    END;
+    CREATE TRIGGER pieces_del AFTER DELETE ON pieces BEGIN
+        UPDATE torrents SET n_verified = n_verified - 1 WHERE id = OLD.torrent_id;
+    END;
+    CREATE TRIGGER chunks_ins AFTER INSERT ON chunks BEGIN
+        UPDATE torrents SET n_complete = n_complete + 1,
+            n_uploaded = n_uploaded + (NEW.state = 2) WHERE id = NEW.torrent_id;
+    END;
+    CREATE TRIGGER chunks_del AFTER DELETE ON chunks BEGIN
+        UPDATE torrents SET n_complete = n_complete - 1,
+            n_uploaded = n_uploaded - (OLD.state = 2) WHERE id = OLD.torrent_id;
+    END;
+    CREATE TRIGGER chunks_upd AFTER UPDATE OF state ON chunks BEGIN
+        UPDATE torrents SET n_uploaded = n_uploaded + (NEW.state = 2) - (OLD.state = 2)
+            WHERE id = NEW.torrent_id;
+    END;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {

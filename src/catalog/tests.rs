@@ -53,11 +53,11 @@ fn torrent_layout_and_chunks_round_trip() {
         Err(CatalogError::LayoutMismatch(_))
     ));
     assert_eq!(cat.layout(id).unwrap().unwrap(), l);
-    let chunks = cat.chunks(id).unwrap();
-    assert_eq!(chunks.len(), 5);
-    assert!(chunks.iter().all(|c| c.state == ChunkState::Partial));
+    // A chunk has no row until it is complete (library scale).
+    assert!(cat.chunks(id).unwrap().is_empty());
     let t = cat.torrent(id).unwrap();
-    assert_eq!(t.metainfo.as_deref(), Some(&b"d4:infod"[..]));
+    assert!(t.has_metainfo && t.untouched() && !t.settled());
+    assert_eq!(cat.metainfo(id).unwrap().as_deref(), Some(&b"d4:infod"[..]));
     assert!(t.seeding && t.pin && !t.paused);
 }
 
@@ -101,11 +101,17 @@ fn verified_pieces_complete_chunks_then_upload() {
         .unwrap();
     let done = Completed {
         index: 1,
+        len: 1 << 20,
         hash: [7; 32],
         object_id: "obj".into(),
     };
     cat.commit_verified(id, &[1, 1, 2], &[done]).unwrap();
     assert_eq!(cat.verified_pieces(id).unwrap(), vec![1, 2]);
+    let counts = |cat: &Catalog| {
+        let t = cat.torrent(id).unwrap();
+        (t.n_verified, t.n_complete, t.n_uploaded)
+    };
+    assert_eq!(counts(&cat), (2, 1, 0), "counts follow the rows");
     let key = ChunkKey::new(id, 1);
     let c = cat.chunk(key).unwrap().unwrap();
     assert_eq!(c.state, ChunkState::Complete);
@@ -117,10 +123,26 @@ fn verified_pieces_complete_chunks_then_upload() {
     assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Complete);
     assert!(cat.mark_uploaded(key, "obj").unwrap());
     assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Uploaded);
+    assert_eq!(counts(&cat), (2, 1, 1));
     // Recovery never reverts an uploaded chunk.
     cat.unverify(id, &[1], &[1]).unwrap();
     assert_eq!(cat.chunk(key).unwrap().unwrap().state, ChunkState::Uploaded);
     assert_eq!(cat.verified_pieces(id).unwrap(), vec![2]);
+    assert_eq!(counts(&cat), (1, 1, 1));
+    cat.forget_uploaded_chunk(key).unwrap();
+    assert_eq!(counts(&cat), (1, 1, 0));
+    cat.unverify(id, &[2], &[1]).unwrap();
+    assert_eq!(counts(&cat), (0, 0, 0), "a partial chunk has no row");
+    assert!(cat.chunk(key).unwrap().is_none());
+    let done = Completed {
+        index: 2,
+        len: 1 << 20,
+        hash: [8; 32],
+        object_id: "obj".into(),
+    };
+    cat.commit_verified(id, &[0, 1, 2], &[done]).unwrap();
+    assert!(cat.mark_uploaded(ChunkKey::new(id, 2), "obj").unwrap());
+    assert!(!cat.torrent(id).unwrap().settled());
     assert_eq!(cat.remove_torrent(id).unwrap(), vec!["obj".to_string()]);
     assert!(cat.chunks(id).unwrap().is_empty());
     assert_eq!(cat.integrity_check().unwrap(), "ok");

@@ -56,6 +56,12 @@ pub struct NetworkConfig {
     /// uTP crawls over loopback with libtorrent 2.0.8; TCP only is the safe default
     /// for local swarms and tests.
     pub utp: bool,
+    /// libtorrent's queue (torrents are auto-managed): how many download at once,
+    /// seed at once, and are active in all. A library seeds thousands of albums; the
+    /// queue rotates them.
+    pub active_downloads: u32,
+    pub active_seeds: u32,
+    pub active_limit: u32,
 }
 
 impl Default for NetworkConfig {
@@ -68,6 +74,9 @@ impl Default for NetworkConfig {
             upnp: true,
             natpmp: true,
             utp: true,
+            active_downloads: 8,
+            active_seeds: 200,
+            active_limit: 1000,
         }
     }
 }

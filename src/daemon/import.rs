@@ -97,8 +97,7 @@ fn copy_checked(
 ) -> Result<u64, ImportError> {
     let metainfo = store
         .catalog()
-        .torrent(id)?
-        .metainfo
+        .metainfo(id)?
         .ok_or(ImportError::NoMetainfo)?;
     let hashes = piece_hashes(&metainfo, layout)?;
     let (_, files) = file_layout(layout)?;

@@ -63,47 +63,63 @@ pub fn live(
         if let Some(s) = store.torrent_stats(t.id) {
             apply_stats(&mut r, &s);
         }
-        if let Ok(st) = session.status(t.id) {
-            r.download_bps = st.download_rate_bps;
-            r.upload_bps = st.upload_rate_bps;
-            r.peers = st.peers;
-            r.state = state_name(st.state, st.paused).into();
-            r.error = st.error;
+        match session.status(t.id) {
+            Ok(st) => {
+                r.download_bps = st.download_rate_bps;
+                r.upload_bps = st.upload_rate_bps;
+                r.peers = st.peers;
+                r.state = state_name(st.state, st.paused).into();
+                r.error = st.error;
+            }
+            // Not in the session: complete and not seeding (its reads are the store's).
+            Err(_) if !t.paused && r.size_bytes > 0 && r.progress >= 1.0 => {
+                r.state = "complete".into();
+            }
+            Err(_) => {}
         }
         out.push(r);
     }
     Ok(out)
 }
 
-/// A report with no daemon: what the catalog and the cache directory say.
+/// A report with no daemon: what the catalog and the cache directory say. Reads the
+/// per-torrent counts and lists only cache directories that exist.
 pub fn offline(catalog: &Catalog, cache_dir: &Path) -> Result<StatusReport, CatalogError> {
     let mut report = StatusReport::default();
     for t in catalog.torrents()? {
         let mut r = base(&t);
-        let chunks = catalog.chunks(t.id)?;
-        let dir = crate::store::torrent_cache_dir(cache_dir, &t.uid);
+        let Some(g) = t.geometry else {
+            report.torrents.push(r);
+            continue;
+        };
         let mut s = TorrentStats {
-            chunks_total: chunks.len() as u32,
+            chunks_total: g.num_chunks(),
+            chunks_uploaded: t.n_uploaded,
+            chunks_complete: t.n_complete,
+            pieces_total: g.num_pieces(),
+            pieces_verified: t.n_verified,
+            bytes_verified: (u64::from(t.n_verified) * g.piece_len()).min(g.total_len()),
             ..Default::default()
         };
-        for c in &chunks {
-            let local = dir.join(c.index.to_string()).exists();
-            s.chunks_local += u32::from(local);
-            s.chunks_uploaded += u32::from(c.state == ChunkState::Uploaded);
-            if local {
-                report.cache.used_bytes += c.len;
+        let dir = crate::store::torrent_cache_dir(cache_dir, &t.uid);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let local: Vec<u32> = entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|&c| c < g.num_chunks())
+                .collect();
+            for c in local {
+                let len = g.chunk_len(crate::model::ChunkIndex(c));
+                s.chunks_local += 1;
+                report.cache.used_bytes += len;
                 report.cache.present_chunks += 1;
-                if c.state != ChunkState::Uploaded {
-                    report.cache.not_uploaded_bytes += c.len;
+                let uploaded = catalog
+                    .chunk(crate::model::ChunkKey::new(t.id, c))?
+                    .is_some_and(|c| c.state == ChunkState::Uploaded);
+                if !uploaded {
+                    report.cache.not_uploaded_bytes += len;
                 }
             }
-        }
-        if let Some(g) = t.geometry {
-            s.bytes_verified = catalog
-                .verified_pieces(t.id)?
-                .into_iter()
-                .map(|p| g.piece_size(crate::model::PieceIndex(p)))
-                .sum();
         }
         apply_stats(&mut r, &s);
         report.torrents.push(r);

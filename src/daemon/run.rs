@@ -4,7 +4,7 @@
 //! give uploads a bounded chance to finish (the rest resume at the next start), write
 //! the remote metadata that is still stale.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use crate::fs::{FsError, MountHandle, MountOptions};
 use crate::model::TorrentId;
 use crate::store::Store;
 use crate::tiering::{journal::JournalError, Fetcher, Journal, Uploader};
-use crate::torrent::{AddOptions, Event, Session, SessionConfig, Source};
+use crate::torrent::{AddOptions, Event, QueueLimits, Session, SessionConfig, Source};
 
 use super::content::StoreContent;
 use super::control::{self, Request, Response, StatusReport};
@@ -46,7 +46,10 @@ struct Daemon {
     fetcher: Arc<Fetcher>,
     mountpoint: PathBuf,
     /// Torrents the session currently has.
-    added: Mutex<HashSet<TorrentId>>,
+    /// Torrents in the session, with whether they were last set active (not paused):
+    /// pause and resume are applied on change only, so libtorrent's queue decides
+    /// which auto-managed torrents run.
+    added: Mutex<HashMap<TorrentId, bool>>,
     shutdown_tx: mpsc::UnboundedSender<(bool, tokio::sync::oneshot::Sender<Result<(), String>>)>,
     journal: Arc<Journal>,
 }
@@ -181,6 +184,11 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         allow_multiple_connections_per_ip: true,
         storage,
         resume_dir: Some(lib.home.join("resume")),
+        queue: QueueLimits {
+            active_downloads: net.active_downloads,
+            active_seeds: net.active_seeds,
+            active_limit: net.active_limit,
+        },
     })?);
     content.set_session(&session);
     let events = session.take_events();
@@ -195,7 +203,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         uploader,
         fetcher,
         mountpoint: mountpoint.clone(),
-        added: Mutex::new(HashSet::new()),
+        added: Mutex::new(HashMap::new()),
         shutdown_tx,
         journal,
     });
@@ -345,25 +353,60 @@ impl Daemon {
         };
         let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: HashSet<TorrentId> = torrents.iter().map(|t| t.id).collect();
-        for gone in added
-            .iter()
-            .filter(|t| !wanted.contains(t))
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            if let Err(e) = self.session.remove(gone) {
-                tracing::warn!(torrent = %gone, error = %e, "removing from the session");
+        let mut known: HashSet<TorrentId> = added.keys().copied().collect();
+        known.extend(self.store.torrent_ids());
+        for gone in known.into_iter().filter(|t| !wanted.contains(t)) {
+            if added.remove(&gone).is_some() {
+                if let Err(e) = self.session.remove(gone) {
+                    tracing::warn!(torrent = %gone, error = %e, "removing from the session");
+                }
             }
             if let Err(e) = self.store.remove_torrent(gone) {
                 tracing::warn!(torrent = %gone, error = %e, "removing cached chunks");
             }
-            added.remove(&gone);
             self.content.invalidate();
         }
         for t in &torrents {
-            if !added.contains(&t.id) {
-                let source = match (&t.metainfo, &t.magnet) {
-                    (Some(m), _) => Source::Metainfo(m.clone()),
+            let complete = t.geometry.is_some() && {
+                let _ = self.store.register_torrent(t.id);
+                self.store.is_complete(t.id)
+            };
+            // Only torrents with work for libtorrent are in the session: a paused one, or
+            // a complete one that does not seed, costs nothing there (its reads are the
+            // store's), so start-up and memory do not grow with the library.
+            let active = !t.paused && !(complete && !t.seeding);
+            if t.geometry.is_some() {
+                self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
+            }
+            if let Some(&was_active) = added.get(&t.id) {
+                if was_active != active {
+                    let r = if active {
+                        self.session.resume(t.id)
+                    } else {
+                        self.session.pause(t.id)
+                    };
+                    match r {
+                        Ok(()) => {
+                            added.insert(t.id, active);
+                        }
+                        Err(e) => {
+                            tracing::warn!(torrent = %t.id, error = %e, "applying pause state")
+                        }
+                    }
+                }
+            } else {
+                if !active {
+                    continue;
+                }
+                let metainfo = match self.lib.catalog.metainfo(t.id) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(torrent = %t.id, error = %e, "cannot read the torrent's metadata");
+                        continue;
+                    }
+                };
+                let source = match (metainfo, &t.magnet) {
+                    (Some(m), _) => Source::Metainfo(m),
                     (None, Some(m)) => Source::Magnet(m.clone()),
                     (None, None) => {
                         tracing::error!(torrent = %t.id, "torrent has neither metainfo nor magnet");
@@ -372,34 +415,17 @@ impl Daemon {
                 };
                 let peers: Vec<SocketAddr> =
                     t.peers.iter().filter_map(|p| p.parse().ok()).collect();
-                let complete = t.geometry.is_some() && {
-                    let _ = self.store.register_torrent(t.id);
-                    self.store.is_complete(t.id)
-                };
                 let opts = AddOptions {
-                    paused: t.paused || (complete && !t.seeding),
+                    paused: false,
                     peers,
                     full_check: false,
                 };
                 match self.session.add(t.id, source, opts) {
                     Ok(()) => {
-                        added.insert(t.id);
+                        added.insert(t.id, true);
                     }
                     Err(e) => tracing::error!(torrent = %t.id, error = %e, "cannot add torrent"),
                 }
-            } else {
-                let complete = self.store.is_complete(t.id);
-                let r = if t.paused || (complete && !t.seeding) {
-                    self.session.pause(t.id)
-                } else {
-                    self.session.resume(t.id)
-                };
-                if let Err(e) = r {
-                    tracing::warn!(torrent = %t.id, error = %e, "applying pause state");
-                }
-            }
-            if t.geometry.is_some() {
-                self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
             }
         }
         self.content.invalidate();
@@ -413,7 +439,8 @@ impl Daemon {
             .added
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&t);
+            .remove(&t)
+            .is_some();
         if was_added {
             tracing::info!(torrent = %t, "re-adding the torrent to download revoked pieces again");
             if let Err(e) = self.session.remove(t) {
@@ -611,7 +638,7 @@ impl Daemon {
     async fn shutdown(self: Arc<Self>) {
         tracing::info!("stopping");
         // No new pieces from here on: what is verified now is what gets recorded.
-        for t in self.added.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for t in self.added.lock().unwrap_or_else(|e| e.into_inner()).keys() {
             let _ = self.session.pause(*t);
         }
         if let Err(e) = self.store.flush() {

@@ -114,7 +114,10 @@ fn load_hashes(catalog: &Catalog, t: TorrentId) -> Result<PieceHashes, String> {
         .layout(t)
         .map_err(|e| e.to_string())?
         .ok_or("its layout is not known yet")?;
-    let metainfo = rec.metainfo.ok_or("its metadata is not known yet")?;
+    let metainfo = catalog
+        .metainfo(t)
+        .map_err(|e| e.to_string())?
+        .ok_or("its metadata is not known yet")?;
     let hashes = piece_hashes(&metainfo, &layout).map_err(|e| e.to_string())?;
     let v1_ok = match (hashes.info_hash_v1(), rec.info_hash_v1) {
         (Some(a), Some(b)) => a == b,

@@ -6,10 +6,12 @@
 //! torrent's content stream (files in torrent order, pad files included), the last
 //! chunk is shorter, and pieces map onto chunks independently of chunk boundaries.
 
+mod bits;
 mod geometry;
 mod ids;
 mod state;
 
+pub use bits::{BitSet, ChunkStates};
 pub use geometry::{ChunkSpan, FileLayout, FileSpan, Geometry, GeometryError, CHUNK_LEN};
 pub use ids::{ChunkIndex, ChunkKey, FileIndex, PieceIndex, TorrentId};
 pub use state::ChunkState;

@@ -2,25 +2,33 @@
 //! they cost, which are pinned, and the LRU order of the evictable ones.
 //!
 //! Pure logic, no I/O, so eviction order, pins and size accounting are unit tested.
+//! Memory grows with the cache and the active torrents, not with the library: per
+//! torrent, two bits per chunk (none when all chunks share a state) and a bit per
+//! piece; per *local* chunk (present, or complete and waiting for upload) an entry with
+//! its hash and object name. An uploaded chunk that is not local is only its state bits
+//! here; its identity is read from the catalog when it is fetched.
+//!
 //! Invariants:
-//! - `used_bytes` is the sum of `len` over present chunks.
+//! - `used_bytes` is the sum of `len` over present chunks; `evictable_bytes` over the
+//!   chunks in `lru`; `unsafe_bytes` over present chunks not yet uploaded;
+//!   `pinned_bytes` over present uploaded chunks of pinned torrents. All are kept as
+//!   chunks change, so [`CacheState::stats`] never walks anything.
 //! - A chunk is in `lru` iff it is present, uploaded, not pinned by its torrent and has
 //!   no read pins. Only chunks in `lru` are ever evicted, so a chunk that is not yet
 //!   safe in the remote never leaves the cache.
+//! - A torrent's `local` map holds exactly its chunks that are present or complete.
 
 use std::collections::HashMap;
 
 use lru::LruCache;
 
-use crate::model::{ChunkKey, ChunkState, Geometry, TorrentId};
+use crate::model::{BitSet, ChunkIndex, ChunkKey, ChunkState, ChunkStates, Geometry, TorrentId};
 
 pub use super::files::FileStamp;
 
-/// Per-chunk facts the cache needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkEntry {
-    pub len: u64,
-    pub state: ChunkState,
+/// What is known about a local chunk beyond its state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalChunk {
     pub present: bool,
     pub hash: Option<[u8; 32]>,
     pub object_id: Option<String>,
@@ -30,19 +38,75 @@ pub struct ChunkEntry {
     pub checked: Option<FileStamp>,
 }
 
+/// A snapshot of one chunk, as the rest of the store asks about it. `hash` and
+/// `object_id` are `None` for an uploaded chunk that is not local (see the module
+/// comment): they are in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub len: u64,
+    pub state: ChunkState,
+    pub present: bool,
+    pub hash: Option<[u8; 32]>,
+    pub object_id: Option<String>,
+    pub checked: Option<FileStamp>,
+}
+
 #[derive(Debug)]
 pub struct TorrentEntry {
     pub uid: [u8; 16],
     pub geometry: Geometry,
-    pub chunks: Vec<ChunkEntry>,
+    pub states: ChunkStates,
+    pub local: HashMap<u32, LocalChunk>,
     /// Pieces verified (in memory as soon as libtorrent says so; durable after commit).
-    pub verified: Vec<bool>,
-    pub verified_count: u32,
+    pub verified: BitSet,
     /// Pieces recorded in the catalog (a subset of `verified`): the committer decides
     /// chunk completeness from these plus its batch, never from `verified` alone.
-    pub durable: Vec<bool>,
+    pub durable: BitSet,
     /// Seeding with pin: none of the torrent's chunks is evictable.
     pub pinned: bool,
+    present: u32,
+}
+
+impl TorrentEntry {
+    pub fn new(uid: [u8; 16], geometry: Geometry, states: ChunkStates, verified: BitSet) -> Self {
+        TorrentEntry {
+            uid,
+            geometry,
+            states,
+            local: HashMap::new(),
+            durable: verified.clone(),
+            verified,
+            pinned: false,
+            present: 0,
+        }
+    }
+
+    pub fn state(&self, c: u32) -> ChunkState {
+        self.states.get(c).unwrap_or(ChunkState::Partial)
+    }
+
+    pub fn present(&self, c: u32) -> bool {
+        self.local.get(&c).is_some_and(|l| l.present)
+    }
+
+    pub fn present_count(&self) -> u32 {
+        self.present
+    }
+
+    /// Records what is known about a chunk while the entry is being built (recovery).
+    pub fn set_local(&mut self, c: u32, local: LocalChunk) {
+        if let Some(old) = self.local.remove(&c) {
+            self.present -= u32::from(old.present);
+        }
+        if local.present || self.state(c) == ChunkState::Complete {
+            self.present += u32::from(local.present);
+            self.local.insert(c, local);
+        }
+    }
+
+    pub fn chunk_len(&self, c: u32) -> u64 {
+        self.geometry.chunk_len(ChunkIndex(c))
+    }
 }
 
 #[derive(Debug)]
@@ -51,6 +115,10 @@ pub struct CacheState {
     lru: LruCache<ChunkKey, ()>,
     read_pins: HashMap<ChunkKey, u32>,
     used_bytes: u64,
+    evictable_bytes: u64,
+    unsafe_bytes: u64,
+    pinned_bytes: u64,
+    present_chunks: u64,
 }
 
 /// A summary for `status`.
@@ -61,6 +129,9 @@ pub struct CacheStats {
     pub present_chunks: u64,
     /// Present chunks not yet safe in the remote.
     pub not_uploaded_bytes: u64,
+    /// Present, uploaded chunks kept by a pinned (seeding) torrent.
+    #[serde(default)]
+    pub pinned_bytes: u64,
 }
 
 impl Default for CacheState {
@@ -70,8 +141,20 @@ impl Default for CacheState {
             lru: LruCache::unbounded(),
             read_pins: HashMap::new(),
             used_bytes: 0,
+            evictable_bytes: 0,
+            unsafe_bytes: 0,
+            pinned_bytes: 0,
+            present_chunks: 0,
         }
     }
+}
+
+/// What one chunk adds to the totals.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    present: u64,
+    unsafe_: u64,
+    pinned: u64,
 }
 
 impl CacheState {
@@ -79,29 +162,101 @@ impl CacheState {
         self.used_bytes
     }
 
-    pub fn entry(&self, key: ChunkKey) -> Option<&ChunkEntry> {
-        self.torrents
-            .get(&key.torrent)?
-            .chunks
-            .get(key.index.0 as usize)
+    pub fn entry(&self, key: ChunkKey) -> Option<ChunkEntry> {
+        let t = self.torrents.get(&key.torrent)?;
+        let c = key.index.0;
+        let state = t.states.get(c)?;
+        let local = t.local.get(&c);
+        Some(ChunkEntry {
+            len: t.chunk_len(c),
+            state,
+            present: local.is_some_and(|l| l.present),
+            hash: local.and_then(|l| l.hash),
+            object_id: local.and_then(|l| l.object_id.clone()),
+            checked: local.and_then(|l| l.checked),
+        })
     }
 
-    fn entry_mut(&mut self, key: ChunkKey) -> Option<&mut ChunkEntry> {
+    pub fn present(&self, key: ChunkKey) -> bool {
         self.torrents
-            .get_mut(&key.torrent)?
-            .chunks
-            .get_mut(key.index.0 as usize)
+            .get(&key.torrent)
+            .is_some_and(|t| t.present(key.index.0))
+    }
+
+    pub fn state(&self, key: ChunkKey) -> Option<ChunkState> {
+        self.torrents.get(&key.torrent)?.states.get(key.index.0)
+    }
+
+    fn cost(&self, key: ChunkKey) -> Cost {
+        let Some(t) = self.torrents.get(&key.torrent) else {
+            return Cost::default();
+        };
+        let c = key.index.0;
+        if !t.present(c) {
+            return Cost::default();
+        }
+        let len = t.chunk_len(c);
+        let safe = t.state(c).is_safe_in_remote();
+        Cost {
+            present: len,
+            unsafe_: if safe { 0 } else { len },
+            pinned: if safe && t.pinned { len } else { 0 },
+        }
+    }
+
+    fn add_cost(&mut self, c: Cost, sign: i8) {
+        let apply = |v: &mut u64, d: u64| {
+            if sign > 0 {
+                *v += d
+            } else {
+                *v -= d
+            }
+        };
+        apply(&mut self.used_bytes, c.present);
+        apply(&mut self.unsafe_bytes, c.unsafe_);
+        apply(&mut self.pinned_bytes, c.pinned);
+        if c.present > 0 {
+            apply(&mut self.present_chunks, 1);
+        }
+    }
+
+    /// Applies `f` to a chunk with the totals, the `local` map and the LRU kept right.
+    /// Returns `None` for an unknown chunk.
+    fn update<R>(
+        &mut self,
+        key: ChunkKey,
+        f: impl FnOnce(&mut ChunkStates, &mut LocalChunk) -> R,
+    ) -> Option<R> {
+        let c = key.index.0;
+        if self.torrents.get(&key.torrent)?.states.get(c).is_none() {
+            return None;
+        }
+        let before = self.cost(key);
+        self.add_cost(before, -1);
+        let t = self.torrents.get_mut(&key.torrent)?;
+        let mut local = t.local.remove(&c).unwrap_or_default();
+        let was_present = local.present;
+        let r = f(&mut t.states, &mut local);
+        if !local.present {
+            local.checked = None;
+        }
+        t.present = t.present + u32::from(local.present) - u32::from(was_present);
+        if local.present || t.state(c) == ChunkState::Complete {
+            t.local.insert(c, local);
+        }
+        let after = self.cost(key);
+        self.add_cost(after, 1);
+        self.refresh(key);
+        Some(r)
     }
 
     fn evictable(&self, key: ChunkKey) -> bool {
         let Some(t) = self.torrents.get(&key.torrent) else {
             return false;
         };
-        let Some(c) = t.chunks.get(key.index.0 as usize) else {
-            return false;
-        };
-        c.present
-            && c.state.is_safe_in_remote()
+        let c = key.index.0;
+        t.present(c)
+            && t.state(c).is_safe_in_remote()
             && !t.pinned
             && self.read_pins.get(&key).copied().unwrap_or(0) == 0
     }
@@ -111,101 +266,131 @@ impl CacheState {
         if self.evictable(key) {
             if !self.lru.contains(&key) {
                 self.lru.put(key, ());
+                self.evictable_bytes += self.len_of(key);
             }
-        } else {
-            self.lru.pop(&key);
+        } else if self.lru.pop(&key).is_some() {
+            self.evictable_bytes -= self.len_of(key);
         }
     }
 
+    fn len_of(&self, key: ChunkKey) -> u64 {
+        self.torrents
+            .get(&key.torrent)
+            .map_or(0, |t| t.chunk_len(key.index.0))
+    }
+
+    fn local_keys(&self, id: TorrentId) -> Vec<ChunkKey> {
+        // In chunk order, so that the LRU order of a freshly loaded torrent is stable.
+        let mut keys: Vec<ChunkKey> = self.torrents.get(&id).map_or_else(Vec::new, |t| {
+            t.local.keys().map(|&c| ChunkKey::new(id, c)).collect()
+        });
+        keys.sort_unstable_by_key(|k| k.index.0);
+        keys
+    }
+
     pub fn insert_torrent(&mut self, id: TorrentId, entry: TorrentEntry) {
-        let n = entry.chunks.len() as u32;
         self.remove_torrent(id);
-        self.used_bytes += entry
-            .chunks
-            .iter()
-            .filter(|c| c.present)
-            .map(|c| c.len)
-            .sum::<u64>();
         self.torrents.insert(id, entry);
-        for i in 0..n {
-            self.refresh(ChunkKey::new(id, i));
+        for key in self.local_keys(id) {
+            let cost = self.cost(key);
+            self.add_cost(cost, 1);
+            self.refresh(key);
         }
     }
 
     pub fn remove_torrent(&mut self, id: TorrentId) -> Option<TorrentEntry> {
-        let t = self.torrents.remove(&id)?;
-        for (i, c) in t.chunks.iter().enumerate() {
-            let key = ChunkKey::new(id, i as u32);
-            self.lru.pop(&key);
-            self.read_pins.remove(&key);
-            if c.present {
-                self.used_bytes -= c.len;
+        for key in self.local_keys(id) {
+            let cost = self.cost(key);
+            self.add_cost(cost, -1);
+            if self.lru.pop(&key).is_some() {
+                self.evictable_bytes -= self.len_of(key);
             }
+            self.read_pins.remove(&key);
         }
-        Some(t)
+        self.torrents.remove(&id)
     }
 
-    /// Records that a chunk's local file now exists. Returns false for an unknown chunk.
+    /// Records that a chunk's local file now exists (or not). Returns false for an
+    /// unknown chunk.
     pub fn set_present(&mut self, key: ChunkKey, present: bool) -> bool {
-        let Some(c) = self.entry_mut(key) else {
-            return false;
-        };
-        if !present {
-            c.checked = None;
-        }
-        if c.present != present {
-            c.present = present;
-            let len = c.len;
-            if present {
-                self.used_bytes += len;
-            } else {
-                self.used_bytes -= len;
-            }
-        }
-        self.refresh(key);
-        true
+        self.update(key, |_, l| l.present = present).is_some()
     }
 
     pub fn set_state(&mut self, key: ChunkKey, state: ChunkState) {
-        if let Some(c) = self.entry_mut(key) {
-            c.state = state;
-        }
-        self.refresh(key);
+        self.update(key, |s, _| {
+            s.set(key.index.0, state);
+        });
+    }
+
+    /// A chunk became complete (or was re-queued) with this hash and object name.
+    pub fn set_complete(&mut self, key: ChunkKey, hash: [u8; 32], object_id: String) {
+        self.update(key, |s, l| {
+            s.set(key.index.0, ChunkState::Complete);
+            l.hash = Some(hash);
+            l.object_id = Some(object_id);
+        });
+    }
+
+    /// A fetched chunk's file was installed: present, with its identity, checked.
+    pub fn set_fetched(
+        &mut self,
+        key: ChunkKey,
+        hash: [u8; 32],
+        object_id: String,
+        stamp: FileStamp,
+    ) {
+        self.update(key, |_, l| {
+            l.present = true;
+            l.hash = Some(hash);
+            l.object_id = Some(object_id);
+            l.checked = Some(stamp);
+        });
     }
 
     pub fn set_checked(&mut self, key: ChunkKey, checked: Option<FileStamp>) {
-        if let Some(c) = self.entry_mut(key) {
-            c.checked = checked;
+        if let Some(l) = self
+            .torrents
+            .get_mut(&key.torrent)
+            .and_then(|t| t.local.get_mut(&key.index.0))
+        {
+            l.checked = checked;
         }
     }
 
     /// Forgets what a chunk was known to be (its bytes were lost): partial, no hash, no
     /// object. Accounting and LRU membership follow.
     pub fn reset_chunk(&mut self, key: ChunkKey) {
-        if let Some(c) = self.entry_mut(key) {
-            c.state = ChunkState::Partial;
-            c.hash = None;
-            c.object_id = None;
-            c.checked = None;
-        }
-        self.refresh(key);
+        self.update(key, |s, l| {
+            s.set(key.index.0, ChunkState::Partial);
+            l.hash = None;
+            l.object_id = None;
+            l.checked = None;
+        });
     }
 
     pub fn set_torrent_pinned(&mut self, id: TorrentId, pinned: bool) {
-        let Some(t) = self.torrents.get_mut(&id) else {
+        if self.torrents.get(&id).is_none_or(|t| t.pinned == pinned) {
             return;
-        };
-        t.pinned = pinned;
-        let n = t.chunks.len() as u32;
-        for i in 0..n {
-            self.refresh(ChunkKey::new(id, i));
+        }
+        let keys = self.local_keys(id);
+        for &key in &keys {
+            let cost = self.cost(key);
+            self.add_cost(cost, -1);
+        }
+        if let Some(t) = self.torrents.get_mut(&id) {
+            t.pinned = pinned;
+        }
+        for key in keys {
+            let cost = self.cost(key);
+            self.add_cost(cost, 1);
+            self.refresh(key);
         }
     }
 
     /// Marks a chunk as in use by a reader: it cannot be evicted until unpinned.
     pub fn pin(&mut self, key: ChunkKey) {
         *self.read_pins.entry(key).or_insert(0) += 1;
-        self.lru.pop(&key);
+        self.refresh(key);
     }
 
     pub fn unpin(&mut self, key: ChunkKey) {
@@ -223,33 +408,53 @@ impl CacheState {
     /// deletes its file (while still holding the lock, so a concurrent fetch cannot
     /// lose its fresh file to this eviction).
     pub fn evict_one(&mut self) -> Option<ChunkKey> {
-        let (key, ()) = self.lru.pop_lru()?;
-        if let Some(c) = self.entry_mut(key) {
-            c.present = false;
-            c.checked = None;
-            self.used_bytes -= c.len;
-        }
+        let (key, ()) = self.lru.peek_lru().map(|(k, v)| (*k, *v))?;
+        self.set_present(key, false);
         Some(key)
     }
 
     pub fn stats(&self) -> CacheStats {
-        let mut s = CacheStats {
+        CacheStats {
             used_bytes: self.used_bytes,
-            ..Default::default()
-        };
-        for t in self.torrents.values() {
-            for c in t.chunks.iter().filter(|c| c.present) {
+            evictable_bytes: self.evictable_bytes,
+            present_chunks: self.present_chunks,
+            not_uploaded_bytes: self.unsafe_bytes,
+            pinned_bytes: self.pinned_bytes,
+        }
+    }
+
+    /// Chunks complete but not yet uploaded, over all torrents (O(torrents)).
+    pub fn not_uploaded_chunks(&self) -> usize {
+        self.torrents
+            .values()
+            .map(|t| (t.states.complete() - t.states.uploaded()) as usize)
+            .sum()
+    }
+
+    /// Recomputes every total from scratch (tests: the incremental totals must agree).
+    #[cfg(test)]
+    pub fn recomputed(&self) -> CacheStats {
+        let mut s = CacheStats::default();
+        for (&id, t) in &self.torrents {
+            for (&c, l) in &t.local {
+                if !l.present {
+                    continue;
+                }
+                let len = t.chunk_len(c);
+                s.used_bytes += len;
                 s.present_chunks += 1;
-                if !c.state.is_safe_in_remote() {
-                    s.not_uploaded_bytes += c.len;
+                if t.state(c).is_safe_in_remote() {
+                    if t.pinned {
+                        s.pinned_bytes += len;
+                    }
+                } else {
+                    s.not_uploaded_bytes += len;
+                }
+                if self.lru.contains(&ChunkKey::new(id, c)) {
+                    s.evictable_bytes += len;
                 }
             }
         }
-        s.evictable_bytes = self
-            .lru
-            .iter()
-            .filter_map(|(k, ())| self.entry(*k).map(|c| c.len))
-            .sum();
         s
     }
 }
@@ -261,24 +466,22 @@ mod tests {
 
     fn torrent(chunks: u32, state: ChunkState, present: bool) -> TorrentEntry {
         let g = Geometry::new(u64::from(chunks) * CHUNK_LEN, 1 << 20).unwrap();
-        TorrentEntry {
-            uid: [0; 16],
-            geometry: g,
-            chunks: (0..chunks)
-                .map(|_| ChunkEntry {
-                    len: CHUNK_LEN,
-                    state,
+        let verified = if state == ChunkState::Partial {
+            BitSet::empty(chunks)
+        } else {
+            BitSet::full(chunks)
+        };
+        let mut t = TorrentEntry::new([0; 16], g, ChunkStates::uniform(chunks, state), verified);
+        for c in 0..chunks {
+            t.set_local(
+                c,
+                LocalChunk {
                     present,
-                    hash: None,
-                    object_id: None,
-                    checked: None,
-                })
-                .collect(),
-            verified: vec![false; chunks as usize],
-            verified_count: 0,
-            durable: vec![false; chunks as usize],
-            pinned: false,
+                    ..Default::default()
+                },
+            );
         }
+        t
     }
 
     const T: TorrentId = TorrentId(1);
@@ -298,6 +501,11 @@ mod tests {
             .collect();
         assert_eq!(order, vec![2, 3, 0, 1]);
         assert_eq!(c.used_bytes(), 0);
+        assert_eq!(c.stats(), c.recomputed());
+        assert!(
+            c.torrents[&T].local.is_empty(),
+            "uploaded, absent: nothing in memory"
+        );
     }
 
     #[test]
@@ -314,14 +522,19 @@ mod tests {
         c.unpin(ChunkKey::new(T, 0));
         assert_eq!(c.evict_one(), None, "still pinned once");
         c.set_torrent_pinned(T, true);
+        assert_eq!(c.stats().pinned_bytes, CHUNK_LEN);
         c.unpin(ChunkKey::new(T, 0));
         assert_eq!(c.evict_one(), None, "torrent pinned");
+        assert_eq!(c.stats(), c.recomputed());
         c.set_torrent_pinned(T, false);
+        assert_eq!(c.stats().pinned_bytes, 0);
         assert_eq!(c.evict_one(), Some(ChunkKey::new(T, 0)));
         let s = c.stats();
         assert_eq!(s.present_chunks, 1);
         assert_eq!(s.not_uploaded_bytes, CHUNK_LEN);
         assert_eq!(s.used_bytes, CHUNK_LEN);
+        assert_eq!(s, c.recomputed());
+        assert_eq!(c.not_uploaded_chunks(), 1);
     }
 
     #[test]
@@ -329,14 +542,39 @@ mod tests {
         let mut c = CacheState::default();
         c.insert_torrent(T, torrent(3, ChunkState::Partial, false));
         assert_eq!(c.used_bytes(), 0);
+        assert!(c.torrents[&T].local.is_empty());
         assert!(c.set_present(ChunkKey::new(T, 2), true));
         assert!(c.set_present(ChunkKey::new(T, 2), true));
         assert_eq!(c.used_bytes(), CHUNK_LEN);
         assert!(!c.set_present(ChunkKey::new(T, 9), true));
         c.insert_torrent(TorrentId(2), torrent(2, ChunkState::Uploaded, true));
         assert_eq!(c.used_bytes(), 3 * CHUNK_LEN);
+        assert_eq!(c.stats().evictable_bytes, 2 * CHUNK_LEN);
         c.remove_torrent(TorrentId(2));
         assert_eq!(c.used_bytes(), CHUNK_LEN);
+        assert_eq!(c.stats(), c.recomputed());
         assert_eq!(c.evict_one(), None);
+    }
+
+    #[test]
+    fn complete_chunks_keep_their_identity_until_reset() {
+        let mut c = CacheState::default();
+        c.insert_torrent(T, torrent(2, ChunkState::Partial, false));
+        let k = ChunkKey::new(T, 1);
+        c.set_present(k, true);
+        c.set_complete(k, [7; 32], "oid".into());
+        let e = c.entry(k).unwrap();
+        assert_eq!(
+            (e.state, e.hash, e.object_id.as_deref()),
+            (ChunkState::Complete, Some([7; 32]), Some("oid"))
+        );
+        assert_eq!(c.stats().not_uploaded_bytes, CHUNK_LEN);
+        // Lost its file while complete: still known (it must be revoked or refetched).
+        c.set_present(k, false);
+        assert_eq!(c.entry(k).unwrap().hash, Some([7; 32]));
+        c.reset_chunk(k);
+        assert!(c.torrents[&T].local.is_empty());
+        assert_eq!(c.entry(k).unwrap().state, ChunkState::Partial);
+        assert_eq!(c.stats(), c.recomputed());
     }
 }

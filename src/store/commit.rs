@@ -25,25 +25,28 @@ use super::{Store, StoreError};
 impl Store {
     /// libtorrent verified these pieces. Updates the in-memory view at once and queues
     /// them for the committer, which makes them durable. Never blocks on I/O.
+    /// Pieces known verified already are ignored, so libtorrent may report a piece any
+    /// number of times (echoes of the have-pieces it was given, sweeps after alerts
+    /// were dropped) at no cost.
     pub fn pieces_verified(&self, id: TorrentId, pieces: &[PieceIndex]) {
-        {
+        let new: Vec<(TorrentId, u32)> = {
             let mut st = self.lock();
             let Some(t) = st.torrents.get_mut(&id) else {
                 return;
             };
-            for p in pieces {
-                if let Some(v) = t.verified.get_mut(p.0 as usize) {
-                    if !*v {
-                        *v = true;
-                        t.verified_count += 1;
-                    }
-                }
-            }
+            pieces
+                .iter()
+                .filter(|p| t.verified.insert(p.0))
+                .map(|p| (id, p.0))
+                .collect()
+        };
+        if new.is_empty() {
+            return;
         }
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(pieces.iter().map(|p| (id, p.0)));
+            .extend(new);
         self.pending_cv.notify_one();
         self.verified_tx.send_modify(|n| *n += 1);
     }
@@ -52,7 +55,7 @@ impl Store {
     pub fn piece_failed(&self, id: TorrentId, piece: PieceIndex) {
         let st = self.lock();
         if let Some(t) = st.torrents.get(&id) {
-            if t.verified.get(piece.0 as usize).copied().unwrap_or(false) {
+            if t.verified.contains(piece.0) {
                 tracing::warn!(torrent = %id, piece = piece.0, "verified piece reported as failed");
             }
         }
@@ -90,7 +93,7 @@ impl Store {
                     continue;
                 };
                 // A piece revoked since it was verified is not recorded.
-                pieces.retain(|&p| t.verified.get(p as usize).copied().unwrap_or(false));
+                pieces.retain(|&p| t.verified.contains(p));
                 let in_batch: HashSet<u32> = pieces.iter().copied().collect();
                 let mut touched: Vec<u32> = pieces
                     .iter()
@@ -101,12 +104,12 @@ impl Store {
                 let now_complete: Vec<(u32, u64)> = touched
                     .iter()
                     .filter(|&&c| {
-                        t.chunks[c as usize].state == ChunkState::Partial
+                        t.state(c) == ChunkState::Partial
                             && t.geometry
                                 .pieces_of_chunk(ChunkIndex(c))
-                                .all(|p| t.durable[p as usize] || in_batch.contains(&p))
+                                .all(|p| t.durable.contains(p) || in_batch.contains(&p))
                     })
-                    .map(|&c| (c, t.chunks[c as usize].len))
+                    .map(|&c| (c, t.chunk_len(c)))
                     .collect();
                 (t.uid, touched, now_complete)
             };
@@ -120,8 +123,7 @@ impl Store {
                 let key = ChunkKey::new(id, c);
                 let needs_file = {
                     let st = self.lock();
-                    st.entry(key)
-                        .is_some_and(|e| !e.present && e.state == ChunkState::Partial)
+                    !st.present(key) && st.state(key) == Some(ChunkState::Partial)
                 };
                 if needs_file {
                     let path = self.chunk_file(&uid, ChunkIndex(c));
@@ -143,6 +145,7 @@ impl Store {
                 files::read_file_at(&file, 0, &mut data).map_err(|e| StoreError::io(&path, e))?;
                 completed.push(Completed {
                     index: c,
+                    len,
                     hash: *blake3::hash(&data).as_bytes(),
                     object_id: crate::remote::new_object_id(),
                 });
@@ -152,18 +155,13 @@ impl Store {
             let mut st = self.lock();
             if let Some(t) = st.torrents.get_mut(&id) {
                 for &p in &pieces {
-                    t.durable[p as usize] = true;
+                    t.durable.insert(p);
                 }
             }
             let mut queue = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
             for (c, stamp) in completed.iter().zip(stamps) {
                 let key = ChunkKey::new(id, c.index);
-                if let Some(t) = st.torrents.get_mut(&id) {
-                    let e = &mut t.chunks[c.index as usize];
-                    e.hash = Some(c.hash);
-                    e.object_id = Some(c.object_id.clone());
-                }
-                st.set_state(key, ChunkState::Complete);
+                st.set_complete(key, c.hash, c.object_id.clone());
                 // Hashed from the file just now: that is its check.
                 st.set_checked(key, Some(stamp));
                 queue.push_back(key);

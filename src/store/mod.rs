@@ -202,6 +202,10 @@ pub struct Store {
     revoked_tx: tokio::sync::mpsc::UnboundedSender<TorrentId>,
     revoked_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<TorrentId>>>,
     counters: Counters,
+    /// Bumped whenever an uploaded chunk's remote identity may have changed (revoked,
+    /// re-uploaded, forgotten, torrent removed): a fetch that started before is not
+    /// installed into the cache.
+    remote_epoch: AtomicU64,
     shutdown: AtomicBool,
 }
 
@@ -235,15 +239,15 @@ impl Store {
     ) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
         let state = recovery::recover(root, &catalog)?;
+        // Complete chunks are local by definition: found without walking the library.
         let uploads: VecDeque<ChunkKey> = state
             .torrents
             .iter()
             .flat_map(|(id, t)| {
-                t.chunks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.state == ChunkState::Complete)
-                    .map(move |(i, _)| ChunkKey::new(*id, i as u32))
+                t.local
+                    .keys()
+                    .filter(|&&c| t.state(c) == ChunkState::Complete)
+                    .map(move |&c| ChunkKey::new(*id, c))
             })
             .collect();
         let (revoked_tx, revoked_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -267,6 +271,7 @@ impl Store {
             revoked_tx,
             revoked_rx: Mutex::new(Some(revoked_rx)),
             counters: Counters::default(),
+            remote_epoch: AtomicU64::new(0),
             shutdown: false.into(),
         });
         let weak = Arc::downgrade(&store);
@@ -320,6 +325,11 @@ impl Store {
         Ok(g)
     }
 
+    /// Torrents the store has loaded.
+    pub fn torrent_ids(&self) -> Vec<TorrentId> {
+        self.lock().torrents.keys().copied().collect()
+    }
+
     pub fn geometry(&self, id: TorrentId) -> Option<Geometry> {
         self.lock().torrents.get(&id).map(|t| t.geometry)
     }
@@ -328,14 +338,12 @@ impl Store {
     pub fn verified_pieces(&self, id: TorrentId) -> Result<Vec<bool>, StoreError> {
         let st = self.lock();
         let t = st.torrents.get(&id).ok_or(StoreError::UnknownTorrent(id))?;
-        Ok(t.verified.clone())
+        Ok(t.verified.to_bools())
     }
 
     pub fn is_complete(&self, id: TorrentId) -> bool {
         let st = self.lock();
-        st.torrents
-            .get(&id)
-            .is_some_and(|t| t.verified_count as usize == t.verified.len())
+        st.torrents.get(&id).is_some_and(|t| t.verified.is_full())
     }
 
     fn chunk_file(&self, uid: &[u8; 16], index: ChunkIndex) -> PathBuf {
@@ -353,10 +361,10 @@ impl Store {
             };
             {
                 let mut st = self.lock();
-                let Some(c) = st.entry(key) else {
+                let Some(state) = st.state(key) else {
                     return Err(StoreError::UnknownTorrent(id));
                 };
-                if c.state != ChunkState::Partial {
+                if state != ChunkState::Partial {
                     // Every piece of this chunk is verified: its bytes are final (and
                     // may be in the remote only). Rewriting them could only damage them,
                     // e.g. with a re-downloaded neighbour piece that fails its hash.
@@ -399,14 +407,8 @@ impl Store {
     /// the store does not know.
     pub fn local_chunks(&self, id: TorrentId) -> Option<Vec<bool>> {
         let st = self.lock();
-        Some(
-            st.torrents
-                .get(&id)?
-                .chunks
-                .iter()
-                .map(|c| c.present)
-                .collect(),
-        )
+        let t = st.torrents.get(&id)?;
+        Some((0..t.geometry.num_chunks()).map(|c| t.present(c)).collect())
     }
 
     /// Pins (or unpins) all chunks of a seeding torrent.
@@ -479,27 +481,29 @@ impl Store {
     pub fn torrent_stats(&self, id: TorrentId) -> Option<TorrentStats> {
         let st = self.lock();
         let t = st.torrents.get(&id)?;
-        let mut s = TorrentStats {
-            pieces_total: t.verified.len() as u32,
-            pieces_verified: t.verified_count,
-            chunks_total: t.chunks.len() as u32,
-            ..Default::default()
-        };
-        for c in &t.chunks {
-            s.chunks_local += u32::from(c.present);
-            s.chunks_complete += u32::from(c.state != ChunkState::Partial);
-            s.chunks_uploaded += u32::from(c.state == ChunkState::Uploaded);
+        // O(1): counts are kept as chunks and pieces change (a status of a large
+        // library must not walk it under the store's lock).
+        let g = t.geometry;
+        let last = g.num_pieces().saturating_sub(1);
+        let mut bytes_verified = u64::from(t.verified.count()) * g.piece_len();
+        if t.verified.contains(last) {
+            bytes_verified -= g.piece_len() - g.piece_size(PieceIndex(last));
         }
-        s.bytes_verified = (0..t.verified.len() as u32)
-            .filter(|&p| t.verified[p as usize])
-            .map(|p| t.geometry.piece_size(PieceIndex(p)))
-            .sum();
-        Some(s)
+        Some(TorrentStats {
+            pieces_total: t.verified.len(),
+            pieces_verified: t.verified.count(),
+            chunks_total: t.states.len(),
+            chunks_local: t.present_count(),
+            chunks_complete: t.states.complete(),
+            chunks_uploaded: t.states.uploaded(),
+            bytes_verified,
+        })
     }
 
     /// Drops a torrent's local chunks and in-memory state. The catalog row is the
     /// caller's business.
     pub fn remove_torrent(&self, id: TorrentId) -> Result<(), StoreError> {
+        self.remote_epoch.fetch_add(1, Ordering::SeqCst);
         let removed = self.lock().remove_torrent(id);
         {
             let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());

@@ -33,7 +33,8 @@ enum Plan {
         len: u64,
         checked: Option<FileStamp>,
     },
-    Fetch(RemoteChunk),
+    /// An uploaded chunk that is not local: its identity is in the catalog.
+    Fetch { uid: [u8; 16], len: u64 },
 }
 
 impl Store {
@@ -95,7 +96,7 @@ impl Store {
         let first = (range.start / g.piece_len()) as u32;
         let last = ((range.end - 1).min(g.total_len().saturating_sub(1)) / g.piece_len()) as u32;
         Ok((first..=last)
-            .filter(|&p| !t.verified.get(p as usize).copied().unwrap_or(false))
+            .filter(|&p| !t.verified.contains(p))
             .map(PieceIndex)
             .collect())
     }
@@ -204,9 +205,9 @@ impl Store {
                     copy_from(&data, offset, out);
                     return Ok(());
                 }
-                Plan::Fetch(remote) => {
+                Plan::Fetch { uid, len } => {
                     let bytes = self
-                        .fetch_shared(remote)
+                        .fetch_key(key, uid, len)
                         .await
                         .map_err(|error| StoreError::Fetch { key, error })?;
                     copy_from(&bytes, offset, out);
@@ -236,7 +237,7 @@ impl Store {
                 key,
             }
         };
-        match (c.present, c.state, c.hash, &c.object_id) {
+        match (c.present, c.state, c.hash, c.object_id) {
             (true, ChunkState::Partial, _, _) => Ok(Plan::Sparse(Some(pin(&mut st)))),
             (false, ChunkState::Partial, _, _) => Ok(Plan::Sparse(None)),
             (true, _, Some(hash), _) => {
@@ -248,13 +249,7 @@ impl Store {
                     checked,
                 })
             }
-            (false, ChunkState::Uploaded, Some(hash), Some(oid)) => Ok(Plan::Fetch(RemoteChunk {
-                key,
-                torrent_uid: uid,
-                len: c.len,
-                hash,
-                object_id: oid.clone(),
-            })),
+            (false, ChunkState::Uploaded, _, _) => Ok(Plan::Fetch { uid, len: c.len }),
             _ => Err(StoreError::Lost(key)),
         }
     }
@@ -264,7 +259,7 @@ impl Store {
         st.torrents.get(&key.torrent).is_some_and(|t| {
             t.geometry
                 .pieces_of_chunk(key.index)
-                .any(|p| t.verified.get(p as usize).copied().unwrap_or(false))
+                .any(|p| t.verified.contains(p))
         })
     }
 
@@ -285,11 +280,11 @@ impl Store {
         if self.hot_get(key).is_some() {
             return Ok(());
         }
-        let remote = match self.plan(key)? {
-            Plan::Fetch(r) => r,
+        let (uid, len) = match self.plan(key)? {
+            Plan::Fetch { uid, len } => (uid, len),
             _ => return Ok(()),
         };
-        self.fetch_shared(remote)
+        self.fetch_key(key, uid, len)
             .await
             .map(|_| ())
             .map_err(|error| StoreError::Fetch { key, error })
@@ -316,7 +311,58 @@ impl Store {
             .cloned()
     }
 
-    fn fetch_shared(self: &Arc<Self>, chunk: RemoteChunk) -> SharedFetch {
+    /// Fetches an uploaded chunk that is not local, once for all who want it now.
+    async fn fetch_key(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: [u8; 16],
+        len: u64,
+    ) -> Result<Bytes, FetchError> {
+        let running = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(f) = running {
+            return f.await;
+        }
+        // Taken before the identity is read: a change after it keeps this fetch's bytes
+        // out of the cache (they still serve this read: they are the bytes it asked for).
+        let epoch = self.remote_epoch.load(Ordering::SeqCst);
+        let remote = self.remote_identity(key, uid, len)?;
+        self.fetch_shared(remote, epoch).await
+    }
+
+    /// An uploaded chunk's identity from the catalog (not kept in memory: see cache).
+    fn remote_identity(
+        &self,
+        key: ChunkKey,
+        uid: [u8; 16],
+        len: u64,
+    ) -> Result<RemoteChunk, FetchError> {
+        let rec = self
+            .catalog
+            .chunk(key)
+            .map_err(|e| FetchError::Unavailable(format!("catalog: {e}")))?;
+        match rec {
+            Some(r) if r.state == ChunkState::Uploaded => match (r.hash, r.object_id) {
+                (Some(hash), Some(object_id)) => Ok(RemoteChunk {
+                    key,
+                    torrent_uid: uid,
+                    len,
+                    hash,
+                    object_id,
+                }),
+                _ => Err(FetchError::Integrity(format!(
+                    "chunk {key} is recorded uploaded without its identity"
+                ))),
+            },
+            _ => Err(FetchError::NotFound),
+        }
+    }
+
+    fn fetch_shared(self: &Arc<Self>, chunk: RemoteChunk, epoch: u64) -> SharedFetch {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = inflight.get(&chunk.key) {
             return f.clone();
@@ -324,7 +370,7 @@ impl Store {
         let key = chunk.key;
         let store = Arc::clone(self);
         let task = self.rt.spawn(async move {
-            let r = store.fetch_one(&chunk).await;
+            let r = store.fetch_one(&chunk, epoch).await;
             store
                 .inflight
                 .lock()
@@ -342,7 +388,11 @@ impl Store {
         fut
     }
 
-    async fn fetch_one(self: &Arc<Self>, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
+    async fn fetch_one(
+        self: &Arc<Self>,
+        chunk: &RemoteChunk,
+        epoch: u64,
+    ) -> Result<Bytes, FetchError> {
         let source = self.source.get().ok_or(FetchError::NoRemote)?;
         let c = &self.counters;
         let data = match source.fetch(chunk).await {
@@ -374,13 +424,13 @@ impl Store {
         let store = Arc::clone(self);
         let (chunk, b) = (chunk.clone(), bytes.clone());
         self.rt
-            .spawn_blocking(move || store.install_fetched(&chunk, &b));
+            .spawn_blocking(move || store.install_fetched(&chunk, &b, epoch));
         Ok(bytes)
     }
 
     /// Writes a fetched chunk into the cache directory (durably, atomically) and makes
     /// it present, unless the chunk changed meanwhile (torrent removed, chunk revoked).
-    fn install_fetched(&self, chunk: &RemoteChunk, data: &[u8]) {
+    fn install_fetched(&self, chunk: &RemoteChunk, data: &[u8], epoch: u64) {
         let path = self.chunk_file(&chunk.torrent_uid, chunk.key.index);
         let stamp = match files::write_whole(&path, data) {
             Ok(s) => s,
@@ -391,17 +441,13 @@ impl Store {
         };
         {
             let mut st = self.lock();
-            let wanted = st.entry(chunk.key).map(|c| {
-                (
-                    c.present,
-                    c.state == ChunkState::Uploaded
-                        && c.object_id.as_deref() == Some(chunk.object_id.as_str()),
-                )
-            });
+            let same = self.remote_epoch.load(Ordering::SeqCst) == epoch;
+            let wanted = st
+                .entry(chunk.key)
+                .map(|c| (c.present, same && c.state == ChunkState::Uploaded));
             match wanted {
                 Some((false, true)) => {
-                    st.set_present(chunk.key, true);
-                    st.set_checked(chunk.key, Some(stamp));
+                    st.set_fetched(chunk.key, chunk.hash, chunk.object_id.clone(), stamp);
                 }
                 Some((true, true)) => {}
                 _ => {
@@ -424,7 +470,7 @@ impl Store {
                 return false;
             };
             let (uid, g) = (t.uid, t.geometry);
-            let Some(c) = st.entry(key).cloned() else {
+            let Some(c) = st.entry(key) else {
                 return false;
             };
             if c.present {
@@ -443,22 +489,17 @@ impl Store {
             };
             let pieces: Vec<u32> = g
                 .pieces_of_chunk(key.index)
-                .filter(|&p| t.verified.get(p as usize).copied().unwrap_or(false))
+                .filter(|&p| t.verified.contains(p))
                 .collect();
             for &p in &pieces {
-                t.verified[p as usize] = false;
-                t.durable[p as usize] = false;
-                t.verified_count = t.verified_count.saturating_sub(1);
+                t.verified.remove(p);
+                t.durable.remove(p);
             }
             let mut chunks: Vec<u32> = pieces
                 .iter()
                 .flat_map(|&p| g.chunks_of_piece(PieceIndex(p)))
                 .chain([key.index.0])
-                .filter(|&ch| {
-                    t.chunks
-                        .get(ch as usize)
-                        .is_some_and(|e| e.state == ChunkState::Complete)
-                })
+                .filter(|&ch| t.state(ch) == ChunkState::Complete)
                 .collect();
             chunks.sort_unstable();
             chunks.dedup();
@@ -471,6 +512,7 @@ impl Store {
         if pieces.is_empty() {
             return false;
         }
+        self.remote_epoch.fetch_add(1, Ordering::SeqCst);
         self.counters.revoked_chunks.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(chunk = %key, reason = why, pieces = pieces.len(), "local chunk damaged and not in the remote; its pieces are downloaded again");
         if let Err(e) = self.catalog.unverify(key.torrent, &pieces, &chunks) {
@@ -548,19 +590,16 @@ impl Store {
 
     /// Identity of an uploaded chunk (for `verify`), `None` if it is not in the remote.
     pub fn remote_chunk(&self, key: ChunkKey) -> Option<RemoteChunk> {
-        let st = self.lock();
-        let uid = st.torrents.get(&key.torrent)?.uid;
-        let c = st.entry(key)?;
-        match (c.state, c.hash, &c.object_id) {
-            (ChunkState::Uploaded, Some(hash), Some(oid)) => Some(RemoteChunk {
-                key,
-                torrent_uid: uid,
-                len: c.len,
-                hash,
-                object_id: oid.clone(),
-            }),
-            _ => None,
-        }
+        let (uid, len) = {
+            let st = self.lock();
+            let uid = st.torrents.get(&key.torrent)?.uid;
+            let c = st.entry(key)?;
+            if c.state != ChunkState::Uploaded {
+                return None;
+            }
+            (uid, c.len)
+        };
+        self.remote_identity(key, uid, len).ok()
     }
 }
 

@@ -10,41 +10,46 @@
 //!   forgotten (its chunk reverts to partial) so libtorrent downloads it again, rather
 //!   than anything claiming bytes that do not exist (no phantoms).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::catalog::Catalog;
-use crate::model::{ChunkIndex, ChunkState, TorrentId};
+use crate::catalog::{Catalog, ChunkRecord, TorrentRecord};
+use crate::model::{BitSet, ChunkIndex, ChunkKey, ChunkState, ChunkStates, PieceIndex, TorrentId};
 
-use super::cache::{CacheState, ChunkEntry, TorrentEntry};
+use super::cache::{CacheState, LocalChunk, TorrentEntry};
 use super::files;
 use super::StoreError;
 
 pub(super) fn recover(root: &Path, catalog: &Catalog) -> Result<CacheState, StoreError> {
     let mut state = CacheState::default();
-    let mut by_uid: HashMap<String, TorrentId> = HashMap::new();
+    // One listing of the cache root, so a torrent without local chunks costs no
+    // directory lookup (a library has many more torrents than the cache holds).
+    let mut dirs: HashSet<String> = HashSet::new();
+    let entries = std::fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
+    for entry in entries.flatten() {
+        dirs.insert(entry.file_name().to_string_lossy().into_owned());
+    }
+    let mut known: HashSet<String> = HashSet::new();
     for t in catalog.torrents()? {
-        by_uid.insert(hex::encode(t.uid), t.id);
-        if let Some(entry) = load_torrent(root, catalog, t.id)? {
+        let name = hex::encode(t.uid);
+        let has_dir = dirs.contains(&name);
+        known.insert(name);
+        if let Some(entry) = load_record(root, catalog, &t, has_dir)? {
             state.insert_torrent(t.id, entry);
         }
     }
     // Directories of torrents the catalog no longer knows: leftovers of a removal that
     // was interrupted, or of a crash between creating files and recording the torrent.
-    let entries = std::fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !by_uid.contains_key(&name) {
-            tracing::info!(dir = %name, "removing orphan cache directory");
-            let p = entry.path();
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            if let Err(e) = r {
-                tracing::warn!(path = %p.display(), error = %e, "could not remove orphan");
-            }
+    for name in dirs.difference(&known) {
+        tracing::info!(dir = %name, "removing orphan cache directory");
+        let p = root.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        if let Err(e) = r {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove orphan");
         }
     }
     Ok(state)
@@ -58,104 +63,158 @@ pub(super) fn load_torrent(
     id: TorrentId,
 ) -> Result<Option<TorrentEntry>, StoreError> {
     let t = catalog.torrent(id)?;
+    load_record(root, catalog, &t, true)
+}
+
+/// The chunk files in a torrent's cache directory (stray names are deleted).
+fn chunk_files(dir: &Path, num_chunks: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match name.parse::<u32>().ok().filter(|&i| i < num_chunks) {
+            Some(i) => out.push(i),
+            None => {
+                tracing::info!(path = %path.display(), "removing stray cache file");
+                let _ = files::remove(&path);
+            }
+        }
+    }
+    out
+}
+
+fn load_record(
+    root: &Path,
+    catalog: &Catalog,
+    t: &TorrentRecord,
+    has_dir: bool,
+) -> Result<Option<TorrentEntry>, StoreError> {
     let Some(geometry) = t.geometry else {
         return Ok(None);
     };
-    let records = catalog.chunks(id)?;
-    let mut chunks: Vec<ChunkEntry> = (0..geometry.num_chunks())
-        .map(|c| ChunkEntry {
-            len: geometry.chunk_len(ChunkIndex(c)),
-            state: ChunkState::Partial,
-            present: false,
-            hash: None,
-            object_id: None,
-            checked: None,
-        })
-        .collect();
-    for r in records {
-        if let Some(c) = chunks.get_mut(r.index as usize) {
-            c.state = r.state;
-            c.hash = r.hash;
-            c.object_id = r.object_id;
+    let (id, n_chunks, n_pieces) = (t.id, geometry.num_chunks(), geometry.num_pieces());
+    let present = if has_dir {
+        chunk_files(&files::torrent_dir(root, &t.uid), n_chunks)
+    } else {
+        Vec::new()
+    };
+    // Present files are not trusted: a complete chunk is hashed against its recorded
+    // hash on first use (a torn fetch or a damaged file fails there). Their length says
+    // nothing: trailing pad bytes are never written.
+    let local = |rec: Option<&ChunkRecord>, present: bool| LocalChunk {
+        present,
+        hash: rec.and_then(|r| r.hash),
+        object_id: rec.and_then(|r| r.object_id.clone()),
+        checked: None,
+    };
+
+    if t.settled() {
+        // Every chunk uploaded, every piece verified: nothing per chunk to read or
+        // repair, only the identities of the chunks that are local.
+        let mut entry = TorrentEntry::new(
+            t.uid,
+            geometry,
+            ChunkStates::uniform(n_chunks, ChunkState::Uploaded),
+            BitSet::full(n_pieces),
+        );
+        for c in present {
+            let rec = catalog.chunk(ChunkKey::new(id, c))?;
+            entry.set_local(c, local(rec.as_ref(), true));
         }
-    }
-    let mut verified = vec![false; geometry.num_pieces() as usize];
-    for p in catalog.verified_pieces(id)? {
-        if let Some(v) = verified.get_mut(p as usize) {
-            *v = true;
-        }
+        entry.pinned = t.seeding && t.pin;
+        return Ok(Some(entry));
     }
 
-    let dir = files::torrent_dir(root, &t.uid);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let index = name
-                .parse::<u32>()
-                .ok()
-                .filter(|&i| (i as usize) < chunks.len());
-            let Some(index) = index else {
-                tracing::info!(path = %path.display(), "removing stray cache file");
-                let _ = files::remove(&path);
-                continue;
-            };
-            // Present, but not trusted: a complete chunk is hashed against its recorded
-            // hash on first use (a torn fetch or a damaged file fails there). Its length
-            // says nothing: trailing pad bytes are never written.
-            chunks[index as usize].present = true;
+    let records = if t.untouched() {
+        Vec::new()
+    } else {
+        catalog.chunks(id)?
+    };
+    let mut states = ChunkStates::uniform(n_chunks, ChunkState::Partial);
+    let mut by_index: HashMap<u32, ChunkRecord> = HashMap::new();
+    for r in records {
+        if r.index < n_chunks {
+            states.set(r.index, r.state);
+            by_index.insert(r.index, r);
+        }
+    }
+    let mut verified = BitSet::empty(n_pieces);
+    if t.n_verified > 0 {
+        for p in catalog.verified_pieces(id)? {
+            verified.insert(p);
+        }
+    }
+    let mut entry = TorrentEntry::new(t.uid, geometry, states, verified);
+    let present: HashSet<u32> = present.into_iter().collect();
+    for &c in &present {
+        entry.set_local(c, local(by_index.get(&c), true));
+    }
+    for (c, r) in &by_index {
+        if r.state == ChunkState::Complete && !present.contains(c) {
+            entry.set_local(*c, local(Some(r), false));
         }
     }
 
     // Verified pieces whose bytes are neither local nor in the remote are forgotten.
+    // Only chunks with a verified piece or a row can be lost: found from those.
+    let mut candidates: HashSet<u32> = by_index.keys().copied().collect();
+    for p in entry.verified.iter() {
+        candidates.extend(geometry.chunks_of_piece(PieceIndex(p)));
+    }
     let mut lost_pieces = Vec::new();
     let mut lost_chunks = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        if c.present || c.state == ChunkState::Uploaded {
+    let mut candidates: Vec<u32> = candidates.into_iter().collect();
+    candidates.sort_unstable();
+    for &i in &candidates {
+        if present.contains(&i) || entry.state(i) == ChunkState::Uploaded {
             continue;
         }
-        let pieces = geometry.pieces_of_chunk(ChunkIndex(i as u32));
-        let had: Vec<u32> = pieces.filter(|&p| verified[p as usize]).collect();
-        if had.is_empty() && c.state == ChunkState::Partial {
+        let had: Vec<u32> = geometry
+            .pieces_of_chunk(ChunkIndex(i))
+            .filter(|&p| entry.verified.contains(p))
+            .collect();
+        if had.is_empty() && entry.state(i) == ChunkState::Partial {
             continue;
         }
         tracing::warn!(torrent = %id, chunk = i, "chunk bytes lost from the cache; will download again");
         lost_pieces.extend(had);
-        lost_chunks.push(i as u32);
+        lost_chunks.push(i);
     }
     if !lost_chunks.is_empty() {
         lost_pieces.sort_unstable();
         lost_pieces.dedup();
         catalog.unverify(id, &lost_pieces, &lost_chunks)?;
         for &p in &lost_pieces {
-            verified[p as usize] = false;
+            entry.verified.remove(p);
         }
         for &c in &lost_chunks {
-            let e = &mut chunks[c as usize];
-            e.state = ChunkState::Partial;
-            e.hash = None;
-            e.object_id = None;
+            entry.states.set(c, ChunkState::Partial);
+            entry.set_local(c, LocalChunk::default());
         }
         // A complete neighbour that shared a lost piece is complete no more.
-        for (i, e) in chunks.iter_mut().enumerate() {
-            let pieces = geometry.pieces_of_chunk(ChunkIndex(i as u32));
-            let broken = pieces.clone().any(|p| !verified[p as usize]);
-            if broken && e.state == ChunkState::Complete {
-                catalog.unverify(id, &[], &[i as u32])?;
-                e.state = ChunkState::Partial;
-                e.hash = None;
-                e.object_id = None;
+        let neighbours: Vec<u32> = lost_pieces
+            .iter()
+            .flat_map(|&p| geometry.chunks_of_piece(PieceIndex(p)))
+            .collect();
+        for c in neighbours {
+            if entry.state(c) == ChunkState::Complete {
+                catalog.unverify(id, &[], &[c])?;
+                entry.states.set(c, ChunkState::Partial);
+                let present = entry.present(c);
+                entry.set_local(
+                    c,
+                    LocalChunk {
+                        present,
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
-    let verified_count = verified.iter().filter(|&&v| v).count() as u32;
-    Ok(Some(TorrentEntry {
-        uid: t.uid,
-        geometry,
-        chunks,
-        durable: verified.clone(),
-        verified,
-        verified_count,
-        pinned: t.seeding && t.pin,
-    }))
+    entry.durable = entry.verified.clone();
+    entry.pinned = t.seeding && t.pin;
+    Ok(Some(entry))
 }

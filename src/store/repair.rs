@@ -6,6 +6,7 @@
 //! - a bad or missing remote object is uploaded again (under a new name) from a good
 //!   local copy; with no good local copy the chunk's pieces are downloaded again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::model::{ChunkKey, ChunkState, TorrentId};
@@ -63,15 +64,17 @@ impl Store {
     fn reupload(&self, key: ChunkKey) -> bool {
         let oid = crate::remote::new_object_id();
         let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
-        {
+        let hash = {
             let st = self.lock();
-            if !st
-                .entry(key)
-                .is_some_and(|c| c.present && c.state == ChunkState::Uploaded)
-            {
-                return false;
+            match st.entry(key) {
+                Some(c) if c.present && c.state == ChunkState::Uploaded => c.hash,
+                _ => None,
             }
-        }
+        };
+        let Some(hash) = hash else {
+            return false;
+        };
+        self.remote_epoch.fetch_add(1, Ordering::SeqCst);
         match self.catalog.reupload_chunk(key, &oid) {
             Ok(true) => {}
             Ok(false) => return false,
@@ -80,14 +83,7 @@ impl Store {
                 return false;
             }
         }
-        let mut st = self.lock();
-        if let Some(t) = st.torrents.get_mut(&key.torrent) {
-            if let Some(e) = t.chunks.get_mut(key.index.0 as usize) {
-                e.object_id = Some(oid);
-            }
-        }
-        st.set_state(key, ChunkState::Complete);
-        drop(st);
+        self.lock().set_complete(key, hash, oid);
         self.requeue_upload(key);
         true
     }
@@ -97,6 +93,7 @@ impl Store {
     fn forget_remote(&self, key: ChunkKey) {
         {
             let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.remote_epoch.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = self.catalog.forget_uploaded_chunk(key) {
                 tracing::error!(chunk = %key, error = %e, "could not forget the chunk's object");
                 return;

@@ -53,12 +53,7 @@ impl Store {
 
     /// Chunks that are complete but not yet safe in the remote (queued or in flight).
     pub fn not_uploaded_chunks(&self) -> usize {
-        let st = self.lock();
-        st.torrents
-            .values()
-            .flat_map(|t| t.chunks.iter())
-            .filter(|c| c.state == ChunkState::Complete)
-            .count()
+        self.lock().not_uploaded_chunks()
     }
 
     /// Number of complete chunks waiting for upload.

@@ -89,7 +89,7 @@ pub struct TorrentMeta {
 }
 
 impl TorrentMeta {
-    fn of(t: &TorrentRecord) -> TorrentMeta {
+    fn of(t: &TorrentRecord, metainfo: Option<&[u8]>) -> TorrentMeta {
         use base64::Engine as _;
         TorrentMeta {
             uid: hex::encode(t.uid),
@@ -97,10 +97,7 @@ impl TorrentMeta {
             info_hash_v2: t.info_hash_v2.map(hex::encode),
             name: t.name.clone(),
             magnet: t.magnet.clone(),
-            metainfo: t
-                .metainfo
-                .as_ref()
-                .map(|m| base64::engine::general_purpose::STANDARD.encode(m)),
+            metainfo: metainfo.map(|m| base64::engine::general_purpose::STANDARD.encode(m)),
             paused: t.paused,
             seeding: t.seeding,
             pin: t.pin,
@@ -553,10 +550,13 @@ impl Journal {
 
     async fn write_torrent_meta(&self, id: TorrentId) -> Result<(), JournalError> {
         let rec = self.catalog.torrent(id)?;
+        let metainfo = self.catalog.metainfo(id)?;
         let plain =
-            serde_json::to_vec(&TorrentMeta::of(&rec)).map_err(|e| JournalError::Malformed {
-                name: torrent_object(&rec.uid),
-                reason: e.to_string(),
+            serde_json::to_vec(&TorrentMeta::of(&rec, metainfo.as_deref())).map_err(|e| {
+                JournalError::Malformed {
+                    name: torrent_object(&rec.uid),
+                    reason: e.to_string(),
+                }
             })?;
         put_sealed(
             &self.remote,

@@ -72,6 +72,10 @@ pub(crate) mod ffi {
         enable_natpmp: bool,
         enable_utp: bool,
         allow_multiple_connections_per_ip: bool,
+        /// libtorrent's queue: torrents downloading / seeding at once, and in all.
+        active_downloads: i32,
+        active_seeds: i32,
+        active_limit: i32,
     }
 
     /// A torrent to add: `torrent_bytes` (a .torrent) or else `magnet`.
@@ -125,6 +129,8 @@ pub(crate) mod ffi {
         ResumeData,
         /// Resume data could not be made (torrent being removed…); `message` says why.
         ResumeDataFailed,
+        /// The alert queue overflowed: piece alerts may be lost (`id` -1).
+        AlertsDropped,
     }
 
     /// One libtorrent alert, reduced to what bae uses. `id` is -1 for session alerts

@@ -28,7 +28,7 @@ use crate::model::TorrentId;
 pub use hashes::{HashKind, HashesError, PieceCheck, PieceHashes};
 pub use metainfo::{create_torrent, parse_magnet, parse_metainfo, MagnetInfo, Metainfo};
 pub use session::{
-    AddOptions, Event, Session, SessionConfig, Source, TorrentState, TorrentStatus,
+    AddOptions, Event, QueueLimits, Session, SessionConfig, Source, TorrentState, TorrentStatus,
     RESUME_SAVE_INTERVAL,
 };
 pub use storage::{LayoutFile, StorageError, TorrentLayout, TorrentStorage};

@@ -62,6 +62,27 @@ pub struct SessionConfig {
     pub storage: Arc<dyn TorrentStorage>,
     /// Where resume data is kept (see the module comment); `None`: not kept.
     pub resume_dir: Option<PathBuf>,
+    /// Torrents are auto-managed: libtorrent's queue keeps at most this many
+    /// downloading, seeding, and active in all (a library seeds thousands of albums).
+    pub queue: QueueLimits,
+}
+
+/// libtorrent's `active_downloads`, `active_seeds`, `active_limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub active_downloads: u32,
+    pub active_seeds: u32,
+    pub active_limit: u32,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            active_downloads: 8,
+            active_seeds: 200,
+            active_limit: 1000,
+        }
+    }
 }
 
 impl SessionConfig {
@@ -77,6 +98,7 @@ impl SessionConfig {
             allow_multiple_connections_per_ip: true,
             storage,
             resume_dir: None,
+            queue: QueueLimits::default(),
         }
     }
 }
@@ -233,6 +255,9 @@ impl Session {
             enable_natpmp: config.enable_natpmp,
             enable_utp: config.enable_utp,
             allow_multiple_connections_per_ip: config.allow_multiple_connections_per_ip,
+            active_downloads: i32::try_from(config.queue.active_downloads).unwrap_or(i32::MAX),
+            active_seeds: i32::try_from(config.queue.active_seeds).unwrap_or(i32::MAX),
+            active_limit: i32::try_from(config.queue.active_limit).unwrap_or(i32::MAX),
         };
         let handle = Box::new(DiskHandle::new(Arc::clone(&disk)));
         let ffi = ffi::new_session(&opts, handle).map_err(session_err)?;
@@ -584,6 +609,16 @@ fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
                         sweep_verified(inner, t);
                     }
                     Event::TorrentFinished { t }
+                }
+                (ffi::AlertKind::AlertsDropped, _) => {
+                    // Verified pieces may have been among them: libtorrent's own
+                    // have-pieces are handed to the store again (it ignores known ones).
+                    tracing::warn!("libtorrent dropped alerts; reconciling verified pieces");
+                    let all: Vec<TorrentId> = lock(&inner.torrents).iter().copied().collect();
+                    for t in all {
+                        sweep_verified(inner, t);
+                    }
+                    continue;
                 }
                 (ffi::AlertKind::ResumeData, t) => {
                     let known = t.filter(|t| lock(&inner.torrents).contains(t));
