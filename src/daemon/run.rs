@@ -358,7 +358,7 @@ impl Daemon {
                 tracing::warn!(torrent = %gone, error = %e, "removing cached chunks");
             }
             added.remove(&gone);
-            self.content.invalidate();
+            self.content.torrent_removed(gone);
         }
         for t in &torrents {
             if !added.contains(&t.id) {
@@ -402,7 +402,7 @@ impl Daemon {
                 self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
             }
         }
-        self.content.invalidate();
+        self.content.sync(&torrents);
         self.journal.notify();
     }
 
@@ -436,7 +436,7 @@ impl Daemon {
                 {
                     tracing::error!(torrent = %t, error = %e, "cannot record metadata");
                 }
-                self.content.invalidate();
+                self.content.torrent_changed(t);
                 self.journal.notify();
             }
             Event::TorrentFinished { t } => {

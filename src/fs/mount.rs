@@ -23,23 +23,23 @@
 //! caller's (the caller guarantees its server is gone, e.g. by holding a lock its
 //! server held for life), or any FUSE mount whose connection answers `ENOTCONN`.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use fuser::{MountOption, Session};
+use fuser::{MountOption, Notifier, Session};
 
 use crate::model::CHUNK_LEN;
 
 use super::content::Content;
 use super::error::FsError;
-use super::filesystem::{Filesystem, FsConfig};
+use super::filesystem::{Filesystem, FsConfig, Invalidation, Invalidator};
 use super::fuse::FuseAdapter;
 
 /// How the mount is set up.
@@ -139,10 +139,12 @@ pub fn mount(
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
     let mut session = Session::new(adapter, &mountpoint, &mount_options)
         .map_err(|e| FsError::io(format!("mounting {}", mountpoint.display()), e))?;
+    start_invalidator(&fs, session.notifier())?;
     // Which kernel mount is ours: after the session, it must not be left behind.
     let dev = mount_entry(&mountpoint).map(|m| m.dev);
 
     let thread_mountpoint = mountpoint.clone();
+    let session_fs = Arc::clone(&fs);
     let spawned = thread::Builder::new()
         .name("bae-fuse".to_string())
         .spawn(move || {
@@ -159,6 +161,8 @@ pub fn mount(
                     tracing::error!(mountpoint = %thread_mountpoint.display(), error = %e, "detaching the mount failed");
                 }
             }
+            // Nothing more to tell a kernel that is gone; this ends the notifier thread.
+            session_fs.set_invalidator(None);
             disarm_fuser_unmount(&session);
             drop(session);
             if let Some(rt) = owned_runtime {
@@ -244,6 +248,56 @@ impl Drop for MountHandle {
             }
         }
     }
+}
+
+/// How long a change waits for the kernel to take its invalidations. They are quick
+/// (attributes and entries only); the bound keeps a wedged kernel connection from
+/// stalling whoever changed the library.
+const INVALIDATION_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts the thread that passes the tree's changes on to the kernel, and makes it the
+/// filesystem's [`Invalidator`]. A thread of its own: a notification may wait for the
+/// kernel's lock on the root while a request on the root is being answered.
+fn start_invalidator(fs: &Arc<Filesystem>, notifier: Notifier) -> Result<(), FsError> {
+    type Batch = (Vec<Invalidation>, mpsc::SyncSender<()>);
+    let (tx, rx) = mpsc::channel::<Batch>();
+    thread::Builder::new()
+        .name("bae-fuse-inval".to_string())
+        .spawn(move || {
+            for (batch, done) in rx {
+                for inv in &batch {
+                    // Attributes only (offset -1): dropping file pages could wait for
+                    // a read in flight, and a torrent's bytes never change.
+                    let r = match inv {
+                        Invalidation::Entry { parent, name } => {
+                            notifier.inval_entry(parent.0, OsStr::new(name))
+                        }
+                        Invalidation::Inode(ino) => notifier.inval_inode(ino.0, -1, 0),
+                    };
+                    // ENOENT: the kernel had not cached it; nothing to do.
+                    if let Err(e) = r {
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            tracing::debug!(?inv, error = %e, "kernel invalidation failed");
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+        })
+        .map_err(|e| FsError::io("starting the invalidation thread", e))?;
+    let tx = Mutex::new(tx);
+    let tell: Invalidator = Arc::new(move |batch| {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let sent = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((batch, done_tx));
+        if sent.is_ok() && done_rx.recv_timeout(INVALIDATION_WAIT).is_err() {
+            tracing::warn!("the kernel did not take the mount's invalidations in time");
+        }
+    });
+    fs.set_invalidator(Some(tell));
+    Ok(())
 }
 
 /// Validates a mount point (see the module comment) and returns its canonical path.
