@@ -30,6 +30,7 @@ use super::storage::StoreStorage;
 pub struct DaemonOptions {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
+    pub permissions: crate::fs::Permissions,
     pub listen_port: Option<u16>,
     pub cache_size_bytes: Option<u64>,
 }
@@ -220,6 +221,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         &opts.mountpoint,
         MountOptions {
             allow_other: opts.allow_other,
+            permissions: opts.permissions.clone(),
             // The content bounds its own waits; this is a backstop a little beyond it.
             read_timeout: Some(Duration::from_secs(daemon.lib.config.read_timeout_secs + 5)),
             runtime: Some(rt.handle().clone()),

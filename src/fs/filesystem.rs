@@ -53,6 +53,9 @@ pub struct FsConfig {
     /// Owner shown on every inode.
     pub uid: u32,
     pub gid: u32,
+    /// Permission bits of files and of directories.
+    pub file_perm: u16,
+    pub dir_perm: u16,
 }
 
 /// Default attribute and entry TTL. Long: every change of the tree is pushed to the
@@ -69,6 +72,8 @@ impl Default for FsConfig {
             max_readahead_bytes: 16 * CHUNK_LEN,
             uid,
             gid,
+            file_perm: 0o444,
+            dir_perm: 0o555,
         }
     }
 }
@@ -450,8 +455,8 @@ impl Filesystem {
 
     fn attr_of(&self, node: &Node) -> Attr {
         let (kind, size_bytes, perm, nlink) = match &node.kind {
-            NodeKind::Dir(d) => (EntryKind::Dir, 0, 0o555, 2 + d.subdirs),
-            NodeKind::File(f) => (EntryKind::File, f.len_bytes, 0o444, 1),
+            NodeKind::Dir(d) => (EntryKind::Dir, 0, self.config.dir_perm, 2 + d.subdirs),
+            NodeKind::File(f) => (EntryKind::File, f.len_bytes, self.config.file_perm, 1),
         };
         Attr {
             ino: node.ino,

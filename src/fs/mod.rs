@@ -32,6 +32,6 @@ pub use filesystem::{
 };
 pub use mount::{
     clean_stale_mount, is_fuse_mount, mount, source_name, unmount_path, wait_until_mounted,
-    MountHandle, MountOptions,
+    MountHandle, MountOptions, Permissions,
 };
 pub use tree::{Change, InodeNo, Tree};

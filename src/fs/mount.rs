@@ -42,9 +42,36 @@ use super::error::FsError;
 use super::filesystem::{Filesystem, FsConfig, Invalidation, Invalidator};
 use super::fuse::FuseAdapter;
 
+/// Who owns the mount's files and what their permission bits are, as other FUSE
+/// mounts take them (`uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Owner shown on every inode; default: the mounting user.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Bits taken away from both modes.
+    pub umask: u16,
+    /// Default 0444 (files) and 0555 (directories).
+    pub file_mode: Option<u16>,
+    pub dir_mode: Option<u16>,
+}
+
+impl Permissions {
+    /// The (file, directory) permission bits.
+    pub fn modes(&self) -> (u16, u16) {
+        let mask = !self.umask & 0o7777;
+        (
+            self.file_mode.unwrap_or(0o444) & mask,
+            self.dir_mode.unwrap_or(0o555) & mask,
+        )
+    }
+}
+
 /// How the mount is set up.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
+    /// Owner and modes shown.
+    pub permissions: Permissions,
     /// Let other users than the mounting one see the files (needs `user_allow_other`
     /// in /etc/fuse.conf unless root).
     pub allow_other: bool,
@@ -68,6 +95,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         let fs = FsConfig::default();
         MountOptions {
+            permissions: Permissions::default(),
             allow_other: false,
             read_timeout: fs.read_timeout,
             fsname: "bae".to_string(),
@@ -102,11 +130,16 @@ pub fn mount(
     options: MountOptions,
 ) -> Result<MountHandle, FsError> {
     let mountpoint = check_mountpoint(mountpoint)?;
+    let defaults = FsConfig::default();
+    let (file_perm, dir_perm) = options.permissions.modes();
     let config = FsConfig {
         attr_ttl: options.attr_ttl,
         read_timeout: options.read_timeout,
         max_readahead_bytes: options.max_readahead_bytes,
-        ..FsConfig::default()
+        uid: options.permissions.uid.unwrap_or(defaults.uid),
+        gid: options.permissions.gid.unwrap_or(defaults.gid),
+        file_perm,
+        dir_perm,
     };
     let fs = Arc::new(Filesystem::new(content, config));
 
@@ -137,8 +170,17 @@ pub fn mount(
         mount_options.push(MountOption::AllowOther);
     }
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
-    let mut session = Session::new(adapter, &mountpoint, &mount_options)
-        .map_err(|e| FsError::io(format!("mounting {}", mountpoint.display()), e))?;
+    let mut session = Session::new(adapter, &mountpoint, &mount_options).map_err(|e| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if options.allow_other && unsafe { libc::geteuid() } != 0 {
+            FsError::AllowOtherRefused {
+                path: mountpoint.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            FsError::io(format!("mounting {}", mountpoint.display()), e)
+        }
+    })?;
     start_invalidator(&fs, session.notifier())?;
     // Which kernel mount is ours: after the session, it must not be left behind.
     let dev = mount_entry(&mountpoint).map(|m| m.dev);
