@@ -448,15 +448,16 @@ fn new_torrents_appear_and_known_inodes_stay() {
     let two = TorrentBuilder::new(src.path(), 2, "Two")
         .file(&["b"], 20, 1)
         .build();
-    let m = Mounted::with_options(
-        DiskContent::new(vec![one.clone()]),
-        MountOptions {
-            attr_ttl: Duration::ZERO,
-            ..MountOptions::default()
-        },
-    );
+    // The default (long) attribute TTL: changes reach the kernel as invalidations.
+    let m = Mounted::new(DiskContent::new(vec![one.clone()]));
     let ino = fs::metadata(m.path().join("One/a")).unwrap().ino();
+    assert_eq!(fs::metadata(m.path()).unwrap().nlink(), 3);
+    assert_eq!(
+        fs::metadata(m.path().join("Two")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     m.content.set(vec![two.clone(), one]);
+    assert_eq!(fs::metadata(m.path()).unwrap().nlink(), 4);
     assert_eq!(
         names(m.path()),
         BTreeSet::from(["One".to_string(), "Two".to_string()])
@@ -472,6 +473,11 @@ fn new_torrents_appear_and_known_inodes_stay() {
         fs::metadata(m.path().join("One/a")).unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    assert_eq!(
+        fs::metadata(m.path().join("One")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(fs::metadata(m.path()).unwrap().nlink(), 3);
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod add;
 mod import;
 mod log;
 mod manage;
-mod mount;
+pub mod mount;
 mod status;
 
 use std::path::PathBuf;
@@ -88,19 +88,7 @@ pub enum Command {
         out: Option<PathBuf>,
     },
     /// Mount the library and run the daemon (in the background unless -f).
-    Mount {
-        mountpoint: PathBuf,
-        #[arg(short, long)]
-        foreground: bool,
-        #[arg(long)]
-        allow_other: bool,
-        /// Port to listen on for peers.
-        #[arg(long, value_name = "PORT")]
-        listen: Option<u16>,
-        /// Local cache limit for this run, e.g. 20GiB.
-        #[arg(long, value_name = "SIZE")]
-        cache_size: Option<String>,
-    },
+    Mount(mount::MountArgs),
     /// Unmount and stop the daemon.
     Umount {
         mountpoint: PathBuf,
@@ -236,20 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: out.as_deref(),
             },
         ),
-        Command::Mount {
-            mountpoint,
-            foreground,
-            allow_other,
-            listen,
-            cache_size,
-        } => mount::mount(
-            &home,
-            mountpoint,
-            foreground,
-            allow_other,
-            listen,
-            cache_size,
-        ),
+        Command::Mount(args) => mount::mount(&home, args),
         Command::Umount { mountpoint, lazy } => mount::umount(&home, &mountpoint, lazy),
         Command::Status { json, watch } => status::run(&home, json, watch),
         Command::Seed {

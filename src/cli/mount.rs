@@ -12,7 +12,12 @@
 //! (which waits for a daemon that is still exiting: see `daemon::run`).
 //!
 //! Messages go through [`say`], which never panics on a closed or full stdout: the
-//! foreground daemon prints its "mounted" line from inside the running daemon.
+//! foreground daemon prints its "mounted" line from inside the running daemon, and
+//! tells systemd it is ready (`sd_notify`, for `Type=notify` units).
+//!
+//! Installed as `/sbin/mount.fuse.bae` (a link to the `bae` binary: `scripts/install`)
+//! it is mount(8)'s helper: `mount -t fuse.bae LIBRARY DIR -o opt,…` and fstab lines
+//! become `bae --home LIBRARY mount DIR --opt …` (see [`helper_args`]).
 
 use std::io::{BufRead, Seek};
 use std::os::unix::process::CommandExt;
@@ -31,15 +36,84 @@ use super::{ask_daemon, open_library};
 /// How long `bae mount` waits for the background daemon to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn mount(
-    home: &Path,
-    mountpoint: PathBuf,
-    foreground: bool,
-    allow_other: bool,
-    listen: Option<u16>,
-    cache_size: Option<String>,
-) -> anyhow::Result<()> {
-    let cache_size_bytes = cache_size.as_deref().map(parse_size).transpose()?;
+/// `bae mount`'s flags. Every one has a mount option name too (see [`helper_args`]).
+#[derive(Clone, Debug, clap::Args)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (and tell systemd when ready: Type=notify).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Let other users see the files (as non-root: `user_allow_other` in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Port to listen on for peers.
+    #[arg(long, value_name = "PORT")]
+    pub listen: Option<u16>,
+    /// Local cache limit for this run, e.g. 20GiB.
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+    /// Owner shown on every file (default: the mounting user).
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+    /// Group shown on every file (default: the mounting user's).
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+    /// Bits taken away from the file and directory modes, octal (e.g. 022).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub umask: Option<u16>,
+    /// Mode of files, octal (default 0444).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub file_mode: Option<u16>,
+    /// Mode of directories, octal (default 0555).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub dir_mode: Option<u16>,
+}
+
+/// An octal mode of at most 4 digits.
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode like 0644"))
+}
+
+impl MountArgs {
+    fn permissions(&self) -> crate::fs::Permissions {
+        crate::fs::Permissions {
+            uid: self.uid,
+            gid: self.gid,
+            umask: self.umask.unwrap_or(0),
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
+        }
+    }
+
+    /// The flags again, as the background daemon is given them.
+    fn forwarded(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.allow_other {
+            out.push("--allow-other".to_string());
+        }
+        let mut push = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push(flag.to_string());
+                out.push(v);
+            }
+        };
+        push("--listen", self.listen.map(|p| p.to_string()));
+        push("--cache-size", self.cache_size.clone());
+        push("--uid", self.uid.map(|v| v.to_string()));
+        push("--gid", self.gid.map(|v| v.to_string()));
+        push("--umask", self.umask.map(|v| format!("{v:o}")));
+        push("--file-mode", self.file_mode.map(|v| format!("{v:o}")));
+        push("--dir-mode", self.dir_mode.map(|v| format!("{v:o}")));
+        out
+    }
+}
+
+pub fn mount(home: &Path, args: MountArgs) -> anyhow::Result<()> {
+    let mountpoint = args.mountpoint.clone();
+    let cache_size_bytes = args.cache_size.as_deref().map(parse_size).transpose()?;
     let lib = open_library(home)?;
     // Only a daemon that answers is running: one that is dying (its socket still there,
     // no answer) is waited for by the new daemon, which needs the library lock.
@@ -57,15 +131,17 @@ pub fn mount(
         Ok(m) if !m.is_dir() => bail!("mount point {} is not a directory", mountpoint.display()),
         _ => {}
     }
-    if foreground {
+    if args.foreground {
         let opts = DaemonOptions {
             mountpoint: mountpoint.clone(),
-            allow_other,
-            listen_port: listen,
+            allow_other: args.allow_other,
+            permissions: args.permissions(),
+            listen_port: args.listen,
             cache_size_bytes,
         };
         return run(lib, opts, || {
             say(format_args!("mounted at {}", mountpoint.display()));
+            crate::daemon::notify::ready();
         });
     }
 
@@ -87,16 +163,10 @@ pub fn mount(
         .arg(&home_abs)
         .arg("mount")
         .arg(&mountpoint_abs)
-        .arg("-f");
-    if allow_other {
-        cmd.arg("--allow-other");
-    }
-    if let Some(p) = listen {
-        cmd.arg("--listen").arg(p.to_string());
-    }
-    if let Some(c) = &cache_size {
-        cmd.arg("--cache-size").arg(c);
-    }
+        .arg("-f")
+        .args(args.forwarded())
+        // We are the one a service manager watches, not the daemon we start.
+        .env_remove("NOTIFY_SOCKET");
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
@@ -251,4 +321,229 @@ fn say(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Whether this process was started as mount(8)'s helper (`mount.fuse.bae`).
+pub fn invoked_as_helper() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .is_some_and(|n| n.starts_with("mount.fuse.bae") || n == "mount.bae")
+}
+
+/// mount(8)'s helper: translates its arguments and becomes `bae mount`.
+pub fn helper_main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match helper_args(&args) {
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some(bae_args)) => {
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("mount.fuse.bae: cannot find the bae executable: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            // exec: mount(8) waits for this very process, which returns once mounted.
+            let err = Command::new(exe).arg0("bae").args(&bae_args).exec();
+            eprintln!("mount.fuse.bae: cannot run bae: {err}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mount.fuse.bae: {e}");
+            // mount(8)'s exit code for bad usage.
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Mount options that say something to mount(8) or systemd, not to bae.
+fn ignored_option(name: &str) -> bool {
+    matches!(
+        name,
+        "rw" | "ro"
+            | "defaults"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "owner"
+            | "group"
+            | "dev"
+            | "nodev"
+            | "suid"
+            | "nosuid"
+            | "exec"
+            | "noexec"
+            | "atime"
+            | "noatime"
+            | "relatime"
+            | "nodiratime"
+            | "async"
+            | "sync"
+            | "_netdev"
+            | "nofail"
+            | "comment"
+    ) || name.starts_with("x-")
+}
+
+/// The `bae` arguments for a mount helper call `LIBRARY DIR [-sfnv] [-o OPTS]
+/// [-t TYPE] [-N NS]`, or `None` for a fake mount (`-f`). Every `bae mount` flag has
+/// an option name: `allow_other`, `uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`,
+/// `cache_size=`, `listen=`. Options for mount(8) or systemd are ignored; anything
+/// else is an error.
+pub fn helper_args(args: &[String]) -> Result<Option<Vec<String>>, String> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut fake = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => options.push(it.next().ok_or("-o needs a value")?.clone()),
+            "-t" | "-N" => {
+                it.next().ok_or_else(|| format!("{a} needs a value"))?;
+            }
+            "-f" => fake = true,
+            "-s" | "-n" | "-v" => {}
+            o if o.starts_with("-o") => options.push(o[2..].to_string()),
+            o if o.starts_with('-') && o.len() > 1 => return Err(format!("unknown flag {o}")),
+            p => positional.push(p.to_string()),
+        }
+    }
+    let [library, dir] = positional.as_slice() else {
+        return Err("usage: mount.fuse.bae LIBRARY MOUNTPOINT [-o OPTIONS]".to_string());
+    };
+    let mut out = vec![
+        "--home".to_string(),
+        library.clone(),
+        "mount".to_string(),
+        dir.clone(),
+    ];
+    for opt in options.iter().flat_map(|o| o.split(',')) {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        let flag = match name {
+            "" => continue,
+            "allow_other" => {
+                if value.is_some() {
+                    return Err("allow_other takes no value".to_string());
+                }
+                out.push("--allow-other".to_string());
+                continue;
+            }
+            "uid" => "--uid",
+            "gid" => "--gid",
+            "umask" => "--umask",
+            "file_mode" => "--file-mode",
+            "dir_mode" => "--dir-mode",
+            "cache_size" => "--cache-size",
+            "listen" => "--listen",
+            n if ignored_option(n) => continue,
+            n => return Err(format!("unknown mount option {n:?}")),
+        };
+        let value = value
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("mount option {name} needs a value ({name}=…)"))?;
+        out.push(flag.to_string());
+        out.push(value.to_string());
+    }
+    Ok((!fake).then_some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn mount_options_become_flags_and_system_options_are_ignored() {
+        let got = helper_args(&v(&[
+            "/var/lib/bae",
+            "/mnt/music",
+            "-o",
+            "rw,allow_other,cache_size=50G,uid=1000,gid=1000,_netdev,nofail,x-systemd.automount,noauto,umask=022",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            got,
+            v(&[
+                "--home",
+                "/var/lib/bae",
+                "mount",
+                "/mnt/music",
+                "--allow-other",
+                "--cache-size",
+                "50G",
+                "--uid",
+                "1000",
+                "--gid",
+                "1000",
+                "--umask",
+                "022"
+            ])
+        );
+        let got = helper_args(&v(&[
+            "-n",
+            "L",
+            "D",
+            "-ofile_mode=0440,dir_mode=0550,listen=7000",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            &got[4..],
+            v(&[
+                "--file-mode",
+                "0440",
+                "--dir-mode",
+                "0550",
+                "--listen",
+                "7000"
+            ])
+        );
+    }
+
+    #[test]
+    fn unknown_options_and_bad_usage_are_clear_errors() {
+        let e = helper_args(&v(&["L", "D", "-o", "allow_other,frobnicate"])).unwrap_err();
+        assert!(e.contains("unknown mount option \"frobnicate\""), "{e}");
+        let e = helper_args(&v(&["L", "D", "-o", "uid"])).unwrap_err();
+        assert!(e.contains("uid needs a value"), "{e}");
+        assert!(helper_args(&v(&["L"])).unwrap_err().contains("usage"));
+        assert!(helper_args(&v(&["L", "D", "-x"]))
+            .unwrap_err()
+            .contains("-x"));
+        assert_eq!(helper_args(&v(&["L", "D", "-f"])).unwrap(), None);
+    }
+
+    #[test]
+    fn every_mount_flag_has_an_option_name() {
+        let args = MountArgs {
+            mountpoint: "D".into(),
+            foreground: false,
+            allow_other: true,
+            listen: Some(1),
+            cache_size: Some("1G".into()),
+            uid: Some(2),
+            gid: Some(3),
+            umask: Some(0o22),
+            file_mode: Some(0o440),
+            dir_mode: Some(0o550),
+        };
+        let opts =
+            "allow_other,listen=1,cache_size=1G,uid=2,gid=3,umask=22,file_mode=440,dir_mode=550";
+        let via_helper = helper_args(&v(&["L", "D", "-o", opts])).unwrap().unwrap();
+        assert_eq!(via_helper[4..], args.forwarded()[..]);
+    }
 }

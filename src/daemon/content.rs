@@ -5,17 +5,27 @@
 //! store. A read that touches unverified pieces asks libtorrent for them with piece
 //! deadlines (streaming) and waits — bounded by the configured read timeout — for the
 //! store to report them verified.
+//!
+//! The set of torrents reaches the mount as events ([`ContentEvent`]): the daemon says
+//! which torrent changed ([`StoreContent::torrent_changed`], [`StoreContent::sync`],
+//! [`StoreContent::torrent_removed`]) and only that torrent's entry is read from the
+//! catalog, once, off the FUSE threads. `events` orders replay and changes (see
+//! [`Content::subscribe`]); it is taken before any lock of the mount and never inside
+//! a store call.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::catalog::Catalog;
-use crate::fs::{Content, ContentError, FileEntry, TorrentEntry};
+use crate::catalog::{Catalog, CatalogError, TorrentRecord};
+use crate::fs::{
+    Content, ContentError, ContentEvent, ContentSink, FileEntry, Progress, Subscribers,
+    TorrentEntry,
+};
 use crate::model::{ChunkKey, PieceIndex, TorrentId, CHUNK_LEN};
 use crate::store::{FetchError, Store, StoreError};
 use crate::torrent::Session;
@@ -25,8 +35,15 @@ pub struct StoreContent {
     catalog: Arc<Catalog>,
     session: OnceLock<Weak<Session>>,
     read_timeout: Duration,
-    generation: AtomicU64,
-    cached: Mutex<Option<(u64, Vec<TorrentEntry>)>>,
+    events: Mutex<Events>,
+}
+
+/// What the mount has been told.
+#[derive(Default)]
+struct Events {
+    sinks: Subscribers,
+    /// Torrents announced as shown, with the name they were announced under.
+    shown: HashMap<TorrentId, String>,
 }
 
 /// Deadline libtorrent gets for a piece a reader is waiting on right now.
@@ -41,8 +58,7 @@ impl StoreContent {
             catalog,
             session: OnceLock::new(),
             read_timeout,
-            generation: AtomicU64::new(1),
-            cached: Mutex::new(None),
+            events: Mutex::new(Events::default()),
         }
     }
 
@@ -50,9 +66,91 @@ impl StoreContent {
         let _ = self.session.set(Arc::downgrade(session));
     }
 
-    /// The set of torrents (or a layout) changed: the mount rebuilds its tree.
-    pub fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    fn events(&self) -> std::sync::MutexGuard<'_, Events> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Torrent `t` was added, got its layout or metadata, or was renamed: its entry is
+    /// read from the catalog and passed to the mount (which ignores an unchanged one).
+    pub fn torrent_changed(&self, t: TorrentId) {
+        let mut ev = self.events();
+        let record = match self.catalog.torrent(t) {
+            Ok(r) => Some(r),
+            Err(CatalogError::UnknownTorrent(_)) => None,
+            Err(e) => {
+                tracing::warn!(torrent = %t, error = %e, "cannot read the torrent for the mount");
+                return;
+            }
+        };
+        match record.filter(|r| r.geometry.is_some()) {
+            Some(r) => self.announce(&mut ev, &r),
+            None => {
+                ev.shown.remove(&t);
+                ev.sinks.publish(ContentEvent::Removed(t));
+            }
+        }
+    }
+
+    /// Torrent `t` is gone from the library.
+    pub fn torrent_removed(&self, t: TorrentId) {
+        let mut ev = self.events();
+        ev.shown.remove(&t);
+        ev.sinks.publish(ContentEvent::Removed(t));
+    }
+
+    /// The catalog now holds `torrents`: announces the ones the mount was not told
+    /// about (or under another name) and withdraws the ones that are gone. Memory work
+    /// plus one catalog read per announced torrent.
+    pub fn sync(&self, torrents: &[TorrentRecord]) {
+        let mut ev = self.events();
+        let mut present = HashSet::with_capacity(torrents.len());
+        for r in torrents.iter().filter(|r| r.geometry.is_some()) {
+            present.insert(r.id);
+            if ev.shown.get(&r.id) != Some(&r.name) {
+                self.announce(&mut ev, r);
+            }
+        }
+        let gone: Vec<TorrentId> = ev
+            .shown
+            .keys()
+            .filter(|t| !present.contains(t))
+            .copied()
+            .collect();
+        for t in gone {
+            ev.shown.remove(&t);
+            ev.sinks.publish(ContentEvent::Removed(t));
+        }
+    }
+
+    fn announce(&self, ev: &mut Events, r: &TorrentRecord) {
+        match self.entry_of(r) {
+            Ok(entry) => {
+                ev.shown.insert(r.id, r.name.clone());
+                ev.sinks.publish(ContentEvent::Upsert(entry));
+            }
+            Err(e) => tracing::warn!(torrent = %r.id, error = %e, "cannot list files"),
+        }
+    }
+
+    /// The mount's view of one torrent (with a layout).
+    fn entry_of(&self, r: &TorrentRecord) -> Result<TorrentEntry, CatalogError> {
+        let files = self.catalog.files(r.id)?;
+        Ok(TorrentEntry {
+            id: r.id,
+            name: r.name.clone(),
+            added_at: r.added_at,
+            info_hash: r.info_hash_hex(),
+            files: files
+                .into_iter()
+                .map(|f| FileEntry {
+                    path: f.path,
+                    stream_offset: f.stream_offset,
+                    len: f.len,
+                    pad: f.pad,
+                    mtime: f.mtime,
+                })
+                .collect(),
+        })
     }
 
     fn want_pieces(&self, t: TorrentId, pieces: &[PieceIndex], deadline_ms: u32) {
@@ -109,50 +207,26 @@ fn content_err(e: StoreError) -> ContentError {
 
 #[async_trait]
 impl Content for StoreContent {
-    fn snapshot(&self) -> (u64, Vec<TorrentEntry>) {
-        let generation = self.generation.load(Ordering::SeqCst);
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((g, entries)) = cached.as_ref() {
-            if *g == generation {
-                return (generation, entries.clone());
-            }
-        }
+    fn subscribe(&self, sink: Arc<dyn ContentSink>) {
+        let mut ev = self.events();
         let mut entries = Vec::new();
+        let mut shown = HashMap::new();
         match self.catalog.torrents() {
             Ok(torrents) => {
-                for t in torrents.into_iter().filter(|t| t.geometry.is_some()) {
-                    let files = match self.catalog.files(t.id) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            tracing::warn!(torrent = %t.id, error = %e, "cannot list files");
-                            continue;
+                for r in torrents.iter().filter(|r| r.geometry.is_some()) {
+                    match self.entry_of(r) {
+                        Ok(e) => {
+                            shown.insert(r.id, r.name.clone());
+                            entries.push(e);
                         }
-                    };
-                    entries.push(TorrentEntry {
-                        id: t.id,
-                        name: t.name,
-                        added_at: t.added_at,
-                        files: files
-                            .into_iter()
-                            .map(|f| FileEntry {
-                                path: f.path,
-                                stream_offset: f.stream_offset,
-                                len: f.len,
-                                pad: f.pad,
-                                mtime: f.mtime,
-                            })
-                            .collect(),
-                    });
+                        Err(e) => tracing::warn!(torrent = %r.id, error = %e, "cannot list files"),
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list torrents for the mount"),
         }
-        *cached = Some((generation, entries.clone()));
-        (generation, entries)
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        ev.shown = shown;
+        ev.sinks.subscribe(sink, entries);
     }
 
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
@@ -195,5 +269,16 @@ impl Content for StoreContent {
 
     fn is_complete(&self, t: TorrentId) -> bool {
         self.store.is_complete(t)
+    }
+
+    fn progress(&self, t: TorrentId) -> Option<Progress> {
+        let total_bytes = self.store.geometry(t)?.total_len();
+        let s = self.store.torrent_stats(t)?;
+        Some(Progress {
+            total_bytes,
+            verified_bytes: s.bytes_verified,
+            // Every chunk is CHUNK_LEN but the last: capped at the stream's length.
+            cached_bytes: (u64::from(s.chunks_local) * CHUNK_LEN).min(total_bytes),
+        })
     }
 }

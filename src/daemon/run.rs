@@ -30,6 +30,7 @@ use super::storage::StoreStorage;
 pub struct DaemonOptions {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
+    pub permissions: crate::fs::Permissions,
     pub listen_port: Option<u16>,
     pub cache_size_bytes: Option<u64>,
 }
@@ -228,6 +229,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         &opts.mountpoint,
         MountOptions {
             allow_other: opts.allow_other,
+            permissions: opts.permissions.clone(),
             // The content bounds its own waits; this is a backstop a little beyond it.
             read_timeout: Some(Duration::from_secs(daemon.lib.config.read_timeout_secs + 5)),
             runtime: Some(rt.handle().clone()),
@@ -364,7 +366,7 @@ impl Daemon {
             if let Err(e) = self.store.remove_torrent(gone) {
                 tracing::warn!(torrent = %gone, error = %e, "removing cached chunks");
             }
-            self.content.invalidate();
+            self.content.torrent_removed(gone);
         }
         for t in &torrents {
             let complete = t.geometry.is_some() && {
@@ -428,7 +430,7 @@ impl Daemon {
                 }
             }
         }
-        self.content.invalidate();
+        self.content.sync(&torrents);
         self.journal.notify();
     }
 
@@ -463,7 +465,7 @@ impl Daemon {
                 {
                     tracing::error!(torrent = %t, error = %e, "cannot record metadata");
                 }
-                self.content.invalidate();
+                self.content.torrent_changed(t);
                 self.journal.notify();
             }
             Event::TorrentFinished { t } => {

@@ -2,7 +2,7 @@
 //! (stream offsets, blocking calls from disk workers) and `store::Store`.
 //!
 //! `open` is where a torrent's layout first becomes known for a magnet link, so it also
-//! records the layout in the catalog and tells the mount that the tree changed.
+//! records the layout in the catalog and tells the mount about the torrent.
 
 use std::sync::Arc;
 
@@ -69,7 +69,7 @@ impl TorrentStorage for StoreStorage {
             .map_err(|e| StorageError::Io(e.to_string()))?;
         self.store
             .set_torrent_pinned(t, torrent.seeding && torrent.pin);
-        self.content.invalidate();
+        self.content.torrent_changed(t);
         self.store.verified_pieces(t).map_err(storage_err)
     }
 

@@ -1,18 +1,27 @@
 //! The one door through which the filesystem sees torrent data: the [`Content`] trait.
 //!
-//! The fs layer knows nothing about chunks, S3 or libtorrent. It asks `Content` for the
-//! current set of torrents (names and file lists, all untrusted) and for verified byte
-//! ranges of a torrent's content stream (the files in torrent order, pad files
-//! included). The daemon implements it over the chunk store and the libtorrent session;
-//! tests implement it over plain bytes.
+//! The fs layer knows nothing about chunks, S3 or libtorrent. `Content` tells it which
+//! torrents exist — by events, one torrent at a time ([`ContentEvent`], pushed to the
+//! [`ContentSink`] the fs registers with [`Content::subscribe`]) — and answers reads of
+//! verified byte ranges of a torrent's content stream (the files in torrent order, pad
+//! files included). The daemon implements it over the chunk store and the libtorrent
+//! session; tests implement it over plain bytes.
 //!
 //! Invariants the fs relies on:
+//! - `subscribe` replays the current torrents as [`ContentEvent::Upsert`]s in
+//!   `TorrentId` order and registers the sink under the same lock that orders later
+//!   changes: the sink sees every torrent and every change once, in order. (Helper:
+//!   [`Subscribers`].) Events are idempotent: an `Upsert` of an entry already shown
+//!   and a `Removed` of an unknown torrent change nothing.
+//! - Events are delivered synchronously on the thread that made the change; the sink
+//!   is quick (memory only) and never calls back into the content.
 //! - `read` returns exactly the bytes of the requested range (never fewer, never
 //!   unverified) or an error; it bounds its own waiting.
-//! - `prefetch` and `is_complete` never block.
-//! - A torrent's file list never changes while it has the same [`TorrentId`].
+//! - `prefetch`, `is_complete` and `progress` never block on I/O: they are answered
+//!   from memory.
 
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,6 +37,8 @@ pub struct TorrentEntry {
     pub name: String,
     /// When the torrent was added, unix seconds. Used as the mtime of its directories.
     pub added_at: i64,
+    /// Info hash, lower-case hex (v1 if it has one, else v2); shown as an xattr.
+    pub info_hash: String,
     /// Files in torrent order, pad files included (their position is the `FileIndex`).
     pub files: Vec<FileEntry>,
 }
@@ -63,19 +74,86 @@ pub enum ContentError {
     Unavailable(String),
 }
 
+/// A change in the set of torrents the mount shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContentEvent {
+    /// A torrent with known metadata is there: new, or its entry changed (a magnet's
+    /// metadata arrived, a rename).
+    Upsert(TorrentEntry),
+    /// The torrent is gone (removed, or its metadata withdrawn).
+    Removed(TorrentId),
+}
+
+/// Where a [`Content`] sends its [`ContentEvent`]s.
+pub trait ContentSink: Send + Sync {
+    /// Applies one event. Returns `false` once the sink is no longer interested (its
+    /// mount ended): the content then drops it.
+    fn apply(&self, event: ContentEvent) -> bool;
+}
+
+/// How far along a torrent is, from numbers the content keeps in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the content stream.
+    pub total_bytes: u64,
+    /// Bytes in hash-verified pieces.
+    pub verified_bytes: u64,
+    /// Bytes held in the local cache.
+    pub cached_bytes: u64,
+}
+
+/// The sinks of one content, for implementations of [`Content::subscribe`]. Callers
+/// hold their own state lock around [`Subscribers::subscribe`] and
+/// [`Subscribers::publish`], which is what orders replay and changes.
+#[derive(Default)]
+pub struct Subscribers {
+    sinks: Mutex<Vec<Arc<dyn ContentSink>>>,
+}
+
+impl Subscribers {
+    /// Replays `current` to `sink` in `TorrentId` order, then registers it.
+    pub fn subscribe(
+        &self,
+        sink: Arc<dyn ContentSink>,
+        current: impl IntoIterator<Item = TorrentEntry>,
+    ) {
+        let mut current: Vec<TorrentEntry> = current.into_iter().collect();
+        current.sort_by_key(|t| t.id);
+        for t in current {
+            if !sink.apply(ContentEvent::Upsert(t)) {
+                return;
+            }
+        }
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sink);
+    }
+
+    /// Number of registered sinks.
+    pub fn len(&self) -> usize {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends `event` to every sink, dropping those that are gone.
+    pub fn publish(&self, event: ContentEvent) {
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.apply(event.clone()));
+    }
+}
+
 /// Torrent data as the filesystem needs it. See the module comment for the contract.
 #[async_trait]
 pub trait Content: Send + Sync + 'static {
-    /// Current torrents with known metadata, and a generation number that changes when
-    /// the set changes.
-    fn snapshot(&self) -> (u64, Vec<TorrentEntry>);
-
-    /// The generation [`Content::snapshot`] would return now. The fs calls this on every
-    /// operation on the root to decide whether to rebuild its tree, so implementations
-    /// should override it with something cheaper than a full snapshot.
-    fn generation(&self) -> u64 {
-        self.snapshot().0
-    }
+    /// Registers `sink` for every change from now on, first replaying the current
+    /// torrents to it (see the module comment).
+    fn subscribe(&self, sink: Arc<dyn ContentSink>);
 
     /// Verified bytes `range` of torrent `t`'s content stream. May wait (not downloaded
     /// yet, remote fetch); the implementation bounds the wait.
@@ -88,4 +166,10 @@ pub trait Content: Send + Sync + 'static {
     /// Whether every byte of the torrent is present locally. Lets the fs keep the
     /// kernel page cache across opens.
     fn is_complete(&self, t: TorrentId) -> bool;
+
+    /// The torrent's progress, for the mount's `user.bae.*` extended attributes.
+    /// `None` when unknown.
+    fn progress(&self, _t: TorrentId) -> Option<Progress> {
+        None
+    }
 }

@@ -43,6 +43,9 @@ pub enum FsError {
     Busy(PathBuf),
     #[error("the mount at {0} did not become ready in time")]
     MountTimeout(PathBuf),
+    /// A user other than root asked for `allow_other` and the FUSE helper refused.
+    #[error("mounting {path} with allow_other was refused ({reason}); as a user other than root this needs a line `user_allow_other` in /etc/fuse.conf")]
+    AllowOtherRefused { path: PathBuf, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -68,6 +71,7 @@ impl FsError {
             }
             FsError::StaleMount(_) => libc::ENOTCONN,
             FsError::MountTimeout(_) => libc::ETIMEDOUT,
+            FsError::AllowOtherRefused { .. } => libc::EPERM,
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

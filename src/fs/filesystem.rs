@@ -2,11 +2,13 @@
 //! mount supports is a method here, taking plain values and returning plain values or
 //! an [`FsError`]. The adapter in [`fuse`](super::fuse) only translates.
 //!
-//! - The tree is rebuilt when the content's snapshot generation changes; that is checked
-//!   on operations on the root (lookup in, getattr of, readdir of the root), which is
-//!   how anyone reaches a new torrent. Inode numbers survive rebuilds (see [`tree`]).
+//! - The tree lives in memory and follows the content's events one torrent at a time
+//!   (the fs is the content's [`ContentSink`]); no operation asks the content for the
+//!   set of torrents or waits on it. Each change is passed on as [`Invalidation`]s to
+//!   the [`Invalidator`] (the mount's notifier thread) before the event returns, so
+//!   once a change is made the kernel shows it, whatever the attribute TTL.
 //! - An open file handle remembers its file's place in the content stream, so a read
-//!   needs no tree and keeps working across rebuilds.
+//!   needs no tree and keeps working after its torrent changed or went.
 //! - Reads map file bytes to stream bytes, never past the end of the file, and feed the
 //!   handle's [`ReadAhead`] to prefetch what a sequential reader will want next.
 //! - A read that failed after waiting (timed out, data unavailable) is remembered for
@@ -16,27 +18,27 @@
 //!   configured timeout. Failures that come fast (not found, integrity) are not
 //!   remembered.
 //!
-//! Locks (never held across an `.await`, never two at once except as listed):
-//! `rebuild` → `tree` (a rebuild swaps the tree while holding both); `handles` and each
-//! handle's `readahead` and `failed` are taken alone.
-//!
-//! [`tree`]: super::tree
+//! Locks (never held across an `.await` or a call into the content, never two at once):
+//! `tree`, `invalidator` (cloned out, then called with no lock of ours held: the
+//! kernel may wait for a request on the root that needs `tree`), `handles`, and each
+//! handle's `readahead` and `failed`. The content calls in with its own lock held, so
+//! that lock comes before all of ours, and requests never take it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::model::CHUNK_LEN;
 
-use super::content::{Content, ContentError};
+use super::content::{Content, ContentError, ContentEvent, ContentSink};
 use super::error::FsError;
 use super::readahead::ReadAhead;
-use super::tree::{FileRef, InodeNo, Node, NodeKind, Tree};
+use super::tree::{Change, FileRef, InodeNo, Node, NodeKind, Tree};
 
 /// Tunables of the filesystem logic.
 #[derive(Clone, Debug)]
@@ -51,18 +53,27 @@ pub struct FsConfig {
     /// Owner shown on every inode.
     pub uid: u32,
     pub gid: u32,
+    /// Permission bits of files and of directories.
+    pub file_perm: u16,
+    pub dir_perm: u16,
 }
+
+/// Default attribute and entry TTL. Long: every change of the tree is pushed to the
+/// kernel as an invalidation, and torrents are immutable otherwise.
+pub const DEFAULT_ATTR_TTL: Duration = Duration::from_secs(300);
 
 impl Default for FsConfig {
     fn default() -> Self {
         // SAFETY: geteuid/getegid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         FsConfig {
-            attr_ttl: Duration::from_secs(1),
+            attr_ttl: DEFAULT_ATTR_TTL,
             read_timeout: None,
             max_readahead_bytes: 16 * CHUNK_LEN,
             uid,
             gid,
+            file_perm: 0o444,
+            dir_perm: 0o555,
         }
     }
 }
@@ -155,13 +166,83 @@ impl Handle {
     }
 }
 
+/// A kernel cache entry that a change made wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The directory entry `name` in `parent`.
+    Entry { parent: InodeNo, name: String },
+    /// An inode's attributes (and, for a directory, its listing).
+    Inode(InodeNo),
+}
+
+/// Tells the kernel about a batch of [`Invalidation`]s, returning once they are
+/// delivered (or a bounded wait passed). Called with no lock of the filesystem held.
+pub type Invalidator = Arc<dyn Fn(Vec<Invalidation>) + Send + Sync>;
+
+/// What the filesystem and its content sink share.
+struct Shared {
+    tree: RwLock<Tree>,
+    invalidator: Mutex<Option<Invalidator>>,
+}
+
+impl Shared {
+    fn apply(&self, event: ContentEvent) {
+        let change = {
+            let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            match &event {
+                ContentEvent::Upsert(t) => tree.upsert(t),
+                ContentEvent::Removed(id) => tree.remove(*id),
+            }
+        };
+        if let Some(change) = change {
+            tracing::debug!(?change, "mount tree changed");
+            self.invalidate(change);
+        }
+    }
+
+    fn invalidate(&self, change: Change) {
+        let Some(tell) = self
+            .invalidator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let entries = change.removed.into_iter().chain(change.added);
+        let batch = entries
+            .map(|name| Invalidation::Entry {
+                parent: InodeNo::ROOT,
+                name,
+            })
+            .chain(std::iter::once(Invalidation::Inode(InodeNo::ROOT)))
+            .chain(change.stale.into_iter().map(Invalidation::Inode))
+            .collect();
+        tell(batch);
+    }
+}
+
+/// The filesystem as its content's event sink. Weak, so that a content outliving its
+/// mount does not keep the tree alive.
+struct Sink(Weak<Shared>);
+
+impl ContentSink for Sink {
+    fn apply(&self, event: ContentEvent) -> bool {
+        match self.0.upgrade() {
+            Some(shared) => {
+                shared.apply(event);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The filesystem over one [`Content`].
 pub struct Filesystem {
     content: Arc<dyn Content>,
     config: FsConfig,
-    tree: RwLock<Arc<Tree>>,
-    /// Serialises rebuilds so a burst of root operations builds one tree.
-    rebuild: Mutex<()>,
+    shared: Arc<Shared>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
 }
@@ -169,7 +250,7 @@ pub struct Filesystem {
 impl std::fmt::Debug for Filesystem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Filesystem")
-            .field("generation", &self.tree().generation())
+            .field("torrents", &self.tree().torrent_count())
             .field("open_handles", &self.open_handles())
             .finish_non_exhaustive()
     }
@@ -177,13 +258,15 @@ impl std::fmt::Debug for Filesystem {
 
 impl Filesystem {
     pub fn new(content: Arc<dyn Content>, config: FsConfig) -> Self {
-        let (generation, torrents) = content.snapshot();
-        let tree = Tree::build(generation, &torrents);
+        let shared = Arc::new(Shared {
+            tree: RwLock::new(Tree::new()),
+            invalidator: Mutex::new(None),
+        });
+        content.subscribe(Arc::new(Sink(Arc::downgrade(&shared))));
         Filesystem {
             content,
             config,
-            tree: RwLock::new(Arc::new(tree)),
-            rebuild: Mutex::new(()),
+            shared,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
@@ -193,55 +276,35 @@ impl Filesystem {
         &self.config
     }
 
-    /// The current tree, without checking for changes.
-    pub fn tree(&self) -> Arc<Tree> {
-        Arc::clone(&self.tree.read().unwrap_or_else(|p| p.into_inner()))
+    /// The current tree, read-locked: hold it briefly, and never across a call into
+    /// the content.
+    pub fn tree(&self) -> RwLockReadGuard<'_, Tree> {
+        self.shared.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The current tree, rebuilt first if the content's generation moved on.
-    pub fn refreshed_tree(&self) -> Arc<Tree> {
-        let current = self.tree();
-        if self.content.generation() == current.generation() {
-            return current;
-        }
-        let _rebuilding = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.tree();
-        let (generation, torrents) = self.content.snapshot();
-        if generation == current.generation() {
-            return current;
-        }
-        let fresh = Arc::new(Tree::build(generation, &torrents));
-        tracing::debug!(
-            generation,
-            torrents = torrents.len(),
-            "rebuilt the mount tree"
-        );
-        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh);
-        fresh
-    }
-
-    fn tree_for(&self, ino: InodeNo) -> Arc<Tree> {
-        if ino == InodeNo::ROOT {
-            self.refreshed_tree()
-        } else {
-            self.tree()
-        }
+    /// Who tells the kernel about changes from now on (`None`: nobody).
+    pub fn set_invalidator(&self, tell: Option<Invalidator>) {
+        *self
+            .shared
+            .invalidator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = tell;
     }
 
     pub fn lookup(&self, parent: InodeNo, name: &OsStr) -> Result<Attr, FsError> {
-        let tree = self.tree_for(parent);
+        let tree = self.tree();
         // Every name in the tree is UTF-8; anything else cannot exist.
         let name = name.to_str().ok_or(FsError::NotFound)?;
         Ok(self.attr_of(tree.lookup(parent, name)?))
     }
 
     pub fn getattr(&self, ino: InodeNo) -> Result<Attr, FsError> {
-        let tree = self.tree_for(ino);
+        let tree = self.tree();
         Ok(self.attr_of(tree.get(ino).ok_or(FsError::NotFound)?))
     }
 
     pub fn opendir(&self, ino: InodeNo) -> Result<(), FsError> {
-        let tree = self.tree_for(ino);
+        let tree = self.tree();
         tree.get(ino)
             .ok_or(FsError::NotFound)?
             .as_dir()
@@ -250,32 +313,20 @@ impl Filesystem {
     }
 
     /// Up to `max_entries` entries of directory `ino` from `offset` on (0 = from the
-    /// start): `.`, `..`, then the children by name. Empty at the end.
+    /// start): `.`, `..`, then the children (see [`Tree::list`]). Empty at the end.
     pub fn readdir(
         &self,
         ino: InodeNo,
         offset: u64,
         max_entries: usize,
     ) -> Result<Vec<DirEntry>, FsError> {
-        let tree = self.tree_for(ino);
-        let node = tree.get(ino).ok_or(FsError::NotFound)?;
-        let dir = node.as_dir().ok_or(FsError::NotDir)?;
-        let parent = tree.get(node.parent).ok_or(FsError::NotFound)?;
-        let dots = [(".", node), ("..", parent)];
-        let children = dir
-            .children
-            .iter()
-            .filter_map(|(name, ino)| Some((name.as_str(), tree.get(*ino)?)));
-        let skip = usize::try_from(offset).map_err(|_| FsError::Invalid("directory offset"))?;
-        Ok(dots
+        let tree = self.tree();
+        Ok(tree
+            .list(ino, offset, max_entries)?
             .into_iter()
-            .chain(children)
-            .enumerate()
-            .skip(skip)
-            .take(max_entries)
-            .map(|(i, (name, node))| DirEntry {
+            .map(|(next_offset, name, node)| DirEntry {
                 name: name.to_string(),
-                next_offset: i as u64 + 1,
+                next_offset,
                 attr: self.attr_of(node),
             })
             .collect())
@@ -288,9 +339,11 @@ impl Filesystem {
         {
             return Err(FsError::ReadOnly);
         }
-        let tree = self.tree_for(ino);
-        let node = tree.get(ino).ok_or(FsError::NotFound)?;
-        let file = *node.as_file().ok_or(FsError::IsDir)?;
+        let file = {
+            let tree = self.tree();
+            let node = tree.get(ino).ok_or(FsError::NotFound)?;
+            *node.as_file().ok_or(FsError::IsDir)?
+        };
         let len = file.len_bytes;
         if len > 0 {
             let head = file.stream_offset..file.stream_offset + len.min(OPEN_PREFETCH_BYTES);
@@ -402,8 +455,8 @@ impl Filesystem {
 
     fn attr_of(&self, node: &Node) -> Attr {
         let (kind, size_bytes, perm, nlink) = match &node.kind {
-            NodeKind::Dir(d) => (EntryKind::Dir, 0, 0o555, 2 + d.subdirs),
-            NodeKind::File(f) => (EntryKind::File, f.len_bytes, 0o444, 1),
+            NodeKind::Dir(d) => (EntryKind::Dir, 0, self.config.dir_perm, 2 + d.subdirs),
+            NodeKind::File(f) => (EntryKind::File, f.len_bytes, self.config.file_perm, 1),
         };
         Attr {
             ino: node.ino,

@@ -22,11 +22,16 @@ pub mod tree;
 #[cfg(test)]
 mod tests;
 
-pub use content::{Content, ContentError, FileEntry, TorrentEntry};
+pub use content::{
+    Content, ContentError, ContentEvent, ContentSink, FileEntry, Progress, Subscribers,
+    TorrentEntry,
+};
 pub use error::FsError;
-pub use filesystem::{Attr, DirEntry, EntryKind, Filesystem, FsConfig, Opened, StatFs};
+pub use filesystem::{
+    Attr, DirEntry, EntryKind, Filesystem, FsConfig, Invalidation, Invalidator, Opened, StatFs,
+};
 pub use mount::{
     clean_stale_mount, is_fuse_mount, mount, source_name, unmount_path, wait_until_mounted,
-    MountHandle, MountOptions,
+    MountHandle, MountOptions, Permissions,
 };
-pub use tree::{InodeNo, Tree};
+pub use tree::{Change, InodeNo, Tree};

@@ -23,28 +23,55 @@
 //! caller's (the caller guarantees its server is gone, e.g. by holding a lock its
 //! server held for life), or any FUSE mount whose connection answers `ENOTCONN`.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use fuser::{MountOption, Session};
+use fuser::{MountOption, Notifier, Session};
 
 use crate::model::CHUNK_LEN;
 
 use super::content::Content;
 use super::error::FsError;
-use super::filesystem::{Filesystem, FsConfig};
+use super::filesystem::{Filesystem, FsConfig, Invalidation, Invalidator};
 use super::fuse::FuseAdapter;
+
+/// Who owns the mount's files and what their permission bits are, as other FUSE
+/// mounts take them (`uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Owner shown on every inode; default: the mounting user.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Bits taken away from both modes.
+    pub umask: u16,
+    /// Default 0444 (files) and 0555 (directories).
+    pub file_mode: Option<u16>,
+    pub dir_mode: Option<u16>,
+}
+
+impl Permissions {
+    /// The (file, directory) permission bits.
+    pub fn modes(&self) -> (u16, u16) {
+        let mask = !self.umask & 0o7777;
+        (
+            self.file_mode.unwrap_or(0o444) & mask,
+            self.dir_mode.unwrap_or(0o555) & mask,
+        )
+    }
+}
 
 /// How the mount is set up.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
+    /// Owner and modes shown.
+    pub permissions: Permissions,
     /// Let other users than the mounting one see the files (needs `user_allow_other`
     /// in /etc/fuse.conf unless root).
     pub allow_other: bool,
@@ -68,6 +95,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         let fs = FsConfig::default();
         MountOptions {
+            permissions: Permissions::default(),
             allow_other: false,
             read_timeout: fs.read_timeout,
             fsname: "bae".to_string(),
@@ -102,11 +130,16 @@ pub fn mount(
     options: MountOptions,
 ) -> Result<MountHandle, FsError> {
     let mountpoint = check_mountpoint(mountpoint)?;
+    let defaults = FsConfig::default();
+    let (file_perm, dir_perm) = options.permissions.modes();
     let config = FsConfig {
         attr_ttl: options.attr_ttl,
         read_timeout: options.read_timeout,
         max_readahead_bytes: options.max_readahead_bytes,
-        ..FsConfig::default()
+        uid: options.permissions.uid.unwrap_or(defaults.uid),
+        gid: options.permissions.gid.unwrap_or(defaults.gid),
+        file_perm,
+        dir_perm,
     };
     let fs = Arc::new(Filesystem::new(content, config));
 
@@ -137,12 +170,23 @@ pub fn mount(
         mount_options.push(MountOption::AllowOther);
     }
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
-    let mut session = Session::new(adapter, &mountpoint, &mount_options)
-        .map_err(|e| FsError::io(format!("mounting {}", mountpoint.display()), e))?;
+    let mut session = Session::new(adapter, &mountpoint, &mount_options).map_err(|e| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if options.allow_other && unsafe { libc::geteuid() } != 0 {
+            FsError::AllowOtherRefused {
+                path: mountpoint.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            FsError::io(format!("mounting {}", mountpoint.display()), e)
+        }
+    })?;
+    start_invalidator(&fs, session.notifier())?;
     // Which kernel mount is ours: after the session, it must not be left behind.
     let dev = mount_entry(&mountpoint).map(|m| m.dev);
 
     let thread_mountpoint = mountpoint.clone();
+    let session_fs = Arc::clone(&fs);
     let spawned = thread::Builder::new()
         .name("bae-fuse".to_string())
         .spawn(move || {
@@ -159,6 +203,8 @@ pub fn mount(
                     tracing::error!(mountpoint = %thread_mountpoint.display(), error = %e, "detaching the mount failed");
                 }
             }
+            // Nothing more to tell a kernel that is gone; this ends the notifier thread.
+            session_fs.set_invalidator(None);
             disarm_fuser_unmount(&session);
             drop(session);
             if let Some(rt) = owned_runtime {
@@ -244,6 +290,56 @@ impl Drop for MountHandle {
             }
         }
     }
+}
+
+/// How long a change waits for the kernel to take its invalidations. They are quick
+/// (attributes and entries only); the bound keeps a wedged kernel connection from
+/// stalling whoever changed the library.
+const INVALIDATION_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts the thread that passes the tree's changes on to the kernel, and makes it the
+/// filesystem's [`Invalidator`]. A thread of its own: a notification may wait for the
+/// kernel's lock on the root while a request on the root is being answered.
+fn start_invalidator(fs: &Arc<Filesystem>, notifier: Notifier) -> Result<(), FsError> {
+    type Batch = (Vec<Invalidation>, mpsc::SyncSender<()>);
+    let (tx, rx) = mpsc::channel::<Batch>();
+    thread::Builder::new()
+        .name("bae-fuse-inval".to_string())
+        .spawn(move || {
+            for (batch, done) in rx {
+                for inv in &batch {
+                    // Attributes only (offset -1): dropping file pages could wait for
+                    // a read in flight, and a torrent's bytes never change.
+                    let r = match inv {
+                        Invalidation::Entry { parent, name } => {
+                            notifier.inval_entry(parent.0, OsStr::new(name))
+                        }
+                        Invalidation::Inode(ino) => notifier.inval_inode(ino.0, -1, 0),
+                    };
+                    // ENOENT: the kernel had not cached it; nothing to do.
+                    if let Err(e) = r {
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            tracing::debug!(?inv, error = %e, "kernel invalidation failed");
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+        })
+        .map_err(|e| FsError::io("starting the invalidation thread", e))?;
+    let tx = Mutex::new(tx);
+    let tell: Invalidator = Arc::new(move |batch| {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let sent = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((batch, done_tx));
+        if sent.is_ok() && done_rx.recv_timeout(INVALIDATION_WAIT).is_err() {
+            tracing::warn!("the kernel did not take the mount's invalidations in time");
+        }
+    });
+    fs.set_invalidator(Some(tell));
+    Ok(())
 }
 
 /// Validates a mount point (see the module comment) and returns its canonical path.

@@ -25,7 +25,7 @@ enum Behaviour {
 
 #[derive(Default)]
 struct MemState {
-    generation: u64,
+    sinks: Subscribers,
     torrents: Vec<(TorrentEntry, Bytes)>,
     behaviour: HashMap<TorrentId, Behaviour>,
     complete: bool,
@@ -40,9 +40,17 @@ struct MemContent {
 }
 
 impl MemContent {
+    /// Replaces the torrent set, telling the sinks what went and what is there.
     fn set(&self, torrents: Vec<(TorrentEntry, Bytes)>) {
         let mut s = self.state.lock().unwrap();
-        s.generation += 1;
+        for (old, _) in &s.torrents {
+            if !torrents.iter().any(|(t, _)| t.id == old.id) {
+                s.sinks.publish(ContentEvent::Removed(old.id));
+            }
+        }
+        for (t, _) in &torrents {
+            s.sinks.publish(ContentEvent::Upsert(t.clone()));
+        }
         s.torrents = torrents;
     }
     fn behave(&self, t: TorrentId, b: Behaviour) {
@@ -55,15 +63,10 @@ impl MemContent {
 
 #[async_trait]
 impl Content for MemContent {
-    fn snapshot(&self) -> (u64, Vec<TorrentEntry>) {
+    fn subscribe(&self, sink: Arc<dyn ContentSink>) {
         let s = self.state.lock().unwrap();
-        (
-            s.generation,
-            s.torrents.iter().map(|(t, _)| t.clone()).collect(),
-        )
-    }
-    fn generation(&self) -> u64 {
-        self.state.lock().unwrap().generation
+        let current: Vec<TorrentEntry> = s.torrents.iter().map(|(t, _)| t.clone()).collect();
+        s.sinks.subscribe(sink, current);
     }
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
         let (behaviour, bytes) = {
@@ -116,6 +119,7 @@ fn torrent(id: i64, name: &str, files: &[(&[&str], u64)]) -> (TorrentEntry, Byte
             id: TorrentId(id),
             name: name.to_string(),
             added_at: 1_700_000_000,
+            info_hash: format!("{id:040x}"),
             files: entries,
         },
         Bytes::from(bytes),
@@ -139,7 +143,7 @@ fn paths(tree: &Tree) -> HashMap<String, InodeNo> {
 #[test]
 fn a_single_file_torrent_is_a_directory_holding_its_file() {
     let t = torrent(1, "Album", &[(&["track.flac"], 10)]);
-    let tree = Tree::build(1, &entries(&[t]));
+    let tree = Tree::build(&entries(&[t]));
     let p = paths(&tree);
     assert!(p.contains_key("Album"));
     assert!(p.contains_key("Album/track.flac"));
@@ -151,7 +155,7 @@ fn equal_torrent_names_get_numbered_in_torrent_id_order() {
     let a = torrent(7, "Same", &[(&["a"], 1)]);
     let b = torrent(3, "Same", &[(&["b"], 1)]);
     let c = torrent(5, "Same", &[(&["c"], 1)]);
-    let tree = Tree::build(1, &entries(&[a, b, c]));
+    let tree = Tree::build(&entries(&[a, b, c]));
     let p = paths(&tree);
     assert!(p.contains_key("Same/b"), "{p:?}");
     assert!(p.contains_key("Same (2)/c"));
@@ -171,7 +175,7 @@ fn hostile_paths_stay_inside_their_torrent_directory() {
         (&[], 1),
     ];
     let t = torrent(1, "../../escape", nasty);
-    let tree = Tree::build(1, &entries(&[t]));
+    let tree = Tree::build(&entries(&[t]));
     let p = paths(&tree);
     let mut names: Vec<&str> = p.keys().map(|s| s.as_str()).collect();
     names.sort();
@@ -209,7 +213,7 @@ fn duplicate_paths_and_file_directory_clashes_are_renamed_deterministically() {
             (&["cd1", "01 (2).flac"], 4),
         ],
     );
-    let tree = Tree::build(1, &entries(&[t]));
+    let tree = Tree::build(&entries(&[t]));
     let size = |path: &str| {
         let ino = paths(&tree)[path];
         tree.get(ino).unwrap().as_file().unwrap().len_bytes
@@ -225,7 +229,7 @@ fn pad_files_are_hidden_and_mtime_falls_back_to_added_at() {
     let (mut t, _) = torrent(1, "T", &[(&["a"], 5), (&[".pad", "3"], 3), (&["b"], 5)]);
     t.files[1].pad = true;
     t.files[2].mtime = 0;
-    let tree = Tree::build(1, &[t]);
+    let tree = Tree::build(&[t]);
     let p = paths(&tree);
     assert_eq!(p.len(), 3, "{p:?}");
     let b = tree.get(p["T/b"]).unwrap();
@@ -240,8 +244,8 @@ fn inode_numbers_survive_rebuilds_with_other_torrents_around() {
     let t1 = torrent(1, "One", &[(&["x", "a"], 1), (&["b"], 1)]);
     let t2 = torrent(2, "Two", &[(&["c"], 1)]);
     let t3 = torrent(3, "Three", &[(&["d"], 1)]);
-    let first = paths(&Tree::build(1, &entries(&[t1.clone(), t2.clone()])));
-    let second = paths(&Tree::build(2, &entries(&[t3, t2, t1])));
+    let first = paths(&Tree::build(&entries(&[t1.clone(), t2.clone()])));
+    let second = paths(&Tree::build(&entries(&[t3, t2, t1])));
     for (path, ino) in &first {
         assert_eq!(second.get(path), Some(ino), "{path}");
     }
@@ -264,7 +268,7 @@ proptest::proptest! {
             files.iter().map(|(p, l)| (p.iter().map(|s| s.as_str()).collect(), *l)).collect();
         let spec: Vec<(&[&str], u64)> = spec.iter().map(|(p, l)| (p.as_slice(), *l)).collect();
         let t = torrent(9, "..", &spec);
-        let tree = Tree::build(1, &entries(&[t]));
+        let tree = Tree::build(&entries(&[t]));
         // Every non-pad file appears exactly once, under the one torrent directory.
         let shown = tree.nodes().filter(|n| n.as_file().is_some()).count();
         proptest::prop_assert_eq!(shown, spec.len());
@@ -506,7 +510,7 @@ async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
 }
 
 #[tokio::test]
-async fn a_new_generation_rebuilds_the_tree_and_open_files_keep_reading() {
+async fn changes_apply_at_once_and_open_files_keep_reading() {
     let one = torrent(1, "One", &[(&["f"], 300)]);
     let stream = one.1.clone();
     let (content, fs) = fs_over(vec![one.clone()]);
@@ -514,12 +518,11 @@ async fn a_new_generation_rebuilds_the_tree_and_open_files_keep_reading() {
     let fh = fs.open(f.ino, libc::O_RDONLY).unwrap().fh;
 
     content.set(vec![one.clone(), torrent(2, "Two", &[(&["g"], 5)])]);
-    // Inside a torrent the old tree serves until the root is touched.
-    assert_eq!(fs.getattr(f.ino).unwrap().ino, f.ino);
     assert_eq!(resolve(&fs, "Two/g").size_bytes, 5);
     assert_eq!(resolve(&fs, "One/f").ino, f.ino);
 
-    // Removing the torrent hides it but an open handle keeps its mapping.
+    // Removing the torrent hides it at once, inside too, but an open handle keeps its
+    // mapping.
     content.set(Vec::new());
     assert_eq!(
         fs.lookup(InodeNo::ROOT, OsStr::new("One"))
@@ -528,8 +531,179 @@ async fn a_new_generation_rebuilds_the_tree_and_open_files_keep_reading() {
         libc::ENOENT
     );
     assert_eq!(fs.getattr(f.ino).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(fs.readdir(InodeNo::ROOT, 0, 10).unwrap().len(), 2);
     // The content no longer knows it either: ENOENT rather than wrong bytes.
     assert_eq!(fs.read(fh, 0, 4).await.unwrap_err().errno(), libc::ENOENT);
     content.set(vec![one]);
     assert_eq!(fs.read(fh, 0, 4).await.unwrap(), stream.slice(0..4));
+    assert_eq!(resolve(&fs, "One/f").ino, f.ino);
+}
+
+#[test]
+fn changes_are_queued_for_the_kernel() {
+    let (content, fs) = fs_over(vec![torrent(1, "One", &[(&["f"], 3)])]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    fs.set_invalidator(Some(Arc::new(move |batch: Vec<Invalidation>| {
+        for inv in batch {
+            tx.lock().unwrap().send(inv).unwrap();
+        }
+    })));
+    let f = resolve(&fs, "One/f").ino;
+    content.set(vec![torrent(1, "One", &[(&["f"], 3)])]);
+    assert!(
+        rx.try_recv().is_err(),
+        "an unchanged torrent invalidates nothing"
+    );
+    content.set(vec![torrent(2, "Two", &[(&["g"], 3)])]);
+    let got: Vec<Invalidation> = rx.try_iter().collect();
+    let entry = |n: &str| Invalidation::Entry {
+        parent: InodeNo::ROOT,
+        name: n.to_string(),
+    };
+    assert!(got.contains(&entry("One")), "{got:?}");
+    assert!(got.contains(&entry("Two")), "{got:?}");
+    assert!(got.contains(&Invalidation::Inode(InodeNo::ROOT)));
+    assert!(got.contains(&Invalidation::Inode(f)));
+    // After the mount ends nothing is queued.
+    fs.set_invalidator(None);
+    content.set(Vec::new());
+    assert!(fs.tree().torrent_count() == 0);
+}
+
+#[test]
+fn a_sink_outliving_its_filesystem_is_dropped() {
+    let (content, fs) = fs_over(vec![torrent(1, "One", &[(&["f"], 3)])]);
+    assert_eq!(content.state.lock().unwrap().sinks.len(), 1);
+    drop(fs);
+    content.set(vec![torrent(2, "Two", &[(&["g"], 3)])]);
+    assert_eq!(content.state.lock().unwrap().sinks.len(), 0);
+}
+
+// ---- incremental tree ----
+
+#[test]
+fn adding_and_removing_torrents_touches_only_them() {
+    let a = torrent(1, "A", &[(&["x", "1.flac"], 10), (&["2.flac"], 20)]);
+    let b = torrent(2, "B", &[(&["3.flac"], 30)]);
+    let mut tree = Tree::new();
+    let ca = tree.upsert(&a.0).unwrap();
+    assert_eq!(ca.added, vec!["A".to_string()]);
+    let before = paths(&tree);
+    let cb = tree.upsert(&b.0).unwrap();
+    assert_eq!((cb.added, cb.removed), (vec!["B".to_string()], vec![]));
+    assert_eq!(tree.file_bytes(), 60);
+    assert_eq!(tree.upsert(&b.0), None, "the same entry again is no change");
+    // A's nodes are untouched by B coming and going.
+    let removed = tree.remove(TorrentId(2)).unwrap();
+    assert_eq!(removed.removed, vec!["B".to_string()]);
+    assert_eq!(removed.stale.len(), 2);
+    assert_eq!(paths(&tree), before);
+    assert_eq!(tree.file_bytes(), 30);
+    assert_eq!(tree.remove(TorrentId(2)), None);
+    // An incremental tree equals one built at once from the same torrents.
+    tree.upsert(&b.0);
+    let built = Tree::build(&entries(&[b.clone(), a.clone()]));
+    assert_eq!(paths(&tree), paths(&built));
+    assert_eq!(tree.inode_count(), built.inode_count());
+    let root = tree.get(InodeNo::ROOT).unwrap().as_dir().unwrap();
+    assert_eq!((root.children.len(), root.subdirs), (2, 2));
+    assert_eq!(
+        tree.torrent_of(paths(&tree)["A/x/1.flac"]),
+        Some(TorrentId(1))
+    );
+    assert_eq!(tree.torrent_of(paths(&tree)["B"]), Some(TorrentId(2)));
+    assert_eq!(tree.torrent_of(InodeNo::ROOT), None);
+}
+
+#[test]
+fn colliding_torrent_names_stay_stable_while_others_come_and_go() {
+    let first = torrent(7, "Same", &[(&["a"], 1)]);
+    let second = torrent(3, "Same", &[(&["b"], 1)]);
+    let third = torrent(5, "Same", &[(&["c"], 1)]);
+    let mut tree = Tree::new();
+    tree.upsert(&first.0);
+    // A newcomer never takes a name already shown, even with a smaller id.
+    assert_eq!(tree.upsert(&second.0).unwrap().added, vec!["Same (2)"]);
+    assert_eq!(tree.upsert(&third.0).unwrap().added, vec!["Same (3)"]);
+    let p = paths(&tree);
+    assert!(
+        p.contains_key("Same/a") && p.contains_key("Same (2)/b"),
+        "{p:?}"
+    );
+    // Removing the first renames no one; the next newcomer takes the free name.
+    tree.remove(TorrentId(7));
+    let p = paths(&tree);
+    assert!(
+        p.contains_key("Same (2)/b") && p.contains_key("Same (3)/c"),
+        "{p:?}"
+    );
+    assert!(!p.contains_key("Same"));
+    assert_eq!(tree.upsert(&first.0).unwrap().added, vec!["Same"]);
+    // The inodes are the same as before: a pure function of identity.
+    let rebuilt = paths(&Tree::build(&entries(&[first, second, third])));
+    let now = paths(&tree);
+    let ino_of = |p: &HashMap<String, InodeNo>, suffix: &str| {
+        *p.iter().find(|(k, _)| k.ends_with(suffix)).unwrap().1
+    };
+    for f in ["/a", "/b", "/c"] {
+        assert_eq!(ino_of(&now, f), ino_of(&rebuilt, f));
+    }
+}
+
+#[test]
+fn a_changed_entry_replaces_the_subtree_and_keeps_its_name() {
+    let (mut t, _) = torrent(1, "Album", &[(&["a.flac"], 10)]);
+    let other = torrent(2, "Album", &[(&["z"], 1)]);
+    let mut tree = Tree::new();
+    tree.upsert(&t);
+    tree.upsert(&other.0);
+    let old_a = paths(&tree)["Album/a.flac"];
+    t.files.push(FileEntry {
+        path: vec!["b.flac".into()],
+        stream_offset: 10,
+        len: 5,
+        pad: false,
+        mtime: 0,
+    });
+    let change = tree.upsert(&t).unwrap();
+    assert!(change.removed.is_empty(), "{change:?}");
+    assert!(change.stale.contains(&old_a));
+    let p = paths(&tree);
+    assert_eq!(p["Album/a.flac"], old_a);
+    assert!(
+        p.contains_key("Album/b.flac") && p.contains_key("Album (2)/z"),
+        "{p:?}"
+    );
+    // Renamed: the old name goes, the new one comes.
+    t.name = "Better".into();
+    let change = tree.upsert(&t).unwrap();
+    assert_eq!(
+        (change.removed, change.added),
+        (vec!["Album".into()], vec!["Better".into()])
+    );
+    assert!(paths(&tree).contains_key("Better/b.flac"));
+}
+
+#[test]
+fn root_listing_offsets_survive_changes() {
+    let all: Vec<_> = (1..=6)
+        .map(|i| torrent(i, &format!("T{i}"), &[(&["f"], 1)]).0)
+        .collect();
+    let mut tree = Tree::build(&all);
+    let first = tree.list(InodeNo::ROOT, 0, 4).unwrap();
+    let names: Vec<&str> = first.iter().map(|e| e.1).collect();
+    assert_eq!(names, [".", "..", "T1", "T2"]);
+    let resume = first[3].0;
+    // T1 (already listed) goes and T7 comes: the rest of the listing is T3…T7, none
+    // repeated or skipped.
+    tree.remove(TorrentId(1));
+    tree.upsert(&torrent(7, "T7", &[(&["f"], 1)]).0);
+    let rest: Vec<String> = tree
+        .list(InodeNo::ROOT, resume, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.1.to_string())
+        .collect();
+    assert_eq!(rest, ["T3", "T4", "T5", "T6", "T7"]);
 }

@@ -1,7 +1,9 @@
-//! The directory tree the mount shows, built from a [`Content`](super::Content) snapshot.
+//! The directory tree the mount shows, kept in memory and changed one torrent at a time.
 //!
-//! Shape: root → one directory per torrent (sanitised name; equal names get ` (2)`,
-//! ` (3)`… in `TorrentId` order) → the torrent's non-pad files at their sanitised paths.
+//! Shape: root → one directory per torrent (sanitised name) → the torrent's non-pad
+//! files at their sanitised paths. Each torrent is a subtree of its own: adding,
+//! replacing or removing a torrent touches only its nodes and one root entry, never
+//! the rest of the library.
 //!
 //! Invariants:
 //! - Every name is safe (see [`names`](super::names)); a file can only be reached
@@ -9,13 +11,20 @@
 //! - Within a directory names are unique. Directories are placed before files, so a
 //!   file whose name collides with a directory (or an earlier file) is the one renamed
 //!   (`name (2).ext`), in file-index order.
+//! - Equal torrent names get ` (2)`, ` (3)`…: a torrent keeps the name it got for as
+//!   long as it is in the tree (a newcomer takes the lowest free suffix, a removal
+//!   renames no one). [`Tree::build`] adds in `TorrentId` order, so after a restart
+//!   the older torrent has the plain name.
 //! - Inode numbers are a pure function of identity, not of insertion order: a hash of
 //!   (torrent id, file index) for files, (torrent id, sanitised path) for directories,
 //!   re-hashed with a salt on the (astronomically rare) collision. So they are the same
-//!   after a rebuild or a restart.
-//! - A tree is immutable once built; a new snapshot generation means a new tree.
+//!   after a change, a removal and re-adding, or a restart.
+//! - Root listing offsets are stable across changes: root entries are listed in the
+//!   order they were added, each with a cookie that is never reused, so a listing that
+//!   spans a change neither repeats nor skips a torrent that did not change. Inside a
+//!   torrent (immutable) entries are listed by name.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{FileIndex, TorrentId};
 
@@ -64,6 +73,8 @@ pub struct Node {
     /// Unix seconds.
     pub mtime: i64,
     pub kind: NodeKind,
+    /// The torrent it belongs to; `None` for the root.
+    pub torrent: Option<TorrentId>,
 }
 
 impl Node {
@@ -82,45 +93,159 @@ impl Node {
     }
 }
 
-/// An immutable view of all torrents as directories and files.
+/// What one change did to the tree, for telling the kernel (see
+/// [`Filesystem`](super::Filesystem)): the root entries that went or came, and the
+/// inodes whose cached attributes are no longer right.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Names that left the root.
+    pub removed: Vec<String>,
+    /// Names that appeared in the root.
+    pub added: Vec<String>,
+    /// Inodes (besides the root) that changed or went away.
+    pub stale: Vec<InodeNo>,
+}
+
+/// The nodes one torrent owns.
+#[derive(Debug)]
+struct Subtree {
+    entry: TorrentEntry,
+    dir: InodeNo,
+    /// Every inode of the torrent, its directory included.
+    inodes: Vec<InodeNo>,
+    file_bytes: u64,
+    /// The root listing cookie of its directory.
+    cookie: u64,
+}
+
+/// All torrents as directories and files.
 #[derive(Debug)]
 pub struct Tree {
-    generation: u64,
     nodes: HashMap<InodeNo, Node>,
+    torrents: HashMap<TorrentId, Subtree>,
+    /// Root entries by listing cookie (see the module comment).
+    root_order: BTreeMap<u64, InodeNo>,
+    next_cookie: u64,
     file_bytes: u64,
 }
 
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+/// Listing offsets 0 and 1 are `.` and `..`; root cookies start after them.
+const FIRST_ROOT_COOKIE: u64 = 2;
+
 impl Tree {
-    /// The tree for snapshot `generation` of `torrents` (in any order).
-    pub fn build(generation: u64, torrents: &[TorrentEntry]) -> Tree {
-        let mut sorted: Vec<&TorrentEntry> = torrents.iter().collect();
-        sorted.sort_by_key(|t| t.id);
-        let mut b = Builder::default();
-        let root_mtime = sorted.iter().map(|t| t.added_at).max().unwrap_or(0);
-        b.nodes.insert(
+    /// An empty tree: the root alone.
+    pub fn new() -> Tree {
+        let mut nodes = HashMap::new();
+        nodes.insert(
             InodeNo::ROOT,
             Node {
                 ino: InodeNo::ROOT,
                 parent: InodeNo::ROOT,
                 name: String::new(),
-                mtime: root_mtime,
+                mtime: 0,
                 kind: NodeKind::Dir(Dir::default()),
+                torrent: None,
             },
         );
-        b.used.insert(InodeNo::ROOT.0);
-        for t in sorted {
-            b.add_torrent(t);
-        }
         Tree {
-            generation,
-            nodes: b.nodes,
-            file_bytes: b.file_bytes,
+            nodes,
+            torrents: HashMap::new(),
+            root_order: BTreeMap::new(),
+            next_cookie: FIRST_ROOT_COOKIE,
+            file_bytes: 0,
         }
     }
 
-    /// The snapshot generation this tree was built from.
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// The tree of `torrents` (in any order; added in `TorrentId` order).
+    pub fn build(torrents: &[TorrentEntry]) -> Tree {
+        let mut sorted: Vec<&TorrentEntry> = torrents.iter().collect();
+        sorted.sort_by_key(|t| t.id);
+        let mut tree = Tree::new();
+        for t in sorted {
+            tree.upsert(t);
+        }
+        tree
+    }
+
+    /// Adds torrent `t`, or replaces it if its entry changed (a magnet's metadata
+    /// arrived, a rename). `None` when the tree already shows exactly this entry.
+    pub fn upsert(&mut self, t: &TorrentEntry) -> Option<Change> {
+        let mut change = Change::default();
+        let mut keep_name = None;
+        if let Some(old) = self.torrents.get(&t.id) {
+            if old.entry == *t {
+                return None;
+            }
+            let same_base = old.entry.name == t.name;
+            let old_name = self.nodes.get(&old.dir).map(|n| n.name.clone());
+            change = self.remove(t.id).unwrap_or_default();
+            if same_base {
+                // Same name asked for: the torrent keeps the one it shows.
+                if let Some(name) = old_name {
+                    change.removed.retain(|n| *n != name);
+                    keep_name = Some(name);
+                }
+            }
+        }
+        let name = self.insert(t, keep_name);
+        if !change.removed.contains(&name) {
+            change.added.push(name);
+        }
+        if let Some(root) = self.nodes.get_mut(&InodeNo::ROOT) {
+            root.mtime = root.mtime.max(t.added_at);
+        }
+        Some(change)
+    }
+
+    /// Removes torrent `id` and all its nodes. `None` when it is not in the tree.
+    pub fn remove(&mut self, id: TorrentId) -> Option<Change> {
+        let sub = self.torrents.remove(&id)?;
+        let name = self.nodes.get(&sub.dir).map(|n| n.name.clone());
+        if let Some(NodeKind::Dir(root)) = self.nodes.get_mut(&InodeNo::ROOT).map(|n| &mut n.kind) {
+            if let Some(name) = &name {
+                root.children.remove(name);
+            }
+            root.subdirs = root.subdirs.saturating_sub(1);
+        }
+        self.root_order.remove(&sub.cookie);
+        for ino in &sub.inodes {
+            self.nodes.remove(ino);
+        }
+        self.file_bytes = self.file_bytes.saturating_sub(sub.file_bytes);
+        if self.get(InodeNo::ROOT).map(|r| r.mtime) == Some(sub.entry.added_at) {
+            self.touch_root();
+        }
+        Some(Change {
+            removed: name.into_iter().collect(),
+            added: Vec::new(),
+            stale: sub.inodes,
+        })
+    }
+
+    /// Whether torrent `id` is shown.
+    pub fn contains(&self, id: TorrentId) -> bool {
+        self.torrents.contains_key(&id)
+    }
+
+    /// Number of torrents shown.
+    pub fn torrent_count(&self) -> usize {
+        self.torrents.len()
+    }
+
+    /// The entry torrent `id` is shown from.
+    pub fn entry(&self, id: TorrentId) -> Option<&TorrentEntry> {
+        self.torrents.get(&id).map(|s| &s.entry)
+    }
+
+    /// The torrent an inode belongs to (`None` for the root and unknown inodes).
+    pub fn torrent_of(&self, ino: InodeNo) -> Option<TorrentId> {
+        self.get(ino)?.torrent
     }
 
     pub fn get(&self, ino: InodeNo) -> Option<&Node> {
@@ -136,6 +261,50 @@ impl Tree {
             .ok_or(FsError::NotDir)?;
         let ino = dir.children.get(name).ok_or(FsError::NotFound)?;
         self.get(*ino).ok_or(FsError::NotFound)
+    }
+
+    /// Up to `max` entries of directory `ino` from listing offset `offset` on: `.`,
+    /// `..`, then the children (see the module comment for the order). Each comes with
+    /// the offset to resume after it.
+    pub fn list(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, &str, &Node)>, FsError> {
+        let node = self.get(ino).ok_or(FsError::NotFound)?;
+        let dir = node.as_dir().ok_or(FsError::NotDir)?;
+        let parent = self.get(node.parent).ok_or(FsError::NotFound)?;
+        let mut out: Vec<(u64, &str, &Node)> = [(1, ".", node), (2, "..", parent)]
+            .into_iter()
+            .skip(usize::try_from(offset.min(2)).unwrap_or(2))
+            .collect();
+        let from = offset.max(FIRST_ROOT_COOKIE);
+        if ino == InodeNo::ROOT {
+            out.extend(
+                self.root_order
+                    .range(from..)
+                    .filter_map(|(cookie, ino)| {
+                        let n = self.get(*ino)?;
+                        Some((cookie + 1, n.name.as_str(), n))
+                    })
+                    .take(max),
+            );
+        } else {
+            let skip = usize::try_from(from - FIRST_ROOT_COOKIE).map_err(|_| FsError::NotFound)?;
+            out.extend(
+                dir.children
+                    .iter()
+                    .skip(skip)
+                    .enumerate()
+                    .filter_map(|(i, (name, ino))| {
+                        Some((from + i as u64 + 1, name.as_str(), self.get(*ino)?))
+                    })
+                    .take(max),
+            );
+        }
+        out.truncate(max);
+        Ok(out)
     }
 
     /// Number of inodes, the root included.
@@ -164,12 +333,81 @@ impl Tree {
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values()
     }
+
+    /// Recomputes the root's mtime, the newest torrent's `added_at`: one pass over the
+    /// torrents, only when the newest one went.
+    fn touch_root(&mut self) {
+        let mtime = self
+            .torrents
+            .values()
+            .map(|s| s.entry.added_at)
+            .max()
+            .unwrap_or(0);
+        if let Some(root) = self.nodes.get_mut(&InodeNo::ROOT) {
+            root.mtime = mtime;
+        }
+    }
+
+    /// Builds torrent `t`'s subtree under the root, as `name` if given (known free),
+    /// else its sanitised name or the lowest free ` (n)` form of it. Returns the name.
+    fn insert(&mut self, t: &TorrentEntry, name: Option<String>) -> String {
+        let mut b = Builder {
+            torrent: t.id,
+            nodes: &mut self.nodes,
+            inodes: Vec::new(),
+            file_bytes: 0,
+        };
+        let tdir = b.alloc(Identity::TorrentDir(t.id));
+        let name = match name {
+            Some(n) => {
+                b.attach(
+                    InodeNo::ROOT,
+                    tdir,
+                    n.clone(),
+                    t.added_at,
+                    Dir::default().into(),
+                );
+                n
+            }
+            None => {
+                let base =
+                    sanitize_component(&t.name).unwrap_or_else(|| format!("torrent {}", t.id.0));
+                b.attach_unique(
+                    InodeNo::ROOT,
+                    tdir,
+                    &base,
+                    false,
+                    t.added_at,
+                    Dir::default().into(),
+                )
+            }
+        };
+        b.add_files(t, tdir);
+        let (inodes, file_bytes) = (b.inodes, b.file_bytes);
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        self.root_order.insert(cookie, tdir);
+        self.file_bytes = self.file_bytes.saturating_add(file_bytes);
+        self.torrents.insert(
+            t.id,
+            Subtree {
+                entry: t.clone(),
+                dir: tdir,
+                inodes,
+                file_bytes,
+                cookie,
+            },
+        );
+        name
+    }
 }
 
-#[derive(Default)]
-struct Builder {
-    nodes: HashMap<InodeNo, Node>,
-    used: HashSet<u64>,
+/// Adds one torrent's nodes to the tree's node map.
+struct Builder<'a> {
+    torrent: TorrentId,
+    nodes: &'a mut HashMap<InodeNo, Node>,
+    /// The inodes added so far.
+    inodes: Vec<InodeNo>,
     file_bytes: u64,
 }
 
@@ -180,19 +418,8 @@ enum Identity<'a> {
     File(TorrentId, FileIndex),
 }
 
-impl Builder {
-    fn add_torrent(&mut self, t: &TorrentEntry) {
-        let base = sanitize_component(&t.name).unwrap_or_else(|| format!("torrent {}", t.id.0));
-        let tdir = self.alloc(Identity::TorrentDir(t.id));
-        self.attach_unique(
-            InodeNo::ROOT,
-            tdir,
-            &base,
-            false,
-            t.added_at,
-            Dir::default().into(),
-        );
-
+impl Builder<'_> {
+    fn add_files(&mut self, t: &TorrentEntry, tdir: InodeNo) {
         let files: Vec<(FileIndex, Vec<String>, &super::content::FileEntry)> = t
             .files
             .iter()
@@ -247,6 +474,7 @@ impl Builder {
     }
 
     /// Adds `ino` under `parent` as `base`, or `base (2)`, `base (3)`… if taken.
+    /// Returns the name it got.
     fn attach_unique(
         &mut self,
         parent: InodeNo,
@@ -255,14 +483,15 @@ impl Builder {
         keep_ext: bool,
         mtime: i64,
         kind: NodeKind,
-    ) {
+    ) -> String {
         let mut name = base.to_string();
         let mut n = 2;
         while self.child(parent, &name).is_some() {
             name = with_suffix(base, n, keep_ext);
             n += 1;
         }
-        self.attach(parent, ino, name, mtime, kind);
+        self.attach(parent, ino, name.clone(), mtime, kind);
+        name
     }
 
     fn child(&self, parent: InodeNo, name: &str) -> Option<InodeNo> {
@@ -290,6 +519,7 @@ impl Builder {
                 name,
                 mtime,
                 kind,
+                torrent: Some(self.torrent),
             },
         );
     }
@@ -327,7 +557,21 @@ impl Builder {
             first.copy_from_slice(&digest.as_bytes()[..8]);
             // 63 bits: some tools treat inode numbers as signed.
             let ino = u64::from_le_bytes(first) >> 1;
-            if ino > InodeNo::ROOT.0 && self.used.insert(ino) {
+            // Taken inodes are the node map's keys; a placeholder reserves this one
+            // until `attach` fills it in.
+            if ino > InodeNo::ROOT.0 && !self.nodes.contains_key(&InodeNo(ino)) {
+                self.inodes.push(InodeNo(ino));
+                self.nodes.insert(
+                    InodeNo(ino),
+                    Node {
+                        ino: InodeNo(ino),
+                        parent: InodeNo::ROOT,
+                        name: String::new(),
+                        mtime: 0,
+                        kind: NodeKind::Dir(Dir::default()),
+                        torrent: Some(self.torrent),
+                    },
+                );
                 return InodeNo(ino);
             }
             salt += 1;

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bae::fs::{
-    is_fuse_mount, mount, Content, ContentError, FileEntry, MountHandle, MountOptions, TorrentEntry,
+    is_fuse_mount, mount, Content, ContentError, ContentEvent, ContentSink, FileEntry, MountHandle,
+    MountOptions, Subscribers, TorrentEntry,
 };
 use bae::model::TorrentId;
 use bytes::Bytes;
@@ -108,6 +109,7 @@ impl TorrentBuilder {
                 id: TorrentId(self.id),
                 name: self.name,
                 added_at: 1_650_000_000 + self.id,
+                info_hash: format!("{:040x}", self.id),
                 files: self.files,
             },
             sources: self.sources,
@@ -117,7 +119,7 @@ impl TorrentBuilder {
 
 #[derive(Default)]
 struct State {
-    generation: u64,
+    sinks: Subscribers,
     torrents: Vec<TestTorrent>,
 }
 
@@ -150,10 +152,17 @@ impl DiskContent {
         Arc::new(c)
     }
 
-    /// Replaces the torrent set (a new generation).
+    /// Replaces the torrent set, telling the mount what went and what is there.
     pub fn set(&self, torrents: Vec<TestTorrent>) {
         let mut s = self.state.lock().unwrap();
-        s.generation += 1;
+        for old in &s.torrents {
+            if !torrents.iter().any(|t| t.entry.id == old.entry.id) {
+                s.sinks.publish(ContentEvent::Removed(old.entry.id));
+            }
+        }
+        for t in &torrents {
+            s.sinks.publish(ContentEvent::Upsert(t.entry.clone()));
+        }
         s.torrents = torrents;
     }
 
@@ -193,16 +202,10 @@ fn read_stream(t: &TestTorrent, range: Range<u64>) -> std::io::Result<Vec<u8>> {
 
 #[async_trait]
 impl Content for DiskContent {
-    fn snapshot(&self) -> (u64, Vec<TorrentEntry>) {
+    fn subscribe(&self, sink: Arc<dyn ContentSink>) {
         let s = self.state.lock().unwrap();
-        (
-            s.generation,
-            s.torrents.iter().map(|t| t.entry.clone()).collect(),
-        )
-    }
-
-    fn generation(&self) -> u64 {
-        self.state.lock().unwrap().generation
+        let current: Vec<TorrentEntry> = s.torrents.iter().map(|t| t.entry.clone()).collect();
+        s.sinks.subscribe(sink, current);
     }
 
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
