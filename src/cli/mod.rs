@@ -9,6 +9,7 @@ mod import;
 mod log;
 mod manage;
 mod mount;
+mod settings;
 mod status;
 
 use std::path::PathBuf;
@@ -100,6 +101,8 @@ pub enum Command {
         /// Local cache limit for this run, e.g. 20GiB.
         #[arg(long, value_name = "SIZE")]
         cache_size: Option<String>,
+        #[command(flatten)]
+        settings: settings::MountSettings,
     },
     /// Unmount and stop the daemon.
     Umount {
@@ -151,6 +154,12 @@ pub enum Command {
     },
     /// Drop cached chunks that are safe in the remote (not pinned by seeding).
     Evict,
+    /// Print the settings in effect: config.toml with the BAE_… overrides applied.
+    Config {
+        /// Print the table of keys, environment variables and flags instead.
+        #[arg(long)]
+        keys: bool,
+    },
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -242,14 +251,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_other,
             listen,
             cache_size,
-        } => mount::mount(
-            &home,
-            mountpoint,
-            foreground,
-            allow_other,
-            listen,
-            cache_size,
-        ),
+            settings,
+        } => {
+            settings.export();
+            mount::mount(
+                &home,
+                mountpoint,
+                foreground,
+                allow_other,
+                listen,
+                cache_size,
+            )
+        }
         Command::Umount { mountpoint, lazy } => mount::umount(&home, &mountpoint, lazy),
         Command::Status { json, watch } => status::run(&home, json, watch),
         Command::Seed {
@@ -262,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remove { torrent, purge } => manage::remove(&home, &torrent, purge),
         Command::Verify { torrent, repair } => manage::verify(&home, &torrent, repair),
         Command::Evict => manage::evict(&home),
+        Command::Config { keys } => settings::show(&home, keys),
     }
 }
 
