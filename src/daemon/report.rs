@@ -70,6 +70,7 @@ pub fn live(
             r.state = state_name(st.state, st.paused).into();
             r.error = st.error;
         }
+        (r.peer_downloaded_bytes, r.peer_uploaded_bytes) = super::metrics::peer_bytes_of(t.id.0);
         out.push(r);
     }
     Ok(out)
