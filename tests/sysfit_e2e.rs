@@ -270,3 +270,90 @@ fn metrics_refuse_a_non_loopback_address_unless_allowed() {
     assert!(scrape(port).contains("bae_cache_limit_bytes"));
     bae.umount();
 }
+
+#[test]
+fn status_shows_eta_and_cache_and_watch_repeats_plain_blocks_off_a_terminal() {
+    let bae = Bae::new();
+    let text = bae.ok(&["status"]);
+    assert!(text.contains("ETA"), "{text}");
+    assert!(
+        text.contains("pinned") && text.contains("evictable"),
+        "{text}"
+    );
+    // Not a terminal: no escape sequences, one block per refresh.
+    let mut child = bae
+        .cmd(&["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("cache:").count() < 2 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "status --watch ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !seen.contains('\x1b'),
+        "escape sequences off a terminal: {seen:?}"
+    );
+    assert!(seen.contains("\n\ndaemon:"), "blocks not separated: {seen}");
+}
+
+#[test]
+fn bash_completion_offers_subcommands_and_the_man_page_is_valid_roff() {
+    let bae = Bae::new();
+    let script = bae.ok(&["completions", "bash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bae.bash");
+    std::fs::write(&path, script).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(bae mo); COMP_CWORD=1; COMP_LINE='bae mo'; COMP_POINT=6; _bae bae mo bae; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    let offered = stdout(&out);
+    assert!(
+        offered.split_whitespace().any(|w| w == "mount"),
+        "{offered}{}",
+        stderr(&out)
+    );
+    assert!(
+        !offered.split_whitespace().any(|w| w == "umount"),
+        "{offered}"
+    );
+    for shell in ["zsh", "fish"] {
+        assert!(bae.ok(&["completions", shell]).contains("mount"));
+    }
+    let man = bae.ok(&["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
+    let mut groff = std::process::Command::new("groff")
+        .args(["-k", "-man", "-Tutf8", "-ww"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("groff is installed by scripts/install-deps");
+    groff
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(man.as_bytes())
+        .unwrap();
+    let out = groff.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "groff warnings");
+    let page = stdout(&out);
+    assert!(
+        page.contains("bae-mount") && page.contains("Examples"),
+        "{page}"
+    );
+    // --help reads like the page: examples included.
+    assert!(bae.ok(&["--help"]).contains("bae mount ~/Music/bae"));
+}
