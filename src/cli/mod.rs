@@ -9,6 +9,7 @@ mod import;
 mod log;
 mod manage;
 pub mod mount;
+mod settings;
 mod status;
 
 use std::path::PathBuf;
@@ -24,7 +25,8 @@ use crate::daemon::{default_home, InitOptions, Library};
 #[command(
     name = "bae",
     version,
-    about = "Torrents as encrypted chunks in S3, mounted read-only and seeded from the same chunks"
+    about = "Torrents as encrypted chunks in S3, mounted read-only and seeded from the same chunks",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// The library directory (default: $BAE_HOME, else ~/.local/share/bae).
@@ -33,6 +35,25 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  bae init --remote s3://music/bae --endpoint http://127.0.0.1:9000 --cache-size 50GiB
+  bae mount ~/Music/bae                 # returns once mounted; the daemon keeps running
+  bae add album.torrent --wait          # download with a progress bar
+  bae add 'magnet:?xt=urn:btih:...'
+  bae import ~/rips/Album --out Album.torrent
+  bae status --watch
+  bae seed Album on --no-pin            # seed from the remote, without pinning the cache
+  bae umount ~/Music/bae
+
+Environment:
+  BAE_HOME     the library (default ~/.local/share/bae)
+  BAE_LOG      log filter (e.g. debug)
+  BAE_<KEY>    any config.toml key, e.g. BAE_CACHE_SIZE, BAE_NETWORK_LISTEN_PORT
+               (bae config --keys lists them all)
+
+Shell completions: bae completions bash|zsh|fish; manual page: bae man";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -139,6 +160,19 @@ pub enum Command {
     },
     /// Drop cached chunks that are safe in the remote (not pinned by seeding).
     Evict,
+    /// Print the settings in effect: config.toml with the BAE_… overrides applied.
+    Config {
+        /// Print the table of keys, environment variables and flags instead.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Print a shell completion script, e.g. `source <(bae completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `bae man | man -l -`.
+    Man,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -224,7 +258,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: out.as_deref(),
             },
         ),
-        Command::Mount(args) => mount::mount(&home, args),
+        Command::Mount(args) => {
+            args.settings.export();
+            mount::mount(&home, args)
+        }
         Command::Umount { mountpoint, lazy } => mount::umount(&home, &mountpoint, lazy),
         Command::Status { json, watch } => status::run(&home, json, watch),
         Command::Seed {
@@ -237,6 +274,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remove { torrent, purge } => manage::remove(&home, &torrent, purge),
         Command::Verify { torrent, repair } => manage::verify(&home, &torrent, repair),
         Command::Evict => manage::evict(&home),
+        Command::Config { keys } => settings::show(&home, keys),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "bae", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            // Each subcommand's page follows the main one (`bae man | man -l -` shows all).
+            for sub in <Cli as clap::CommandFactory>::command().get_subcommands() {
+                clap_mangen::Man::new(sub.clone())
+                    .title(format!("bae-{}", sub.get_name()))
+                    .render(&mut out)?;
+            }
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            Ok(())
+        }
     }
 }
 

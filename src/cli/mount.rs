@@ -67,6 +67,8 @@ pub struct MountArgs {
     /// Mode of directories, octal (default 0555).
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub dir_mode: Option<u16>,
+    #[command(flatten)]
+    pub settings: super::settings::MountSettings,
 }
 
 /// An octal mode of at most 4 digits.
@@ -540,6 +542,7 @@ mod tests {
             umask: Some(0o22),
             file_mode: Some(0o440),
             dir_mode: Some(0o550),
+            settings: Default::default(),
         };
         let opts =
             "allow_other,listen=1,cache_size=1G,uid=2,gid=3,umask=22,file_mode=440,dir_mode=550";

@@ -1,5 +1,7 @@
 //! `bae status`: a table of torrents (or JSON), from the daemon when one runs, else
-//! from the catalog.
+//! from the catalog. `--watch` redraws in place on a terminal (cursor home, clear to
+//! the end) and prints plain repeated blocks, separated by a blank line, otherwise.
+//! The JSON shape only grows: fields are added, never renamed.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,6 +14,8 @@ use super::{ask_daemon, open_library};
 
 pub fn run(home: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut first = true;
     loop {
         let report = match ask_daemon(&lib, &Request::Status, Duration::from_secs(10))? {
             Some(Response::Status(r)) => *r,
@@ -28,10 +32,20 @@ pub fn run(home: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
             render(&report)
         };
         let mut out = std::io::stdout().lock();
-        if watch {
-            // Clear the screen and home the cursor between refreshes.
-            write!(out, "\x1b[2J\x1b[H")?;
+        if watch && terminal {
+            // Home the cursor, draw, clear what the last draw left below.
+            write!(out, "{}", if first { "\x1b[2J\x1b[H" } else { "\x1b[H" })?;
+            out.write_all(text.replace('\n', "\x1b[K\n").as_bytes())?;
+            write!(out, "\x1b[J")?;
+            out.flush()?;
+            first = false;
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
         }
+        if watch && !first {
+            writeln!(out)?;
+        }
+        first = false;
         out.write_all(text.as_bytes())?;
         out.flush()?;
         if !watch {
@@ -53,6 +67,20 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Time left at the current rate, `-` when unknown or done.
+fn eta(t: &crate::daemon::control::TorrentReport) -> String {
+    let left = (t.size_bytes as f64 * (1.0 - t.progress)).max(0.0) as u64;
+    if t.progress >= 1.0 || t.download_bps == 0 || left == 0 {
+        return "-".into();
+    }
+    let secs = left / t.download_bps.max(1);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
     }
 }
 
@@ -83,8 +111,8 @@ pub fn render(r: &StatusReport) -> String {
         .unwrap_or(4)
         .max(4);
     s += &format!(
-        "{:<name_w$}  {:>10}  {:>6}  {:>11}  {:>11}  {:>5}  {:<11}  {:>17}\n",
-        "NAME", "SIZE", "DONE", "DOWN", "UP", "PEERS", "STATE", "CHUNKS L/U/T"
+        "{:<name_w$}  {:>10}  {:>6}  {:>7}  {:>11}  {:>11}  {:>5}  {:<11}  {:>17}\n",
+        "NAME", "SIZE", "DONE", "ETA", "DOWN", "UP", "PEERS", "STATE", "CHUNKS L/U/T"
     );
     for t in &r.torrents {
         let name: String = t.name.chars().take(40).collect();
@@ -93,10 +121,11 @@ pub fn render(r: &StatusReport) -> String {
             state += "*";
         }
         s += &format!(
-            "{:<name_w$}  {:>10}  {:>5.1}%  {:>11}  {:>11}  {:>5}  {:<11}  {:>17}\n",
+            "{:<name_w$}  {:>10}  {:>5.1}%  {:>7}  {:>11}  {:>11}  {:>5}  {:<11}  {:>17}\n",
             name,
             human(t.size_bytes),
             t.progress * 100.0,
+            eta(t),
             rate(t.download_bps),
             rate(t.upload_bps),
             t.peers,
@@ -113,10 +142,24 @@ pub fn render(r: &StatusReport) -> String {
     if r.torrents.is_empty() {
         s += "(no torrents: bae add FILE.torrent | MAGNET, or bae import DIR)\n";
     }
+    let (down, up): (u64, u64) = r
+        .torrents
+        .iter()
+        .fold((0, 0), |(d, u), t| (d + t.download_bps, u + t.upload_bps));
+    if r.daemon_running {
+        s += &format!(
+            "total: {} down, {} up, {} peers\n",
+            rate(down),
+            rate(up),
+            r.torrents.iter().map(|t| u64::from(t.peers)).sum::<u64>()
+        );
+    }
     s += &format!(
-        "cache: {} of {} used, {} not yet uploaded",
+        "cache: {} of {} used ({} pinned, {} evictable), {} not yet uploaded",
         human(r.cache.used_bytes),
         human(r.cache_limit_bytes),
+        human(r.cache.used_bytes.saturating_sub(r.cache.evictable_bytes)),
+        human(r.cache.evictable_bytes),
         human(r.cache.not_uploaded_bytes)
     );
     if let Some(u) = &r.uploader {

@@ -176,6 +176,7 @@ impl StoreContent {
                 Ok(b) => return Ok(b),
                 Err(StoreError::NotVerified { missing, .. }) => {
                     if !asked {
+                        super::metrics::read_waited_for_pieces();
                         self.want_pieces(t, &missing, URGENT_DEADLINE_MS);
                         asked = true;
                     }

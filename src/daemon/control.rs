@@ -107,6 +107,11 @@ pub struct TorrentReport {
     pub pinned: bool,
     pub paused: bool,
     pub error: Option<String>,
+    /// Bytes received from / sent to peers since the daemon started (0 without one).
+    #[serde(default)]
+    pub peer_downloaded_bytes: u64,
+    #[serde(default)]
+    pub peer_uploaded_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

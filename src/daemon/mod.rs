@@ -6,6 +6,7 @@ pub mod content;
 pub mod control;
 pub mod import;
 pub mod library;
+pub mod metrics;
 pub mod notify;
 pub mod report;
 pub mod run;

@@ -77,6 +77,7 @@ pub fn live(
             }
             Err(_) => {}
         }
+        (r.peer_downloaded_bytes, r.peer_uploaded_bytes) = super::metrics::peer_bytes_of(t.id.0);
         out.push(r);
     }
     Ok(out)

@@ -209,6 +209,10 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         journal,
     });
     daemon.sync();
+    let weak = Arc::downgrade(&daemon);
+    super::metrics::serve(rt.handle(), &daemon.lib.config, move || {
+        weak.upgrade().map(|d| d.status())
+    })?;
 
     if let Some(events) = events {
         // Weak: the thread ends when the session (owned by the daemon) is dropped.

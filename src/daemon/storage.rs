@@ -74,12 +74,14 @@ impl TorrentStorage for StoreStorage {
     }
 
     fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        super::metrics::peer_bytes(t.0, data.len() as u64, 0);
         self.store
             .write(t, stream_offset, data)
             .map_err(storage_err)
     }
 
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        super::metrics::peer_bytes(t.0, 0, buf.len() as u64);
         self.store
             .read_raw_blocking(t, stream_offset, buf)
             .map_err(storage_err)

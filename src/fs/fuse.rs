@@ -215,7 +215,7 @@ impl fuser::Filesystem for FuseAdapter {
         // If the runtime is gone the task is dropped, and so is `reply`: fuser then
         // answers EIO, so the reader never hangs.
         self.runtime.spawn(async move {
-            match fs.read(fh, offset, size).await {
+            match crate::daemon::metrics::fuse_read(fs.read(fh, offset, size)).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => reply.error(e.errno()),
             }

@@ -127,6 +127,7 @@ impl Remote {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            let attempt_started = Instant::now();
             let result = {
                 let _permit = self
                     .permits
@@ -135,6 +136,7 @@ impl Remote {
                     .map_err(|_| RemoteError::Permanent("remote is shut down".into()))?;
                 call(self.store.clone()).await
             };
+            crate::daemon::metrics::remote_request(op, attempt_started.elapsed(), &result);
             let err = match result {
                 Ok(value) => return Ok(value),
                 Err(err) if !err.is_transient() => return Err(err),
