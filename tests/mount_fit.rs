@@ -308,3 +308,99 @@ fn foreground_mount_notifies_systemd_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status}\n{}", bae.log());
     assert!(!is_fuse_mount(&bae.mountpoint));
 }
+
+/// `getfattr --only-values -n NAME PATH`, or its stderr as the error.
+fn getfattr(name: &str, path: &Path) -> Result<String, String> {
+    let out = Command::new("getfattr")
+        .args(["--only-values", "--absolute-names", "-n", name])
+        .arg(path)
+        .output()
+        .expect("getfattr (package attr) is installed");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn files_and_directories_carry_progress_cached_and_infohash_xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = make_flac_album(&dir.path().join("a"), "Done Album", 1, 2);
+    let waiting = make_flac_album(&dir.path().join("b"), "Waiting Album", 1, 2);
+    let (t1, t2) = (dir.path().join("1.torrent"), dir.path().join("2.torrent"));
+    python_torrent(&done, &t1, 64 * 1024, "v1");
+    python_torrent(&waiting, &t2, 64 * 1024, "hybrid");
+    let bae = Bae::new();
+    bae.ok(&[
+        "import",
+        done.to_str().unwrap(),
+        "--torrent",
+        t1.to_str().unwrap(),
+    ]);
+    bae.ok(&["add", "--paused", t2.to_str().unwrap()]);
+    bae.mount();
+    let status = bae.status_json();
+    let torrent = |name: &str| {
+        status["torrents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let mp = &bae.mountpoint;
+    let done_dir = mp.join("Done Album");
+    let done_file = done_dir.join("01 - Tone 1.flac");
+    assert!(done_file.exists(), "{:?}", listing(&done_dir));
+    for p in [&done_dir, &done_file] {
+        assert_eq!(getfattr("user.bae.progress", p).unwrap(), "1.0000");
+        assert_eq!(
+            getfattr("user.bae.infohash", p).unwrap(),
+            torrent("Done Album")["info_hash"].as_str().unwrap()
+        );
+        let cached: u64 = getfattr("user.bae.cached", p).unwrap().parse().unwrap();
+        assert_eq!(
+            cached,
+            torrent("Done Album")["size_bytes"].as_u64().unwrap()
+        );
+    }
+    let w = mp.join("Waiting Album");
+    assert_eq!(getfattr("user.bae.progress", &w).unwrap(), "0.0000");
+    assert_eq!(getfattr("user.bae.cached", &w).unwrap(), "0");
+    // Other names: ENODATA; the root has none of ours.
+    let e = getfattr("user.bae.nope", &w).unwrap_err();
+    assert!(e.contains("No such attribute"), "{e}");
+    let e = getfattr("user.bae.progress", mp).unwrap_err();
+    assert!(e.contains("No such attribute"), "{e}");
+    // Listing (getfattr -d probes the size first, then reads).
+    let out = Command::new("getfattr")
+        .args(["-d", "--absolute-names"])
+        .arg(&done_file)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "user.bae.progress=\"1.0000\"",
+        "user.bae.cached=",
+        "user.bae.infohash=",
+    ] {
+        assert!(listed.contains(name), "{listed}");
+    }
+    // A buffer too small is ERANGE, a size probe gives the length.
+    let c = std::ffi::CString::new(done_file.to_str().unwrap()).unwrap();
+    let n = std::ffi::CString::new("user.bae.progress").unwrap();
+    // SAFETY: valid C strings; a null buffer with size 0 is the documented probe.
+    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(len, 6);
+    let mut small = [0u8; 3];
+    // SAFETY: `small` is a writable buffer of the given length.
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), small.as_mut_ptr().cast(), 3) };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ERANGE)
+    );
+    bae.umount();
+}

@@ -357,3 +357,105 @@ fn bash_completion_offers_subcommands_and_the_man_page_is_valid_roff() {
     // --help reads like the page: examples included.
     assert!(bae.ok(&["--help"]).contains("bae mount ~/Music/bae"));
 }
+
+/// Polls until `path` exists.
+fn wait_for_file(path: &std::path::Path, bae: &Bae) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared\n{}",
+            path.display(),
+            bae.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn files_dropped_in_the_watch_folder_are_added_or_set_aside_with_the_reason() {
+    let tracker = PyPeer::tracker();
+    let dir = tempfile::tempdir().unwrap();
+    let root = make_album(
+        &dir.path().join("seed"),
+        "Watched Album",
+        &[("a.flac", 900_000), ("b.flac", 700_000)],
+        3,
+    );
+    let torrent = dir.path().join("watched.torrent");
+    common::swarm::python_torrent_with_tracker(
+        &root,
+        &torrent,
+        64 * 1024,
+        "hybrid",
+        Some(&tracker.announce_url()),
+    );
+    let _seeder = PyPeer::seed(&torrent, root.parent().unwrap());
+    let other = make_album(
+        &dir.path().join("other"),
+        "Magnet Album",
+        &[("c.flac", 300_000)],
+        4,
+    );
+    let (_, other_magnet) =
+        python_torrent(&other, &dir.path().join("other.torrent"), 64 * 1024, "v1");
+
+    let bae = Bae::new();
+    let watch = dir.path().join("watch");
+    std::fs::create_dir_all(&watch).unwrap();
+    let mp = bae.mountpoint.to_str().unwrap().to_owned();
+    let out = bae
+        .cmd(&["mount", &mp])
+        .env("BAE_WATCH_DIR", &watch)
+        .env("BAE_WATCH_INTERVAL_SECS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), bae.log());
+
+    std::fs::copy(&torrent, watch.join("watched.torrent")).unwrap();
+    std::fs::write(watch.join("other.magnet"), format!("{other_magnet}\n")).unwrap();
+    std::fs::write(watch.join("broken.torrent"), b"d4:infoi3ee").unwrap();
+    std::fs::write(watch.join("notes.txt"), b"not for bae").unwrap();
+
+    wait_for_file(&watch.join("added/watched.torrent"), &bae);
+    wait_for_file(&watch.join("added/other.magnet"), &bae);
+    wait_for_file(&watch.join("failed/broken.torrent.error"), &bae);
+    let reason = std::fs::read_to_string(watch.join("failed/broken.torrent.error")).unwrap();
+    assert!(reason.contains("not a valid torrent"), "{reason}");
+    assert!(watch.join("failed/broken.torrent").exists());
+    assert!(
+        watch.join("notes.txt").exists(),
+        "other files are left alone"
+    );
+
+    // The dropped torrent downloads from the seeder found through the tracker.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = bae.status_json();
+        let names: Vec<&str> = s["torrents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"Magnet Album"), "{s:#}");
+        let t = s["torrents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "Watched Album")
+            .cloned();
+        if t.as_ref().is_some_and(|t| t["progress"] == 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not downloaded: {s:#}\n{}",
+            bae.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got = std::fs::read(bae.mountpoint.join("Watched Album/a.flac")).unwrap();
+    assert!(got == std::fs::read(root.join("a.flac")).unwrap());
+    bae.umount();
+}

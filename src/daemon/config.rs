@@ -604,8 +604,10 @@ mod tests {
             Config::default()
         );
         // An empty optional variable unsets the key.
-        let mut with_metrics = Config::default();
-        with_metrics.metrics_addr = Some("127.0.0.1:1".into());
+        let with_metrics = Config {
+            metrics_addr: Some("127.0.0.1:1".into()),
+            ..Config::default()
+        };
         with_metrics.save(&p).unwrap();
         let c = Config::load_with_env(&p, &env_of(&[("BAE_METRICS_ADDR", "")])).unwrap();
         assert_eq!(c.metrics_addr, None);

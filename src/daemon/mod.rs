@@ -12,6 +12,7 @@ pub mod report;
 pub mod run;
 pub mod storage;
 pub mod verify;
+pub mod watch;
 
 pub use library::{default_home, InitOptions, Library};
 pub use run::{run, DaemonOptions};

@@ -213,6 +213,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     super::metrics::serve(rt.handle(), &daemon.lib.config, move || {
         weak.upgrade().map(|d| d.status())
     })?;
+    super::watch::spawn(rt.handle(), &daemon.lib);
 
     if let Some(events) = events {
         // Weak: the thread ends when the session (owned by the daemon) is dropped.

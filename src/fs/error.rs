@@ -22,6 +22,9 @@ pub enum FsError {
     BadHandle(u64),
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// No such extended attribute.
+    #[error("no such attribute")]
+    NoData,
     /// Reading torrent data failed; logged where it happens.
     #[error(transparent)]
     Content(#[from] ContentError),
@@ -61,6 +64,7 @@ impl FsError {
             FsError::NotFound | FsError::MountPointMissing(_) => libc::ENOENT,
             FsError::NotDir | FsError::MountPointNotDir(_) => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
+            FsError::NoData => libc::ENODATA,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Invalid(_) | FsError::NotMounted(_) => libc::EINVAL,

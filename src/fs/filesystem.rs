@@ -121,6 +121,15 @@ pub struct StatFs {
     pub name_max_bytes: u32,
 }
 
+/// Verified fraction of the torrent's bytes, `0.0000` to `1.0000`.
+pub const XATTR_PROGRESS: &str = "user.bae.progress";
+/// Bytes of the torrent held in the local cache.
+pub const XATTR_CACHED: &str = "user.bae.cached";
+/// The torrent's info hash, hex.
+pub const XATTR_INFOHASH: &str = "user.bae.infohash";
+/// Every extended attribute of a node inside a torrent.
+pub const XATTRS: [&str; 3] = [XATTR_PROGRESS, XATTR_CACHED, XATTR_INFOHASH];
+
 /// Block size reported by `statfs`.
 const STATFS_BLOCK_BYTES: u64 = 4096;
 
@@ -420,6 +429,48 @@ impl Filesystem {
             ))));
         }
         Ok(bytes)
+    }
+
+    /// Names of the extended attributes of `ino`: the `user.bae.*` ones on everything
+    /// inside a torrent (they describe the torrent), none on the root.
+    pub fn xattr_names(&self, ino: InodeNo) -> Result<&'static [&'static str], FsError> {
+        let tree = self.tree();
+        let node = tree.get(ino).ok_or(FsError::NotFound)?;
+        Ok(if node.torrent.is_some() { &XATTRS } else { &[] })
+    }
+
+    /// The value of extended attribute `name` of `ino` (see [`XATTRS`]): progress as
+    /// the verified fraction (`0.0000`…`1.0000`), cached bytes, info hash (hex).
+    /// Answered from memory.
+    pub fn getxattr(&self, ino: InodeNo, name: &OsStr) -> Result<Vec<u8>, FsError> {
+        let (torrent, info_hash) = {
+            let tree = self.tree();
+            let node = tree.get(ino).ok_or(FsError::NotFound)?;
+            let t = node.torrent.ok_or(FsError::NoData)?;
+            let hash = tree
+                .entry(t)
+                .map(|e| e.info_hash.clone())
+                .unwrap_or_default();
+            (t, hash)
+        };
+        let value = match name.to_str() {
+            Some(XATTR_INFOHASH) => info_hash,
+            Some(XATTR_PROGRESS) => {
+                let p = self.content.progress(torrent).ok_or(FsError::NoData)?;
+                let fraction = if p.total_bytes == 0 {
+                    1.0
+                } else {
+                    p.verified_bytes as f64 / p.total_bytes as f64
+                };
+                format!("{:.4}", fraction.min(1.0))
+            }
+            Some(XATTR_CACHED) => {
+                let p = self.content.progress(torrent).ok_or(FsError::NoData)?;
+                p.cached_bytes.to_string()
+            }
+            _ => return Err(FsError::NoData),
+        };
+        Ok(value.into_bytes())
     }
 
     pub fn release(&self, fh: u64) {

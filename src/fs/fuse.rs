@@ -16,8 +16,8 @@ use fuser::consts::{
 };
 use fuser::{
     FileAttr, FileType, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow,
 };
 use tokio::runtime::Handle;
 
@@ -57,6 +57,19 @@ fn fill_dir(
             }
             offset = e.next_offset;
         }
+    }
+}
+
+/// xattr size probing: a `size` of 0 asks for the length; a buffer too small is
+/// `ERANGE`.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len)
+    } else if len > size {
+        reply.error(libc::ERANGE)
+    } else {
+        reply.data(value)
     }
 }
 
@@ -245,6 +258,35 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         self.fs.release(fh);
         reply.ok()
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        match self.fs.getxattr(InodeNo(ino), name) {
+            Ok(value) => reply_xattr(reply, size, &value),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        match self.fs.xattr_names(InodeNo(ino)) {
+            Ok(names) => {
+                // NUL-terminated names back to back, as listxattr(2) returns them.
+                let mut list = Vec::new();
+                for n in names {
+                    list.extend_from_slice(n.as_bytes());
+                    list.push(0);
+                }
+                reply_xattr(reply, size, &list)
+            }
+            Err(e) => reply.error(e.errno()),
+        }
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
