@@ -381,7 +381,7 @@ impl Daemon {
             // Only torrents with work for libtorrent are in the session: a paused one, or
             // a complete one that does not seed, costs nothing there (its reads are the
             // store's), so start-up and memory do not grow with the library.
-            let active = !t.paused && !(complete && !t.seeding);
+            let active = !t.paused && (!complete || t.seeding);
             if t.geometry.is_some() {
                 self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
             }

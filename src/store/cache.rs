@@ -228,9 +228,7 @@ impl CacheState {
         f: impl FnOnce(&mut ChunkStates, &mut LocalChunk) -> R,
     ) -> Option<R> {
         let c = key.index.0;
-        if self.torrents.get(&key.torrent)?.states.get(c).is_none() {
-            return None;
-        }
+        self.torrents.get(&key.torrent)?.states.get(c)?;
         let before = self.cost(key);
         self.add_cost(before, -1);
         let t = self.torrents.get_mut(&key.torrent)?;
