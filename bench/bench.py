@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -612,9 +613,27 @@ def mode_streaming(ctx):
             btfs_pid = int(lines.wait("BTFS", timeout=30).split()[1])
             t0 = float(lines.wait("BTFS", timeout=30).split()[2])
             hw = c.RssSampler(btfs_pid)
+            # btfs blocks a read until its pieces arrive, with no timeout of its own: read
+            # in a thread, and past the deadline kill btfs so the read fails (ENOTCONN).
+            out = {}
+
+            def reader():
+                try:
+                    out["r"] = stream_run(ctx, os.path.join(mnt, ctx.album_name), t0, lines,
+                                          last, whole)
+                except Exception as e:
+                    out["e"] = e
+            th = threading.Thread(target=reader, daemon=True)
+            th.start()
             try:
-                f, x = stream_run(ctx, os.path.join(mnt, ctx.album_name), t0, lines, last,
-                                  whole)
+                th.join(whole + 30)
+                if th.is_alive():
+                    os.kill(btfs_pid, 9)
+                    th.join(30)
+                    raise RuntimeError(f"btfs: last track not read within {whole + 30:.0f} s")
+                if "e" in out:
+                    raise out["e"]
+                f, x = out["r"]
             finally:
                 hw.stop()
                 ctx.note_rss("btfs", hw.peak)
