@@ -1,0 +1,84 @@
+#!/usr/bin/python3
+"""Stock libtorrent (python3-libtorrent, default disk storage) as the benchmark's peer:
+127.0.0.1 only, TCP only, DHT/LSD/UPnP/NAT-PMP off.
+
+usage: ltpeer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC]
+       ltpeer.py leech TORRENT SAVE_DIR HOST:PORT
+seed:  prints "PORT <n>" once seeding, then "UP <bytes> <monotonic s>" whenever its
+       payload upload total changes (every 50 ms at most); runs until killed.
+leech: prints "DONE <seconds from add to every piece verified>" and exits 0.
+Default settings otherwise: this is the reference a user gets out of the box.
+"""
+import sys
+import time
+
+import libtorrent as lt
+
+
+def session():
+    return lt.session({
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": lt.alert_category.error | lt.alert_category.status,
+    })
+
+
+def main():
+    mode, torrent, save = sys.argv[1], sys.argv[2], sys.argv[3]
+    ses = session()
+    if mode == "seed" and len(sys.argv) > 4:
+        # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
+        limit = int(sys.argv[4])
+        ses.apply_settings({"upload_rate_limit": limit})
+        local = ses.get_peer_class(lt.session.local_peer_class_id)
+        local["upload_limit"] = limit
+        local["ignore_unchoke_slots"] = False
+        ses.set_peer_class(lt.session.local_peer_class_id, local)
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent)
+    params.save_path = save
+    params.flags &= ~lt.torrent_flags.auto_managed
+    params.flags &= ~lt.torrent_flags.paused
+    t0 = time.monotonic()
+    h = ses.add_torrent(params)
+    if mode == "leech":
+        host, port = sys.argv[4].rsplit(":", 1)
+        h.connect_peer((host, int(port)))
+        last_dial = time.monotonic()
+        while True:
+            ses.wait_for_alert(20)
+            for a in ses.pop_alerts():
+                if isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+                    print("ERROR", a.message(), file=sys.stderr, flush=True)
+                    sys.exit(2)
+                if isinstance(a, lt.torrent_finished_alert):
+                    print("DONE %.4f" % (time.monotonic() - t0), flush=True)
+                    return
+            st = h.status()
+            if st.num_peers == 0 and time.monotonic() - last_dial > 1:
+                h.connect_peer((host, int(port)))
+                last_dial = time.monotonic()
+    announced, uploaded = False, 0
+    while True:
+        for a in ses.pop_alerts():
+            if isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+                print("ERROR", a.message(), file=sys.stderr, flush=True)
+                sys.exit(2)
+        st = h.status()
+        if st.is_seeding and not announced:
+            print("PORT", ses.listen_port(), flush=True)
+            announced = True
+        if announced and st.total_payload_upload != uploaded:
+            uploaded = st.total_payload_upload
+            print("UP %d %.4f" % (uploaded, time.monotonic()), flush=True)
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main()
