@@ -9,24 +9,16 @@ seed:  prints "PORT <n>" once seeding, then "UP <bytes> <monotonic s>" whenever 
 leech: prints "DONE <seconds from add to every piece verified>" and exits 0.
 Default settings otherwise: this is the reference a user gets out of the box.
 """
+import os
 import sys
 import time
 
 import libtorrent as lt
 
 
-def session():
-    return lt.session({
-        "listen_interfaces": "127.0.0.1:0",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        "alert_mask": lt.alert_category.error | lt.alert_category.status,
-    })
+# The session settings the tests' peer uses (loopback, TCP only, no DHT/LSD/UPnP/NAT-PMP).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "peers"))
+from peer import session  # noqa: E402
 
 
 def main():

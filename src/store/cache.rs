@@ -38,16 +38,16 @@ pub struct LocalChunk {
     pub checked: Option<FileStamp>,
 }
 
-/// A snapshot of one chunk, as the rest of the store asks about it. `hash` and
-/// `object_id` are `None` for an uploaded chunk that is not local (see the module
-/// comment): they are in the catalog.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A snapshot of one chunk, as the rest of the store asks about it (a copy, no
+/// allocation: reads take one per chunk). `hash` is `None` for an uploaded chunk that is
+/// not local (see the module comment): it is in the catalog, with the object name;
+/// [`CacheState::object_id`] gives a local chunk's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkEntry {
     pub len: u64,
     pub state: ChunkState,
     pub present: bool,
     pub hash: Option<[u8; 32]>,
-    pub object_id: Option<String>,
     pub checked: Option<FileStamp>,
 }
 
@@ -172,9 +172,18 @@ impl CacheState {
             state,
             present: local.is_some_and(|l| l.present),
             hash: local.and_then(|l| l.hash),
-            object_id: local.and_then(|l| l.object_id.clone()),
             checked: local.and_then(|l| l.checked),
         })
+    }
+
+    /// The object name of a local chunk (complete, or uploaded and present).
+    pub fn object_id(&self, key: ChunkKey) -> Option<&str> {
+        self.torrents
+            .get(&key.torrent)?
+            .local
+            .get(&key.index.0)?
+            .object_id
+            .as_deref()
     }
 
     pub fn present(&self, key: ChunkKey) -> bool {
@@ -562,10 +571,8 @@ mod tests {
         c.set_present(k, true);
         c.set_complete(k, [7; 32], "oid".into());
         let e = c.entry(k).unwrap();
-        assert_eq!(
-            (e.state, e.hash, e.object_id.as_deref()),
-            (ChunkState::Complete, Some([7; 32]), Some("oid"))
-        );
+        assert_eq!((e.state, e.hash), (ChunkState::Complete, Some([7; 32])));
+        assert_eq!(c.object_id(k), Some("oid"));
         assert_eq!(c.stats().not_uploaded_bytes, CHUNK_LEN);
         // Lost its file while complete: still known (it must be revoked or refetched).
         c.set_present(k, false);

@@ -237,10 +237,10 @@ impl Store {
                 key,
             }
         };
-        match (c.present, c.state, c.hash, c.object_id) {
-            (true, ChunkState::Partial, _, _) => Ok(Plan::Sparse(Some(pin(&mut st)))),
-            (false, ChunkState::Partial, _, _) => Ok(Plan::Sparse(None)),
-            (true, _, Some(hash), _) => {
+        match (c.present, c.state, c.hash) {
+            (true, ChunkState::Partial, _) => Ok(Plan::Sparse(Some(pin(&mut st)))),
+            (false, ChunkState::Partial, _) => Ok(Plan::Sparse(None)),
+            (true, _, Some(hash)) => {
                 let (len, checked) = (c.len, c.checked);
                 Ok(Plan::Local {
                     _pin: pin(&mut st),
@@ -249,7 +249,7 @@ impl Store {
                     checked,
                 })
             }
-            (false, ChunkState::Uploaded, _, _) => Ok(Plan::Fetch { uid, len: c.len }),
+            (false, ChunkState::Uploaded, _) => Ok(Plan::Fetch { uid, len: c.len }),
             _ => Err(StoreError::Lost(key)),
         }
     }

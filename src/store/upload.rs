@@ -72,7 +72,8 @@ impl Store {
             let Some(c) = st.entry(key) else {
                 return Ok(UploadPayload::Gone);
             };
-            let (ChunkState::Complete, Some(hash), Some(oid)) = (c.state, c.hash, &c.object_id)
+            let (ChunkState::Complete, Some(hash), Some(oid)) =
+                (c.state, c.hash, st.object_id(key))
             else {
                 return Ok(UploadPayload::Gone);
             };
@@ -81,7 +82,7 @@ impl Store {
                 torrent_uid: uid,
                 len: c.len,
                 hash,
-                object_id: oid.clone(),
+                object_id: oid.to_owned(),
             };
             st.pin(key);
             let pin = PinGuard {
@@ -117,18 +118,16 @@ impl Store {
     /// longer waits for that object — removed or revoked meanwhile: the caller may
     /// delete the object, nothing refers to it.
     pub fn mark_uploaded(&self, key: ChunkKey, object_id: &str) -> Result<bool, StoreError> {
-        let wanted = self.lock().entry(key).is_some_and(|c| {
-            c.state == ChunkState::Complete && c.object_id.as_deref() == Some(object_id)
-        });
+        let is_it = |st: &super::CacheState| {
+            st.state(key) == Some(ChunkState::Complete) && st.object_id(key) == Some(object_id)
+        };
+        let wanted = is_it(&self.lock());
         if !wanted || !self.catalog.mark_uploaded(key, object_id)? {
             return Ok(false);
         }
         {
             let mut st = self.lock();
-            let still = st.entry(key).is_some_and(|c| {
-                c.state == ChunkState::Complete && c.object_id.as_deref() == Some(object_id)
-            });
-            if still {
+            if is_it(&st) {
                 st.set_state(key, ChunkState::Uploaded);
             }
         }
