@@ -111,6 +111,16 @@ fn try_lock_library(home: &Path) -> anyhow::Result<Option<LibraryLock>> {
 
 /// Runs the daemon in the foreground until it is told to stop. `ready` is called once
 /// the mount answers and the control socket listens.
+/// Waits for the next delivery of a signal; forever when its handler could not be set up.
+async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -276,12 +286,18 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, "cannot write {}", pid_file.display());
     }
+    // The handlers go in before anyone is told we are ready: a service manager (or a
+    // test) may send SIGTERM the moment it hears READY=1.
+    let (mut term, mut int) = {
+        let _guard = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
     tracing::info!(mountpoint = %mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
     ready();
 
     // Wait for a stop request, a signal, or the mount being taken away from us.
     let lazy = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut watch = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -303,8 +319,8 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
                         }
                     }
                 }
-                _ = tokio::signal::ctrl_c() => return true,
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => return true,
+                _ = next_signal(&mut int) => return true,
+                _ = next_signal(&mut term) => return true,
                 _ = watch.tick() => {
                     if !crate::fs::is_fuse_mount(&mountpoint) {
                         tracing::warn!("the mount was removed from outside; stopping");
