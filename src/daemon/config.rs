@@ -86,6 +86,10 @@ pub struct Config {
     pub remote_concurrency: usize,
     /// Chunks read ahead of a sequential reader.
     pub readahead_chunks: u32,
+    /// Free space kept on the cache's filesystem: a size ("2GiB") or a share of the
+    /// filesystem ("5%"). Unset: the smaller of 2 GiB and 5 %.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_free_reserve: Option<String>,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             upload_concurrency: 8,
             remote_concurrency: 32,
             readahead_chunks: 8,
+            cache_free_reserve: None,
         }
     }
 }

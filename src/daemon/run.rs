@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::fs::{FsError, MountHandle, MountOptions};
 use crate::model::TorrentId;
 use crate::store::Store;
-use crate::tiering::{journal::JournalError, Fetcher, Journal, Uploader};
+use crate::tiering::{journal::JournalError, CachePressure, Fetcher, Journal, Uploader};
 use crate::torrent::{AddOptions, Event, Session, SessionConfig, Source};
 
 use super::content::StoreContent;
@@ -44,6 +44,7 @@ struct Daemon {
     content: Arc<StoreContent>,
     uploader: Uploader,
     fetcher: Arc<Fetcher>,
+    pressure: Arc<CachePressure>,
     mountpoint: PathBuf,
     /// Torrents the session currently has.
     added: Mutex<HashSet<TorrentId>>,
@@ -164,10 +165,16 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         lib.catalog.clone(),
         Duration::from_secs(lib.config.read_timeout_secs),
     ));
+    let pressure = Arc::new(CachePressure::new(
+        store.clone(),
+        &lib.cache_dir(),
+        lib.config.cache_free_reserve.as_deref(),
+    )?);
     let storage = Arc::new(StoreStorage {
         store: store.clone(),
         catalog: lib.catalog.clone(),
         content: content.clone(),
+        pressure: pressure.clone(),
     });
     let net = &lib.config.network;
     let port = opts.listen_port.unwrap_or(net.listen_port);
@@ -194,6 +201,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         content,
         uploader,
         fetcher,
+        pressure,
         mountpoint: mountpoint.clone(),
         added: Mutex::new(HashSet::new()),
         shutdown_tx,
@@ -398,8 +406,10 @@ impl Daemon {
                     tracing::warn!(torrent = %t.id, error = %e, "applying pause state");
                 }
             }
-            if t.geometry.is_some() {
-                self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
+            if let Some(g) = t.geometry {
+                let fits = self.pressure.pin_fits(g.total_len());
+                self.store
+                    .set_torrent_pinned(t.id, t.seeding && t.pin && fits);
             }
         }
         self.content.invalidate();
@@ -559,6 +569,15 @@ impl Daemon {
         match super::report::live(&self.lib.catalog, &self.store, &self.session) {
             Ok(t) => report.torrents = t,
             Err(e) => report.warnings.push(format!("catalog: {e}")),
+        }
+        report.warnings.extend(self.pressure.status());
+        for t in report.torrents.iter_mut() {
+            if t.pinned && !self.pressure.pin_fits(t.size_bytes) {
+                t.pinned = false;
+                let limit = report.cache_limit_bytes;
+                let w = crate::tiering::pressure::unpinned_warning(&t.name, t.size_bytes, limit);
+                report.warnings.push(w);
+            }
         }
         if report.cache.used_bytes > report.cache_limit_bytes {
             report.warnings.push(format!(

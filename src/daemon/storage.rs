@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::catalog::{Catalog, FileRecord, Layout};
 use crate::model::{PieceIndex, TorrentId};
 use crate::store::{Store, StoreError};
-use crate::torrent::{StorageError, TorrentLayout, TorrentStorage};
+use crate::tiering::CachePressure;
+use crate::torrent::{Room, StorageError, TorrentLayout, TorrentStorage};
 
 use super::content::StoreContent;
 
@@ -17,6 +18,7 @@ pub struct StoreStorage {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub content: Arc<StoreContent>,
+    pub pressure: Arc<CachePressure>,
 }
 
 pub fn layout_of(l: &TorrentLayout) -> Layout {
@@ -67,16 +69,22 @@ impl TorrentStorage for StoreStorage {
             .catalog
             .torrent(t)
             .map_err(|e| StorageError::Io(e.to_string()))?;
+        let fits = self.pressure.pin_fits(layout.total_len);
         self.store
-            .set_torrent_pinned(t, torrent.seeding && torrent.pin);
+            .set_torrent_pinned(t, torrent.seeding && torrent.pin && fits);
         self.content.invalidate();
         self.store.verified_pieces(t).map_err(storage_err)
     }
 
     fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.store
+        let r = self
+            .store
             .write(t, stream_offset, data)
-            .map_err(storage_err)
+            .map_err(storage_err);
+        if r == Err(StorageError::NoSpace) {
+            self.pressure.note_no_space();
+        }
+        r
     }
 
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
@@ -95,5 +103,9 @@ impl TorrentStorage for StoreStorage {
 
     fn close(&self, _t: TorrentId) {
         // The store keeps serving the mount after libtorrent lets go of a torrent.
+    }
+
+    fn room(&self, want: u64) -> Option<Room> {
+        Some(self.pressure.room(want))
     }
 }
