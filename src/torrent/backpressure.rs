@@ -20,7 +20,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::storage::{Room, RoomLimit};
+use super::storage::Room;
+#[cfg(test)]
+use super::storage::RoomLimit;
 
 /// How long a gate closed by the cache bound waits for room before it grants an overrun.
 pub(crate) const STALL: Duration = Duration::from_secs(3);
@@ -325,7 +327,7 @@ mod tests {
         for i in 1..40u64 {
             let t = t0 + Duration::from_millis(250 * i);
             assert!(
-                !g.sample(Some(&cache(i * 100 << 10)), c(0), t),
+                !g.sample(Some(&cache((i * 100) << 10)), c(0), t),
                 "sample {i}"
             );
         }
