@@ -157,20 +157,32 @@ bool BaeDisk::async_write(lt::storage_index_t storage, lt::peer_request const& r
     });
     queued_write_bytes_ += len;
     // The Rust side copies the block before returning: buf is only valid during this call.
-    rust_.submit_write(u32(storage), u32(r.piece), static_cast<std::uint32_t>(r.start),
-                       rust::Slice<std::uint8_t const>(reinterpret_cast<std::uint8_t const*>(buf),
-                                                       static_cast<std::size_t>(len)),
-                       std::move(j));
-    if (queued_write_bytes_ > high_water_bytes_) {
-        if (observer) waiting_.push_back(observer);
-        return true;
+    bool const no_room = rust_.submit_write(
+        u32(storage), u32(r.piece), static_cast<std::uint32_t>(r.start),
+        rust::Slice<std::uint8_t const>(reinterpret_cast<std::uint8_t const*>(buf),
+                                        static_cast<std::size_t>(len)),
+        std::move(j));
+    bool const exceeded = no_room || queued_write_bytes_ > high_water_bytes_;
+    if (exceeded && observer) waiting_.push_back(observer);
+    if (no_room && !room_wait_) {
+        room_wait_ = true;
+        rust_.wait_for_room(job([this](JobResult const&) {
+            room_wait_ = false;
+            wake_waiting();
+        }));
     }
-    return false;
+    return exceeded;
 }
 
 void BaeDisk::write_done(int len) {
     queued_write_bytes_ -= len;
-    if (waiting_.empty() || queued_write_bytes_ > high_water_bytes_ / 2) return;
+    // While the cache is full, waking peers would only have them blocked again.
+    if (room_wait_ || queued_write_bytes_ > high_water_bytes_ / 2) return;
+    wake_waiting();
+}
+
+void BaeDisk::wake_waiting() {
+    if (waiting_.empty()) return;
     std::vector<std::weak_ptr<lt::disk_observer>> waiting;
     waiting.swap(waiting_);
     for (auto const& w : waiting) {

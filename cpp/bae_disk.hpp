@@ -9,7 +9,11 @@
 //    handler has run, also during session teardown;
 //  - a DiskJob destroyed without completion posts its handler with operation_aborted,
 //    so every handler runs exactly once, on the network thread;
-//  - the destructor stops and joins the Rust workers (2.0.8 never calls abort(true)).
+//  - the destructor stops and joins the Rust workers (2.0.8 never calls abort(true));
+//  - backpressure: async_write reports "exceeded" when libtorrent's write queue is over
+//    max_queued_disk_bytes or when Rust says the cache (or its disk) has no room; the
+//    observers are woken (on the network thread) when the queue drains or when Rust
+//    completes the one outstanding room-wait job.
 #pragma once
 
 #include <functional>
@@ -101,6 +105,7 @@ public:
 private:
     std::unique_ptr<DiskJob> job(DiskJob::Finish finish);
     void write_done(int len);
+    void wake_waiting();
 
     lt::io_context& ioc_;
     lt::settings_interface const& settings_;
@@ -112,6 +117,8 @@ private:
     std::int64_t queued_write_bytes_ = 0;
     std::int64_t high_water_bytes_ = 0;
     std::vector<std::weak_ptr<lt::disk_observer>> waiting_;
+    // A room-wait job is with Rust: the cache is full, peers wait for it, not the queue.
+    bool room_wait_ = false;
 };
 
 } // namespace bae::ffi

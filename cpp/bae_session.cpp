@@ -154,6 +154,10 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     pack.set_int(lt::settings_pack::alert_queue_size, 1 << 16);
     pack.set_int(lt::settings_pack::stop_tracker_timeout, 2);
     pack.set_str(lt::settings_pack::user_agent, "bae/0.1");
+    // Finish 4 MiB extents of small pieces before starting others: a chunk can only be
+    // uploaded (and the cache's room come back) once every piece overlapping it is in,
+    // so scattered pieces would hold the bounded cache full of partial chunks.
+    pack.set_bool(lt::settings_pack::piece_extent_affinity, true);
 
     lt::session_params params(std::move(pack));
     DiskHandle const* rust = &*disk_;

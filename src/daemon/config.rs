@@ -119,6 +119,10 @@ pub struct Config {
     pub watch_dir: Option<PathBuf>,
     /// How often the watch folder is looked at.
     pub watch_interval_secs: u64,
+    /// Free space kept on the cache's filesystem: a size ("2GiB") or a share of the
+    /// filesystem ("5%"). Unset: the smaller of 2 GiB and 5 %.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_free_reserve: Option<String>,
 }
 
 impl Default for Config {
@@ -135,6 +139,7 @@ impl Default for Config {
             metrics_allow_remote: false,
             watch_dir: None,
             watch_interval_secs: 2,
+            cache_free_reserve: None,
         }
     }
 }
@@ -219,6 +224,12 @@ pub const KEYS: &[KeySpec] = &[
         help: "how often the watch folder is looked at",
     },
     KeySpec {
+        key: "cache_free_reserve",
+        kind: Kind::OptionalText,
+        flag: "",
+        help: "free space kept on the cache's filesystem (`2GiB` or `5%`; default the smaller)",
+    },
+    KeySpec {
         key: "remote.kind",
         kind: Kind::Text,
         flag: "`init --remote`",
@@ -295,6 +306,24 @@ pub const KEYS: &[KeySpec] = &[
         kind: Kind::Bool,
         flag: "",
         help: "uTP besides TCP",
+    },
+    KeySpec {
+        key: "network.active_downloads",
+        kind: Kind::Number,
+        flag: "",
+        help: "torrents downloading at once (the rest queue)",
+    },
+    KeySpec {
+        key: "network.active_seeds",
+        kind: Kind::Number,
+        flag: "",
+        help: "torrents seeding at once",
+    },
+    KeySpec {
+        key: "network.active_limit",
+        kind: Kind::Number,
+        flag: "",
+        help: "torrents active at once in all",
     },
 ];
 

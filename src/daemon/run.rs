@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::fs::{FsError, MountHandle, MountOptions};
 use crate::model::TorrentId;
 use crate::store::Store;
-use crate::tiering::{journal::JournalError, Fetcher, Journal, Uploader};
+use crate::tiering::{journal::JournalError, CachePressure, Fetcher, Journal, Uploader};
 use crate::torrent::{AddOptions, Event, QueueLimits, Session, SessionConfig, Source};
 
 use super::content::StoreContent;
@@ -45,6 +45,7 @@ struct Daemon {
     content: Arc<StoreContent>,
     uploader: Uploader,
     fetcher: Arc<Fetcher>,
+    pressure: Arc<CachePressure>,
     mountpoint: PathBuf,
     /// Torrents the session currently has.
     /// Torrents in the session, with whether they were last set active (not paused):
@@ -178,10 +179,16 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         lib.catalog.clone(),
         Duration::from_secs(lib.config.read_timeout_secs),
     ));
+    let pressure = Arc::new(CachePressure::new(
+        store.clone(),
+        &lib.cache_dir(),
+        lib.config.cache_free_reserve.as_deref(),
+    )?);
     let storage = Arc::new(StoreStorage {
         store: store.clone(),
         catalog: lib.catalog.clone(),
         content: content.clone(),
+        pressure: pressure.clone(),
     });
     let net = &lib.config.network;
     let port = opts.listen_port.unwrap_or(net.listen_port);
@@ -213,6 +220,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         content,
         uploader,
         fetcher,
+        pressure,
         mountpoint: mountpoint.clone(),
         added: Mutex::new(HashMap::new()),
         shutdown_tx,
@@ -291,7 +299,10 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     let (mut term, mut int) = {
         let _guard = rt.enter();
         use tokio::signal::unix::{signal, SignalKind};
-        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
     tracing::info!(mountpoint = %mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
     ready();
@@ -398,8 +409,12 @@ impl Daemon {
             // a complete one that does not seed, costs nothing there (its reads are the
             // store's), so start-up and memory do not grow with the library.
             let active = !t.paused && (!complete || t.seeding);
-            if t.geometry.is_some() {
-                self.store.set_torrent_pinned(t.id, t.seeding && t.pin);
+            if let Some(g) = t.geometry {
+                // A pinned torrent larger than the cache would fill it and stop; it is
+                // downloaded and seeded unpinned instead.
+                let fits = self.pressure.pin_fits(g.total_len());
+                self.store
+                    .set_torrent_pinned(t.id, t.seeding && t.pin && fits);
             }
             if let Some(&was_active) = added.get(&t.id) {
                 if was_active != active {
@@ -609,6 +624,15 @@ impl Daemon {
         match super::report::live(&self.lib.catalog, &self.store, &self.session) {
             Ok(t) => report.torrents = t,
             Err(e) => report.warnings.push(format!("catalog: {e}")),
+        }
+        report.warnings.extend(self.pressure.status());
+        for t in report.torrents.iter_mut() {
+            if t.pinned && !self.pressure.pin_fits(t.size_bytes) {
+                t.pinned = false;
+                let limit = report.cache_limit_bytes;
+                let w = crate::tiering::pressure::unpinned_warning(&t.name, t.size_bytes, limit);
+                report.warnings.push(w);
+            }
         }
         if report.cache.used_bytes > report.cache_limit_bytes {
             report.warnings.push(format!(

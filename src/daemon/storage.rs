@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::catalog::{Catalog, FileRecord, Layout};
 use crate::model::{PieceIndex, TorrentId};
 use crate::store::{Store, StoreError};
-use crate::torrent::{StorageError, TorrentLayout, TorrentStorage};
+use crate::tiering::CachePressure;
+use crate::torrent::{Room, StorageError, TorrentLayout, TorrentStorage};
 
 use super::content::StoreContent;
 
@@ -17,6 +18,7 @@ pub struct StoreStorage {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub content: Arc<StoreContent>,
+    pub pressure: Arc<CachePressure>,
 }
 
 pub fn layout_of(l: &TorrentLayout) -> Layout {
@@ -67,17 +69,28 @@ impl TorrentStorage for StoreStorage {
             .catalog
             .torrent(t)
             .map_err(|e| StorageError::Io(e.to_string()))?;
+        let fits = self.pressure.pin_fits(layout.total_len);
         self.store
-            .set_torrent_pinned(t, torrent.seeding && torrent.pin);
+            .set_torrent_pinned(t, torrent.seeding && torrent.pin && fits);
         self.content.torrent_changed(t);
         self.store.verified_pieces(t).map_err(storage_err)
     }
 
     fn write(&self, t: TorrentId, stream_offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        super::metrics::peer_bytes(t.0, data.len() as u64, 0);
-        self.store
-            .write(t, stream_offset, data)
-            .map_err(storage_err)
+        // At the reserve: refused like a full disk (the write is retried, never lost).
+        let r = if self.pressure.may_write(data.len() as u64) {
+            self.store
+                .write(t, stream_offset, data)
+                .map_err(storage_err)
+        } else {
+            Err(StorageError::NoSpace)
+        };
+        match r {
+            Ok(()) => super::metrics::peer_bytes(t.0, data.len() as u64, 0),
+            Err(StorageError::NoSpace) => self.pressure.note_no_space(),
+            Err(_) => {}
+        }
+        r
     }
 
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
@@ -97,5 +110,9 @@ impl TorrentStorage for StoreStorage {
 
     fn close(&self, _t: TorrentId) {
         // The store keeps serving the mount after libtorrent lets go of a torrent.
+    }
+
+    fn room(&self, want: u64) -> Option<Room> {
+        Some(self.pressure.room(want))
     }
 }

@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 use crate::catalog::{Catalog, Layout, TorrentRecord};
 use crate::model::{ChunkKey, Geometry, PieceIndex, TorrentId};
-use crate::store::{ChunkSource, FetchError, Store};
+use crate::store::{ChunkSource, FetchError, Store, StoreError};
 use crate::torrent::{PieceCheck, PieceHashes};
 
 use super::control::{report_progress, VerifyReport};
@@ -35,7 +35,8 @@ enum Job {
 }
 
 enum Outcome {
-    Piece(u32, Result<PieceCheck, String>),
+    /// `Ok(None)`: the piece is no longer all local (evicted meanwhile): not checked.
+    Piece(u32, Result<Option<PieceCheck>, String>),
     LocalChunk(u32, Result<Option<bool>, String>),
     Remote(u32, Result<(), FetchError>),
 }
@@ -195,10 +196,13 @@ async fn run_job(
             let r = tokio::task::spawn_blocking(move || {
                 let range = g.piece_range(PieceIndex(p));
                 let mut buf = vec![0u8; (range.end - range.start) as usize];
-                s.read_local_unchecked(t, range.start, &mut buf)
-                    .map_err(|e| e.to_string())?;
+                match s.read_local_unchecked(t, range.start, &mut buf) {
+                    Ok(()) => {}
+                    Err(StoreError::NotLocal(_)) => return Ok(None),
+                    Err(e) => return Err(e.to_string()),
+                }
                 let h = hashes.ok_or("no hashes")?;
-                Ok(h.check(PieceIndex(p), &buf))
+                Ok(Some(h.check(PieceIndex(p), &buf)))
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
@@ -228,14 +232,15 @@ fn record(report: &mut VerifyReport, outcome: Outcome) {
         Outcome::Piece(p, r) => {
             report.pieces_checked += 1;
             match r {
-                Ok(PieceCheck::Ok) => report.pieces_ok += 1,
-                Ok(PieceCheck::Mismatch(kind)) => {
+                Ok(None) => report.pieces_checked -= 1,
+                Ok(Some(PieceCheck::Ok)) => report.pieces_ok += 1,
+                Ok(Some(PieceCheck::Mismatch(kind))) => {
                     report.bad_pieces.push(p);
                     report.problems.push(format!(
                         "piece {p}: local copy does not match the torrent's {kind} hash"
                     ));
                 }
-                Ok(PieceCheck::CannotCheck(reason)) => {
+                Ok(Some(PieceCheck::CannotCheck(reason))) => {
                     report.pieces_checked -= 1;
                     report.pieces_uncheckable += 1;
                     tracing::debug!(piece = p, %reason, "piece cannot be checked");

@@ -84,6 +84,8 @@ pub enum StoreError {
         torrent: TorrentId,
         missing: Vec<PieceIndex>,
     },
+    #[error("chunk {0} is not in the local cache")]
+    NotLocal(ChunkKey),
     #[error("chunk {0} is neither cached nor in the remote")]
     Lost(ChunkKey),
     #[error("chunk {0} was damaged on the local disk and is not in the remote; its pieces are downloaded again")]

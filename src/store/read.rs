@@ -524,7 +524,9 @@ impl Store {
 
     /// Reads stream bytes from the local chunk files as they are, checking nothing and
     /// changing nothing (for `verify`, which judges them against the torrent's own piece
-    /// hashes and reports instead of repairing). Chunks without a file read as zeros.
+    /// hashes and reports instead of repairing). A present chunk whose file is gone reads
+    /// as zeros (damage, for the hash to find); one not local (evicted meanwhile) is
+    /// [`StoreError::NotLocal`].
     pub fn read_local_unchecked(
         self: &Arc<Self>,
         id: TorrentId,
@@ -538,7 +540,10 @@ impl Store {
                 torrent: id,
                 index: span.chunk,
             };
-            let _pin = self.pin_present(key);
+            // Pinned for the read: a chunk evicted meanwhile must not read as zeros.
+            let Some(_pin) = self.pin_present(key) else {
+                return Err(StoreError::NotLocal(key));
+            };
             let lo = (span.stream_offset - stream_offset) as usize;
             let out = &mut buf[lo..lo + span.len as usize];
             let path = self.chunk_file(&uid, span.chunk);

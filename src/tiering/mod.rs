@@ -6,6 +6,8 @@
 //! - [`Uploader`] seals complete chunks and PUTs them; a chunk is marked uploaded (and so
 //!   becomes evictable) only after its PUT succeeded. Failed uploads are retried with
 //!   backoff; a chunk that is not safe in the remote stays in the cache.
+//! - [`pressure`] measures the cache's room (its bound, the free-space reserve of its
+//!   disk) for the download backpressure.
 //! - [`journal`] keeps the library's metadata in the remote (torrents, and a journal of
 //!   uploaded chunks), so a new machine can rebuild the library from the bucket and the
 //!   key, after a clean stop or a crash alike; [`snapshot`] reads the whole-catalog
@@ -13,11 +15,13 @@
 
 mod fetcher;
 pub mod journal;
+pub mod pressure;
 pub mod snapshot;
 mod uploader;
 
 pub use fetcher::Fetcher;
 pub use journal::Journal;
+pub use pressure::CachePressure;
 pub use uploader::{Uploader, UploaderStatus};
 
 use crate::remote::crypto::{ChunkIdentity, ObjectIdentity};

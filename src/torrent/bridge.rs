@@ -163,7 +163,9 @@ pub(crate) mod ffi {
             offset: u32,
             data: &[u8],
             job: UniquePtr<DiskJob>,
-        );
+        ) -> bool;
+        /// Completes `job` once downloads may go on (backpressure released).
+        fn wait_for_room(self: &DiskHandle, job: UniquePtr<DiskJob>);
         fn submit_hash(
             self: &DiskHandle,
             index: u32,

@@ -22,6 +22,17 @@
 //! storage calls already under way delay shutdown; writes always run. Nothing here
 //! panics into C++.
 //!
+//! Backpressure (`backpressure.rs`): `submit_write` tells libtorrent whether the cache
+//! bound or the free-space reserve is reached; a monitor thread samples the storage's
+//! room every [`SAMPLE`]. While the gate is closed, blocks are still stored (so their
+//! pieces are hashed and committed, and uploads drain) but their completions are held,
+//! which keeps libtorrent's peers from reading more; opening the gate releases them and
+//! completes the waiter job that wakes libtorrent's disk observers. A barrier, `abort`
+//! and shutdown release everything held, so nothing waits on the gate at shutdown.
+//! A write that finds the disk full (ENOSPC) is retried until there is room (or the
+//! session stops): libtorrent never sees a full disk as a write error, which would put
+//! the torrent in upload mode, and the store never records a block it did not keep.
+//!
 //! Torrents with a block stored since the last [`DiskCore::take_changed`] are recorded,
 //! after libtorrent was told of the write: the session saves their resume data.
 //!
@@ -31,15 +42,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use cxx::UniquePtr;
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
 
+use crate::model::CHUNK_LEN;
 use crate::model::{PieceIndex, TorrentId};
+use crate::torrent::backpressure::{Cost, Gate};
 use crate::torrent::bridge::ffi::{self, CheckStatus, DiskJob, DiskOp, JobResult};
 use crate::torrent::metainfo::layout_from_ffi;
 use crate::torrent::storage::{StorageError, TorrentLayout, TorrentStorage};
@@ -49,6 +63,13 @@ pub(crate) const BLOCK_LEN: u64 = 16 * 1024;
 
 const SAVE_PATH_PREFIX: &str = "bae-torrent:";
 const READ_WORKERS: usize = 4;
+/// How often the storage's room is sampled (it walks the store's accounting and calls
+/// statvfs, so not per block).
+pub(crate) const SAMPLE: Duration = Duration::from_millis(250);
+/// The least room asked of the storage at each sample.
+const MIN_WANT: u64 = 8 << 20;
+/// Pause between attempts of a write that found the disk full.
+const NO_SPACE_RETRY: Duration = Duration::from_millis(250);
 
 /// libtorrent's `save_path` for a torrent: the only per-torrent string that reaches
 /// `new_torrent`, so it carries the TorrentId. Absolute, because libtorrent makes a
@@ -201,6 +222,191 @@ impl Queue {
     }
 }
 
+/// The gate plus what waits on it. See the module comment.
+struct GateState {
+    gate: Gate,
+    /// Completions of stored blocks, held while the gate is closed.
+    held: Vec<(UniquePtr<DiskJob>, TorrentId)>,
+    /// libtorrent's request to be told when there is room again (one at a time).
+    waiter: Option<UniquePtr<DiskJob>>,
+    /// Chunks written to in this session: the store accounts a chunk whole from its
+    /// first byte, so only a block that begins a chunk costs the cache bound.
+    touched: HashSet<(TorrentId, u64)>,
+}
+
+struct Backpressure {
+    state: Mutex<GateState>,
+    /// Cost admitted and not yet stored (it is not in the storage's room yet).
+    queued_cache: AtomicU64,
+    queued_disk: AtomicU64,
+    /// libtorrent is stopping, or the core is shut down: nothing is held any more.
+    off: AtomicBool,
+    /// Tells the monitor to stop.
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+/// Jobs to complete once the gate lock is released.
+struct Released {
+    held: Vec<(UniquePtr<DiskJob>, TorrentId)>,
+    waiter: Option<UniquePtr<DiskJob>>,
+}
+
+impl Released {
+    fn complete(self, changed: &Mutex<HashSet<TorrentId>>) {
+        let mut torrents = HashSet::new();
+        for (job, t) in self.held {
+            ffi::complete_job(job, ok(Vec::new()));
+            torrents.insert(t);
+        }
+        if !torrents.is_empty() {
+            lock(changed).extend(torrents);
+        }
+        if let Some(w) = self.waiter {
+            ffi::complete_job(w, ok(Vec::new()));
+        }
+    }
+}
+
+impl Backpressure {
+    fn new() -> Backpressure {
+        Backpressure {
+            state: Mutex::new(GateState {
+                gate: Gate::new(Instant::now()),
+                held: Vec::new(),
+                waiter: None,
+                touched: HashSet::new(),
+            }),
+            queued_cache: AtomicU64::new(0),
+            queued_disk: AtomicU64::new(0),
+            off: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        }
+    }
+
+    fn off(&self) -> bool {
+        self.off.load(Ordering::Acquire)
+    }
+
+    /// A block of `len` bytes at `start` is being queued: its cost, and whether
+    /// libtorrent must stop reading from peers.
+    fn admit(&self, t: TorrentId, start: u64, len: u64) -> (Cost, bool) {
+        let mut st = lock(&self.state);
+        let mut cost = Cost {
+            cache: 0,
+            disk: len,
+        };
+        let last = (start + len.max(1) - 1) / CHUNK_LEN;
+        for chunk in start / CHUNK_LEN..=last {
+            if st.touched.insert((t, chunk)) {
+                cost.cache += CHUNK_LEN;
+            }
+        }
+        self.queued_cache.fetch_add(cost.cache, Ordering::AcqRel);
+        self.queued_disk.fetch_add(cost.disk, Ordering::AcqRel);
+        let was = st.gate.is_closed();
+        let exceeded = !self.off() && st.gate.admit(cost);
+        if exceeded && !was {
+            tracing::trace!(admitted = ?st.gate.admitted(), "download backpressure: gate closed");
+        }
+        (cost, exceeded)
+    }
+
+    fn stored(&self, cost: Cost) {
+        for (q, n) in [
+            (&self.queued_cache, cost.cache),
+            (&self.queued_disk, cost.disk),
+        ] {
+            let _ = q.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        }
+    }
+
+    /// libtorrent let go of a torrent: forget which of its chunks were begun.
+    fn forget(&self, t: TorrentId) {
+        lock(&self.state).touched.retain(|(id, _)| *id != t);
+    }
+
+    /// Holds a stored block's completion while the gate is closed; gives it back otherwise.
+    fn hold(&self, job: UniquePtr<DiskJob>, t: TorrentId) -> Option<UniquePtr<DiskJob>> {
+        let mut st = lock(&self.state);
+        if st.gate.is_closed() && !self.off() {
+            st.held.push((job, t));
+            None
+        } else {
+            Some(job)
+        }
+    }
+
+    fn take_all(&self) -> Released {
+        let mut st = lock(&self.state);
+        Released {
+            held: std::mem::take(&mut st.held),
+            waiter: st.waiter.take(),
+        }
+    }
+
+    /// Releases everything held and stops holding (libtorrent is stopping).
+    fn disable(&self, changed: &Mutex<HashSet<TorrentId>>) {
+        self.off.store(true, Ordering::Release);
+        self.take_all().complete(changed);
+    }
+
+    /// One sample of the storage's room.
+    fn sample(&self, storage: &dyn TorrentStorage, changed: &Mutex<HashSet<TorrentId>>) {
+        // Queued first: a block stored in between is then counted twice, never missed.
+        let queued = Cost {
+            cache: self.queued_cache.load(Ordering::Acquire),
+            disk: self.queued_disk.load(Ordering::Acquire),
+        };
+        // Ask for twice what the last interval took, so a throttled download can speed up.
+        // and room for what a closing lets through besides.
+        let (last, overshoot) = {
+            let st = lock(&self.state);
+            (st.gate.admitted().cache, st.gate.overshoot())
+        };
+        let want = last
+            .saturating_mul(2)
+            .max(MIN_WANT)
+            .saturating_add(overshoot.cache.max(overshoot.disk));
+        let room = storage.room(want);
+        let (opened, closed) = {
+            let mut st = lock(&self.state);
+            let opened = st.gate.sample(room.as_ref(), queued, Instant::now());
+            (opened, st.gate.is_closed())
+        };
+        if closed || opened {
+            tracing::debug!(room = ?room, queued = ?queued, ?overshoot, opened, "download backpressure");
+        }
+        if opened {
+            self.take_all().complete(changed);
+        }
+    }
+
+    /// Samples every [`SAMPLE`] until stopped.
+    fn monitor(&self, storage: &dyn TorrentStorage, changed: &Mutex<HashSet<TorrentId>>) {
+        loop {
+            let stop = lock(&self.stop);
+            let (stop, _) = self
+                .stop_cv
+                .wait_timeout_while(stop, SAMPLE, |s| !*s)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *stop {
+                return;
+            }
+            drop(stop);
+            let r = catch_unwind(AssertUnwindSafe(|| self.sample(storage, changed)));
+            if r.is_err() {
+                tracing::error!("sampling the cache's room panicked; backpressure is off");
+                self.disable(changed);
+                return;
+            }
+        }
+    }
+}
+
 /// Shared state of the disk subsystem; owned by the Rust `Session` and, through
 /// [`DiskHandle`], by the C++ disk object.
 pub(crate) struct DiskCore {
@@ -215,6 +421,7 @@ pub(crate) struct DiskCore {
     aborting: Arc<AtomicBool>,
     /// Torrents that stored a block since the last `take_changed`.
     changed: Arc<Mutex<HashSet<TorrentId>>>,
+    bp: Arc<Backpressure>,
 }
 
 impl DiskCore {
@@ -229,7 +436,19 @@ impl DiskCore {
             workers: Mutex::new(Vec::new()),
             aborting: Arc::new(AtomicBool::new(false)),
             changed: Arc::new(Mutex::new(HashSet::new())),
+            bp: Arc::new(Backpressure::new()),
         });
+        {
+            let (bp, storage, changed) = (
+                Arc::clone(&core.bp),
+                Arc::clone(&core.storage),
+                Arc::clone(&core.changed),
+            );
+            let handle = std::thread::Builder::new()
+                .name("bae-disk-room".into())
+                .spawn(move || bp.monitor(storage.as_ref(), &changed))?;
+            lock(&core.workers).push(handle);
+        }
         let mut queues = vec![
             ("bae-disk-write", &core.write_q),
             ("bae-disk-hash", &core.hash_q),
@@ -273,6 +492,9 @@ impl DiskCore {
 
     /// Stops taking jobs, lets the workers finish what is queued, joins them. Idempotent.
     pub(crate) fn shutdown(&self) {
+        self.bp.disable(&self.changed);
+        *lock(&self.bp.stop) = true;
+        self.bp.stop_cv.notify_all();
         for q in [&self.write_q, &self.hash_q, &self.read_q] {
             q.close();
         }
@@ -345,6 +567,7 @@ struct Target {
     storage: Arc<dyn TorrentStorage>,
     aborting: Arc<AtomicBool>,
     changed: Arc<Mutex<HashSet<TorrentId>>>,
+    bp: Arc<Backpressure>,
 }
 
 impl Target {
@@ -378,6 +601,7 @@ impl DiskHandle {
                 storage: Arc::clone(&self.core.storage),
                 aborting: Arc::clone(&self.core.aborting),
                 changed: Arc::clone(&self.core.changed),
+                bp: Arc::clone(&self.core.bp),
             }),
             None => {
                 tracing::error!(index, "disk job for an unknown storage");
@@ -420,6 +644,7 @@ impl DiskHandle {
             .and_then(Option::take);
         let Some(slot) = slot else { return };
         let Some(t) = slot.torrent else { return };
+        self.core.bp.forget(t);
         let storage = Arc::clone(&self.core.storage);
         // Behind every write already queued for this storage.
         self.core.write_q.push(Box::new(move || storage.close(t)));
@@ -458,6 +683,8 @@ impl DiskHandle {
         }));
     }
 
+    /// Queues a block for writing. Returns whether libtorrent should stop reading from
+    /// peers until it is told there is room (see the module comment).
     pub fn submit_write(
         &self,
         index: u32,
@@ -465,17 +692,17 @@ impl DiskHandle {
         offset: u32,
         data: &[u8],
         job: UniquePtr<DiskJob>,
-    ) {
+    ) -> bool {
         let mut job = Some(job);
         let Some(target) = self.target(index, DiskOp::Write, &mut job) else {
-            return;
+            return false;
         };
         let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
         if start + data.len() as u64 > target.slot.layout.total_len {
             if let Some(job) = job {
                 ffi::complete_job(job, invalid(DiskOp::Write));
             }
-            return;
+            return false;
         }
         // libtorrent's buffer is only valid during this call: copy it now.
         let data: Arc<[u8]> = Arc::from(data);
@@ -485,9 +712,9 @@ impl DiskHandle {
             *next
         };
         lock(&target.slot.pending).insert(start, (seq, Arc::clone(&data)));
+        let (cost, exceeded) = target.bp.admit(target.torrent, start, data.len() as u64);
         self.core.write_q.push(Box::new(move || {
-            let Some(job) = job else { return };
-            let result = target.storage.write(target.torrent, start, &data);
+            let result = store_retrying(&target, start, &data);
             {
                 let mut pending = lock(&target.slot.pending);
                 if pending.get(&start).is_some_and(|(s, _)| *s == seq) {
@@ -495,17 +722,41 @@ impl DiskHandle {
                 }
                 target.slot.stored.notify_all();
             }
+            target.bp.stored(cost);
+            let Some(job) = job else { return };
             match result {
                 Ok(()) => {
-                    ffi::complete_job(job, ok(Vec::new()));
-                    lock(&target.changed).insert(target.torrent);
+                    if let Some(job) = target.bp.hold(job, target.torrent) {
+                        ffi::complete_job(job, ok(Vec::new()));
+                        lock(&target.changed).insert(target.torrent);
+                    }
                 }
+                // The session stopped while the disk was full: the block was not kept,
+                // which libtorrent learns as operation_aborted (it asks again later).
+                Err(StorageError::NoSpace) => drop(job),
                 Err(e) => {
                     tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "write failed");
                     ffi::complete_job(job, failed(DiskOp::Write, &e))
                 }
             }
         }));
+        exceeded
+    }
+
+    /// libtorrent asks to be told (by completing `job`) when there is room again.
+    pub fn wait_for_room(&self, job: UniquePtr<DiskJob>) {
+        let bp = &self.core.bp;
+        let old = {
+            let mut st = lock(&bp.state);
+            if !st.gate.is_closed() || bp.off() {
+                Some(job)
+            } else {
+                st.waiter.replace(job)
+            }
+        };
+        if let Some(job) = old {
+            ffi::complete_job(job, ok(Vec::new()));
+        }
     }
 
     pub fn submit_hash(
@@ -619,20 +870,48 @@ impl DiskHandle {
     }
 
     pub fn submit_flush(&self, index: u32, job: UniquePtr<DiskJob>) {
-        // A barrier: completes once every write queued before it is stored. Also used
-        // for storages that are gone (nothing left to flush).
+        // A barrier: completes once every write queued before it is stored — and
+        // completed, so held completions go first. Also used for storages that are gone
+        // (nothing left to flush).
+        let (bp, changed) = (Arc::clone(&self.core.bp), Arc::clone(&self.core.changed));
         self.core.write_q.push(Box::new(move || {
             let _ = index;
+            let released = bp.take_all();
+            released.complete(&changed);
             ffi::complete_job(job, ok(Vec::new()));
         }));
     }
 
     pub fn abort(&self) {
         self.core.aborting.store(true, Ordering::Release);
+        self.core.bp.disable(&self.core.changed);
     }
 
     pub fn shutdown(&self) {
         self.core.shutdown();
+    }
+}
+
+/// Stores a block; a full disk is waited out (retried) rather than reported, so that a
+/// piece is never lost to ENOSPC. Gives up only when the session stops.
+fn store_retrying(target: &Target, start: u64, data: &[u8]) -> Result<(), StorageError> {
+    let mut since: Option<Instant> = None;
+    loop {
+        match target.storage.write(target.torrent, start, data) {
+            Err(StorageError::NoSpace) if !target.bp.off() && !target.aborted() => {
+                if since.is_none() {
+                    tracing::warn!(torrent = %target.torrent, "the cache's disk is full (or at its free-space reserve); the write waits for room");
+                    since = Some(Instant::now());
+                }
+                std::thread::sleep(NO_SPACE_RETRY);
+            }
+            r => {
+                if let (Some(t), Ok(())) = (since, &r) {
+                    tracing::info!(torrent = %target.torrent, waited_ms = t.elapsed().as_millis() as u64, "room again: the write went through");
+                }
+                return r;
+            }
+        }
     }
 }
 

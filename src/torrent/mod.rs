@@ -12,6 +12,7 @@
 //!
 //! Nothing outside this module knows about libtorrent.
 
+mod backpressure;
 pub mod bencode;
 mod bridge;
 mod disk;
@@ -31,7 +32,9 @@ pub use session::{
     AddOptions, Event, QueueLimits, Session, SessionConfig, Source, TorrentState, TorrentStatus,
     RESUME_SAVE_INTERVAL,
 };
-pub use storage::{LayoutFile, StorageError, TorrentLayout, TorrentStorage};
+pub use storage::{
+    human, LayoutFile, Room, RoomLimit, StorageError, TorrentLayout, TorrentStorage,
+};
 
 /// Errors of the torrent layer.
 #[derive(Debug, thiserror::Error)]

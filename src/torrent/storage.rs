@@ -6,6 +6,8 @@
 //! block (a read of an evicted chunk fetches it from the remote) and must be safe to call
 //! from several workers at once. `pieces_verified` may repeat pieces already verified
 //! (after a full check, or when a finished torrent is swept), so it must be idempotent.
+//! `room` is sampled a few times a second (never per block) by the disk subsystem's
+//! backpressure; it must be cheap and must not block on the network.
 
 use crate::model::{PieceIndex, TorrentId};
 
@@ -76,6 +78,103 @@ pub enum StorageError {
     NoSpace,
 }
 
+/// How much more the storage can take before downloads must wait (backpressure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// Bytes the store may still account to the cache before its bound is reached. The
+    /// store counts a chunk whole from its first written byte.
+    pub cache: u64,
+    /// Bytes that may still be written to the cache's disk before its free-space reserve
+    /// is reached; None when unknown.
+    pub disk: Option<u64>,
+    /// The tighter of the two, for `status`.
+    pub limit: RoomLimit,
+}
+
+/// The constraint behind a [`Room`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomLimit {
+    /// The cache bound: `held` bytes cannot be evicted now (not uploaded, pinned, in use
+    /// by reads), `not_uploaded` of them wait for the remote. Room comes back as uploads
+    /// drain; a download may overrun it a little rather than stall forever (see disk.rs).
+    Cache {
+        held: u64,
+        not_uploaded: u64,
+        limit: u64,
+    },
+    /// The free-space reserve of the cache's filesystem: never written below.
+    Disk { free: u64, reserve: u64 },
+}
+
+impl Room {
+    /// Room that lets waiting downloads go on again: waking peers for less is churn.
+    pub fn resume_margin(&self) -> u64 {
+        let basis = match self.limit {
+            RoomLimit::Cache { limit, .. } => limit / 16,
+            RoomLimit::Disk { reserve, .. } => reserve / 8,
+        };
+        basis.clamp(256 << 10, 4 << 20)
+    }
+
+    /// The room left under the tighter bound.
+    pub fn bytes(&self) -> u64 {
+        self.cache.min(self.disk.unwrap_or(u64::MAX))
+    }
+
+    /// Downloads wait (or are about to).
+    pub fn tight(&self) -> bool {
+        self.bytes() < self.resume_margin()
+    }
+}
+
+impl std::fmt::Display for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.limit {
+            RoomLimit::Cache {
+                held,
+                not_uploaded,
+                limit,
+            } if *not_uploaded > 0 => write!(
+                f,
+                "waiting for cache space: {} not yet uploaded ({} held of a {} cache)",
+                human(*not_uploaded),
+                human(*held),
+                human(*limit)
+            ),
+            RoomLimit::Cache { held, limit, .. } => write!(
+                f,
+                "waiting for cache space: {} pinned or in use of a {} cache",
+                human(*held),
+                human(*limit)
+            ),
+            RoomLimit::Disk { free, reserve } => write!(
+                f,
+                "disk full: {} free, reserve {}",
+                human(*free),
+                human(*reserve)
+            ),
+        }
+    }
+}
+
+/// "1.2 GB", "800 MB", "12 KB": decimal units, one decimal below 10.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if v < 10.0 {
+        format!("{v:.1} {}", UNITS[unit])
+    } else {
+        format!("{v:.0} {}", UNITS[unit])
+    }
+}
+
 /// What libtorrent needs from bae's chunk store.
 pub trait TorrentStorage: Send + Sync + 'static {
     /// libtorrent created the storage (for a magnet: once metadata arrived). Returns the
@@ -91,6 +190,13 @@ pub trait TorrentStorage: Send + Sync + 'static {
     /// A piece failed its hash check: its bytes are garbage until rewritten.
     fn piece_failed(&self, t: TorrentId, piece: PieceIndex);
     fn close(&self, t: TorrentId);
+    /// Room left before downloads must wait; `None`: unbounded (no backpressure).
+    /// `want`: what downloads would like to write before the next sample; the storage
+    /// may make that much room first (evicting what is evictable).
+    fn room(&self, want: u64) -> Option<Room> {
+        let _ = want;
+        None
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +210,34 @@ mod tests {
             pad,
             mtime: 0,
         }
+    }
+
+    #[test]
+    fn room_reasons_read_well() {
+        assert_eq!(human(1_234_567_890), "1.2 GB");
+        assert_eq!(human(800_000_000), "800 MB");
+        assert_eq!(human(512), "512 B");
+        let disk = Room {
+            cache: 1 << 40,
+            disk: Some(0),
+            limit: RoomLimit::Disk {
+                free: 800_000_000,
+                reserve: 2_147_483_648,
+            },
+        };
+        assert_eq!(disk.to_string(), "disk full: 800 MB free, reserve 2.1 GB");
+        let cache = Room {
+            cache: 0,
+            disk: None,
+            limit: RoomLimit::Cache {
+                held: 70_000_000,
+                not_uploaded: 1_200_000_000,
+                limit: 64 << 20,
+            },
+        };
+        assert!(cache
+            .to_string()
+            .starts_with("waiting for cache space: 1.2 GB not yet uploaded"));
     }
 
     #[test]
