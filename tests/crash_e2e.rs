@@ -416,12 +416,25 @@ fn a_daemon_whose_home_fills_up_keeps_going_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut reap = Reap(Some(daemon));
+    let free_before = home.free_bytes();
     add(&bae, &f, Some(seeder.addr()));
+    // The download stops at the cache's free-space reserve on its own; once it has
+    // written something, the rest of the disk is taken from under it.
+    while home.free_bytes() + (1 << 20) > free_before {
+        assert!(Instant::now() < deadline, "the download did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    {
+        use std::io::Write;
+        let mut more = std::fs::File::create(bae.home.join("filler2")).unwrap();
+        for size in [64 << 10, 4 << 10] {
+            let block = vec![0u8; size];
+            while more.write_all(&block).is_ok() {}
+        }
+        let _ = more.sync_all();
+    }
     while home.free_bytes() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the download did not fill the disk"
-        );
+        assert!(Instant::now() < deadline, "the disk did not fill");
         std::thread::sleep(Duration::from_millis(50));
     }
     // Full: writes, commits and log lines fail now. The daemon still answers…
@@ -438,6 +451,18 @@ fn a_daemon_whose_home_fills_up_keeps_going_and_stops_cleanly() {
         }
         if Instant::now() > stop_deadline {
             reap.0 = Some(child);
+            let stacks = std::process::Command::new("gdb")
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "thread apply all bt 12",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!("STACKS\n{stacks}");
             panic!("the daemon did not stop with its home full");
         }
         std::thread::sleep(Duration::from_millis(50));

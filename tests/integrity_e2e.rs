@@ -423,3 +423,143 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Verified pieces inside chunks not complete yet have no chunk hash: altered while the
+/// daemon was stopped, they are checked against the torrent's hashes at the next start
+/// and downloaded again, never completed into a chunk with wrong bytes.
+#[test]
+fn altered_pieces_of_unfinished_chunks_are_downloaded_again_after_a_restart() {
+    const PIECE: u64 = 256 * 1024;
+    let a = album("Unfinished Album", 20, PIECE);
+    // A seeder holding every other piece of each file: every chunk (4 pieces) is left
+    // partial, with verified pieces in it.
+    let partial = tempfile::tempdir().unwrap();
+    let copy = partial.path().join(&a.name);
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in walk(&a.dir) {
+        let mut bytes = std::fs::read(&f).unwrap();
+        for (i, piece) in bytes.chunks_mut(PIECE as usize).enumerate() {
+            if i % 2 == 1 {
+                piece.fill(0);
+            }
+        }
+        std::fs::write(copy.join(f.strip_prefix(&a.dir).unwrap()), bytes).unwrap();
+    }
+    let seeder = PyPeer::seed_partial(&a.torrent, partial.path());
+    let port = seeder.addr().port();
+    let bae = Bae::new();
+    bae.mount();
+    bae.ok(&[
+        "add",
+        a.torrent.to_str().unwrap(),
+        "--peer",
+        &seeder.addr().to_string(),
+    ]);
+    // Wait until bae has what the seeder has.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut since) = (0.0, Instant::now());
+    loop {
+        let s = bae.status_json();
+        let n = torrent_status(&s, &a.name)["progress"]
+            .as_f64()
+            .unwrap_or(0.0);
+        if n != last {
+            (last, since) = (n, Instant::now());
+        } else if n > 0.0 && since.elapsed() > Duration::from_secs(3) {
+            assert!(torrent_status(&s, &a.name)["progress"].as_f64() < Some(1.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "partial download: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bae.umount();
+    drop(seeder);
+
+    // While stopped: the first bytes of every piece of every chunk file are altered
+    // (the verified ones among them must not survive).
+    let files = chunk_files(&bae);
+    assert!(!files.is_empty());
+    for f in &files {
+        let len = std::fs::metadata(f).unwrap().len();
+        for piece in 0..4 {
+            if piece * PIECE + 164 <= len {
+                overwrite(f, piece * PIECE + 100, &[0x5a; 64]);
+            }
+        }
+    }
+    // The whole album again, from a seeder where the old one was.
+    let seeder = PyPeer::seed_at(&a.torrent, a.dir.parent().unwrap(), port);
+    bae.mount();
+    bae.wait_torrent("the download to complete", Duration::from_secs(90), |t| {
+        t["progress"].as_f64() == Some(1.0)
+    });
+    assert_same_files(&a.dir, &bae.mountpoint.join(&a.name));
+    let s = bae.status_json();
+    assert!(
+        s["integrity"]["revoked_chunks"].as_u64().unwrap() >= 1,
+        "{s:#}"
+    );
+    assert!(bae.log().contains("changed on disk while bae was stopped"));
+    drop(seeder);
+    bae.umount();
+}
+
+fn rss_bytes(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// A small .torrent declaring 4 TiB (65,536 pieces of 64 MiB) costs what its metadata
+/// costs, not what it declares: the catalog and the daemon barely grow, and it shows
+/// with its full size in `status` and the mount.
+#[test]
+fn a_huge_declared_size_costs_nothing_before_data_arrives() {
+    const TIB: i64 = 1 << 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.torrent");
+    let bytes = common::hostile::declaring("Huge Declared", 4 * TIB, 64 << 20, 7);
+    std::fs::write(&path, &bytes).unwrap();
+    let bae = Bae::new();
+    bae.mount();
+    let pid = bae.daemon_pid().expect("daemon pid");
+    let db_size = || {
+        std::fs::metadata(bae.home.join("bae.db")).unwrap().len()
+            + std::fs::metadata(bae.home.join("bae.db-wal"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+    };
+    let (db_before, rss_before) = (db_size(), rss_bytes(pid));
+    bae.ok(&["add", path.to_str().unwrap()]);
+    // Let it settle: added to the session, looking for peers that never come.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = bae.status_json();
+    let t = torrent_status(&s, "Huge Declared");
+    assert_eq!(t["size_bytes"].as_u64(), Some(4 << 40), "{s:#}");
+    let (db_growth, rss_growth) = (
+        db_size() - db_before,
+        rss_bytes(pid).saturating_sub(rss_before),
+    );
+    println!(
+        "HUGE: {} byte .torrent; catalog +{db_growth} bytes, daemon RSS +{} MiB",
+        bytes.len(),
+        rss_growth >> 20
+    );
+    // Its metadata (1.3 MB) and a little more, not per-chunk rows for 4 Mi chunks.
+    assert!(
+        db_growth < 3 * bytes.len() as u64 + (1 << 20),
+        "catalog grew by {db_growth}"
+    );
+    assert!(rss_growth < 64 << 20, "daemon RSS grew by {rss_growth}");
+    let f = bae
+        .mountpoint
+        .join("Huge Declared")
+        .join("01 - Everything.flac");
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 4 << 40);
+    bae.umount();
+}

@@ -161,6 +161,12 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         limit,
         rt.handle().clone(),
     )?;
+    // Before libtorrent hears of any verified piece: those no chunk hash vouches for
+    // are checked against the torrent's own hashes.
+    let revoked = super::verify::recheck_unfinished_chunks(&lib.catalog, &store);
+    if revoked > 0 {
+        tracing::warn!(pieces = revoked, "pieces of unfinished chunks changed on disk while bae was stopped; downloading them again");
+    }
     let fetcher = Arc::new(Fetcher::new(remote.clone(), lib.key.clone()));
     store.set_source(fetcher.clone());
     let uploader = {

@@ -9,6 +9,9 @@
 //! - a verified piece whose bytes are gone from the cache and not in the remote is
 //!   forgotten (its chunk reverts to partial) so libtorrent downloads it again, rather
 //!   than anything claiming bytes that do not exist (no phantoms).
+//! - verified pieces in chunks not complete yet have no chunk hash: the daemon checks
+//!   them against the torrent's piece hashes before libtorrent hears of them
+//!   (`daemon::verify::recheck_unfinished_chunks`, `Store::revoke_partial_pieces`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

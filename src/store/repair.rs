@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::model::{ChunkKey, ChunkState, TorrentId};
+use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId};
 
 use super::Store;
 
@@ -111,5 +111,77 @@ impl Store {
             }
         }
         self.chunk_damaged(key, "its remote object is bad and no good copy is local");
+    }
+}
+
+impl Store {
+    /// Verified pieces whose bytes no chunk hash vouches for: a piece with a chunk that
+    /// is not complete yet. Only the torrent's own piece hash can vouch for them after
+    /// a restart (the files may have changed while the daemon was stopped). O(pieces)
+    /// for an incomplete torrent, nothing for a complete one.
+    pub fn pieces_in_partial_chunks(&self, id: TorrentId) -> Vec<PieceIndex> {
+        let st = self.lock();
+        let Some(t) = st.torrents.get(&id) else {
+            return Vec::new();
+        };
+        let g = t.geometry;
+        if t.states.complete() == g.num_chunks() || t.verified.count() == 0 {
+            return Vec::new();
+        }
+        t.verified
+            .iter()
+            .filter(|&p| {
+                g.chunks_of_piece(PieceIndex(p))
+                    .any(|c| t.state(c) == ChunkState::Partial)
+            })
+            .map(PieceIndex)
+            .collect()
+    }
+
+    /// Forgets that `pieces` (each in a chunk not complete yet) were verified: their
+    /// local bytes failed the torrent's hash. libtorrent downloads them again (the
+    /// torrent is re-added with the store's have-pieces). Returns how many were revoked.
+    pub fn revoke_partial_pieces(&self, id: TorrentId, pieces: &[PieceIndex], why: &str) -> usize {
+        let _commit = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (revoked, n_chunks) = {
+            let mut st = self.lock();
+            let Some(t) = st.torrents.get_mut(&id) else {
+                return 0;
+            };
+            let g = t.geometry;
+            let revoked: Vec<u32> = pieces
+                .iter()
+                .map(|p| p.0)
+                .filter(|&p| {
+                    t.verified.contains(p)
+                        && g.chunks_of_piece(PieceIndex(p))
+                            .any(|c| t.state(c) == ChunkState::Partial)
+                })
+                .collect();
+            for &p in &revoked {
+                t.verified.remove(p);
+                t.durable.remove(p);
+            }
+            let mut chunks: Vec<u32> = revoked
+                .iter()
+                .flat_map(|&p| g.chunks_of_piece(PieceIndex(p)))
+                .collect();
+            chunks.sort_unstable();
+            chunks.dedup();
+            (revoked, chunks.len() as u64)
+        };
+        if revoked.is_empty() {
+            return 0;
+        }
+        // Still queued for the committer: it skips pieces no longer verified.
+        tracing::warn!(torrent = %id, pieces = revoked.len(), reason = why, "verified pieces in unfinished chunks failed their hash; they are downloaded again");
+        self.counters
+            .revoked_chunks
+            .fetch_add(n_chunks, Ordering::Relaxed);
+        if let Err(e) = self.catalog.unverify(id, &revoked, &[]) {
+            tracing::error!(torrent = %id, error = %e, "could not record revoked pieces");
+        }
+        let _ = self.revoked_tx.send(id);
+        revoked.len()
     }
 }

@@ -425,6 +425,13 @@ pub(crate) struct DiskCore {
 }
 
 impl DiskCore {
+    /// The session is stopping: nothing is held for room any more, and writes waiting
+    /// for room on a full disk give up, so libtorrent's shutdown (which waits for its
+    /// disk jobs) cannot wait on the disk forever.
+    pub(crate) fn stop_holding(&self) {
+        self.bp.disable(&self.changed);
+    }
+
     pub(crate) fn start(storage: Arc<dyn TorrentStorage>) -> std::io::Result<Arc<DiskCore>> {
         let core = Arc::new(DiskCore {
             storage,

@@ -40,8 +40,9 @@ const ALERT_WAIT_MS: u32 = 200;
 
 /// How often torrents that stored blocks get their resume data saved. What a `kill -9`
 /// can cost is the blocks of unfinished pieces stored since the last save, so this is
-/// short; a save is a small file per downloading torrent.
-pub const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+/// short (a kill costs about this long of download); a save is a small file per
+/// downloading torrent, written off the alert thread.
+pub const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long dropping the session waits for the last resume data to be written.
 const RESUME_SAVE_AT_STOP: Duration = Duration::from_secs(3);
@@ -509,6 +510,7 @@ impl Drop for Session {
                 tracing::warn!("resume data not all saved at stop");
             }
         }
+        self.inner.disk.stop_holding();
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.alert_thread.take() {
             if thread.join().is_err() {

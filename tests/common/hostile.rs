@@ -669,3 +669,15 @@ pub fn inputs(count: usize, seed: u64, full: bool) -> Vec<Input> {
     }
     out
 }
+
+/// A well-formed torrent of one file declaring `len` bytes (random piece hashes: its
+/// data never arrives), for what a large declared size costs before any byte does.
+pub fn declaring(name: &str, len: i64, piece_len: i64, seed: u64) -> Vec<u8> {
+    torrent(info(
+        name.as_bytes(),
+        &[(vec![b"01 - Everything.flac".as_slice()], len)],
+        piece_len,
+        seed,
+    ))
+    .bytes()
+}

@@ -143,6 +143,41 @@ impl PyPeer {
         peer
     }
 
+    /// Like [`PyPeer::seed`], listening on `port` (a peer list naming the old seeder
+    /// reaches this one).
+    pub fn seed_at(torrent: &Path, save_dir: &Path, port: u16) -> PyPeer {
+        let port = port.to_string();
+        let mut peer = PyPeer::spawn(
+            "peer.py",
+            &[
+                "seed".as_ref(),
+                torrent.as_os_str(),
+                save_dir.as_os_str(),
+                "0".as_ref(),
+                port.as_ref(),
+            ],
+        );
+        let line = peer.wait_line("PORT");
+        peer.port = line["PORT ".len()..].parse().unwrap();
+        peer
+    }
+
+    /// Seeds the pieces of `torrent` that `save_dir` holds (once checked), the rest
+    /// missing.
+    pub fn seed_partial(torrent: &Path, save_dir: &Path) -> PyPeer {
+        let mut peer = PyPeer::spawn(
+            "peer.py",
+            &[
+                "partial".as_ref(),
+                torrent.as_os_str(),
+                save_dir.as_os_str(),
+            ],
+        );
+        let line = peer.wait_line("PORT");
+        peer.port = line["PORT ".len()..].parse().unwrap();
+        peer
+    }
+
     /// Starts a leecher of `torrent` into `save_dir`, dialling `from`.
     pub fn leech(torrent: &Path, save_dir: &Path, from: SocketAddr) -> PyPeer {
         let from = from.to_string();

@@ -1,10 +1,12 @@
 #!/usr/bin/python3
 """A python3-libtorrent peer (default disk storage) on 127.0.0.1, TCP only.
 
-usage: peer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC]
-       peer.py leech TORRENT SAVE_DIR HOST:PORT
+usage: peer.py seed    TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC [LISTEN_PORT]]
+       peer.py partial TORRENT SAVE_DIR
+       peer.py leech   TORRENT SAVE_DIR HOST:PORT
 seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, then "UP <bytes>" each
        time its payload upload total changes, and runs until killed.
+partial: like seed for data that is only partly there: "PORT <n>" once checked.
 leech: downloads from HOST:PORT, prints "DONE" once every piece is verified and exits 0.
 Errors go to stderr with a non-zero exit. No timeouts here: the test owns the deadline.
 """
@@ -14,9 +16,9 @@ import time
 import libtorrent as lt
 
 
-def session():
+def session(port=0):
     return lt.session({
-        "listen_interfaces": "127.0.0.1:0",
+        "listen_interfaces": "127.0.0.1:%d" % port,
         "enable_dht": False,
         "enable_lsd": False,
         "enable_upnp": False,
@@ -30,7 +32,11 @@ def session():
 
 def main():
     mode, torrent, save = sys.argv[1], sys.argv[2], sys.argv[3]
-    ses = session()
+    port = int(sys.argv[5]) if mode == "seed" and len(sys.argv) > 5 else 0
+    ses = session(port)
+    partial = mode == "partial"
+    if partial:
+        mode = "seed"
     if mode == "seed" and len(sys.argv) > 4:
         # A slow seeder lets tests read while the download is still going.
         # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
@@ -58,7 +64,11 @@ def main():
                 print("ERROR", a.message(), file=sys.stderr, flush=True)
                 sys.exit(2)
         st = h.status()
-        if mode == "seed" and st.is_seeding and not announced:
+        checked = st.state not in (
+            lt.torrent_status.checking_files,
+            lt.torrent_status.checking_resume_data,
+        )
+        if mode == "seed" and (st.is_seeding or (partial and checked)) and not announced:
             print("PORT", ses.listen_port(), flush=True)
             announced = True
         if mode == "seed" and announced and st.total_payload_upload != uploaded:
