@@ -563,3 +563,66 @@ fn a_huge_declared_size_costs_nothing_before_data_arrives() {
     assert_eq!(std::fs::metadata(&f).unwrap().len(), 4 << 40);
     bae.umount();
 }
+
+/// The remote object under `dir` whose key ends with `suffix` (the S3 server keeps one
+/// file per object).
+fn remote_object(dir: &Path, suffix: &str) -> Option<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .find(|p| p.to_str().is_some_and(|s| s.ends_with(suffix)))
+}
+
+/// A pause or a seeding change rewrites a small flags object, not the torrent's object
+/// with its metainfo; a restore sees the new flags.
+#[test]
+fn flag_changes_write_a_small_object_and_restore_sees_them() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(s3dir.path());
+    let a = album("Flags Album", 4, 64 * 1024);
+    let first = Bae::with_s3(&server.endpoint(), BUCKET, &[]);
+    first.mount();
+    download(&first, &a);
+    wait_uploaded(&first, &a.name);
+    let body_path = remote_object(s3dir.path(), "/torrent").expect("the torrent object");
+    let body = std::fs::read(&body_path).unwrap();
+    assert!(remote_object(s3dir.path(), "/flags").is_none());
+
+    first.ok(&["seed", &a.name, "off"]);
+    first.ok(&["pause", &a.name]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let flags = loop {
+        if let Some(p) = remote_object(s3dir.path(), "/flags") {
+            // The last change written (paused) is the one a restore must see.
+            let s = first.status_json();
+            if torrent_status(&s, &a.name)["paused"] == true {
+                break p;
+            }
+        }
+        assert!(Instant::now() < deadline, "no flags object written");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    first.umount();
+    assert_eq!(
+        std::fs::read(&body_path).unwrap(),
+        body,
+        "the torrent object was rewritten for a flag change"
+    );
+    let flags_len = std::fs::metadata(&flags).unwrap().len();
+    assert!(
+        flags_len < 512 && flags_len * 4 < body.len() as u64,
+        "flags object of {flags_len} bytes (torrent object {})",
+        body.len()
+    );
+
+    let second = Bae::restored(
+        &format!("s3://{BUCKET}/lib"),
+        &server.endpoint(),
+        &first.home.join("key"),
+    )
+    .unwrap();
+    let s = second.status_json();
+    let t = torrent_status(&s, &a.name);
+    assert_eq!(t["paused"], true, "{s:#}");
+    assert_eq!(t["seeding"], false, "{s:#}");
+    assert_eq!(t["chunks_uploaded"], t["chunks_total"], "{s:#}");
+}

@@ -107,6 +107,15 @@ impl Layout {
     }
 }
 
+/// A torrent whose remote metadata must be written: `version` of the whole, and the
+/// body's version when the body object itself is out of date (else only the flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleMeta {
+    pub id: TorrentId,
+    pub version: i64,
+    pub body_version: Option<i64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct TorrentRecord {
     pub id: TorrentId,
@@ -590,7 +599,8 @@ impl Catalog {
     pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {
         let n = self.conn().execute(
             "UPDATE torrents SET metainfo = ?2, name = COALESCE(?3, name),
-                 meta_version = meta_version + 1 WHERE id = ?1",
+                 meta_version = meta_version + 1, body_version = body_version + 1
+                 WHERE id = ?1",
             params![id.0, metainfo, name],
         )?;
         if n == 0 {
@@ -694,14 +704,35 @@ impl Catalog {
         Ok(())
     }
 
-    /// Torrents whose remote metadata object is older than their catalog row:
-    /// (id, version to write).
-    pub fn stale_remote_meta(&self) -> Result<Vec<(TorrentId, i64)>> {
+    /// Torrents whose remote metadata is older than their catalog row (an index keeps
+    /// this from reading the library).
+    pub fn stale_remote_meta(&self) -> Result<Vec<StaleMeta>> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT id, meta_version FROM torrents WHERE meta_written < meta_version")?;
-        let rows = st.query_map([], |r| Ok((TorrentId(r.get(0)?), r.get(1)?)))?;
+        let mut st = conn.prepare(
+            "SELECT id, meta_version, body_version, body_written FROM torrents
+                 WHERE meta_written < meta_version",
+        )?;
+        let rows = st.query_map([], |r| {
+            let (body, written): (i64, i64) = (r.get(2)?, r.get(3)?);
+            Ok(StaleMeta {
+                id: TorrentId(r.get(0)?),
+                version: r.get(1)?,
+                body_version: (written < body).then_some(body),
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The torrent's metadata versions now: (all of it, its body).
+    pub fn meta_versions(&self, id: TorrentId) -> Result<(i64, i64)> {
+        self.conn()
+            .query_row(
+                "SELECT meta_version, body_version FROM torrents WHERE id = ?1",
+                [id.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or(CatalogError::UnknownTorrent(id))
     }
 
     pub fn set_meta_written(&self, id: TorrentId, version: i64) -> Result<()> {
@@ -712,12 +743,21 @@ impl Catalog {
         Ok(())
     }
 
-    /// Whether the torrent's remote metadata object was written at least once.
+    /// The torrent's body object (metainfo, name) is in the remote at `body_version`.
+    pub fn set_body_written(&self, id: TorrentId, body_version: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE torrents SET body_written = MAX(body_written, ?2) WHERE id = ?1",
+            params![id.0, body_version],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the torrent's remote body object was written at least once.
     pub fn remote_meta_exists(&self, id: TorrentId) -> Result<bool> {
         let v: Option<i64> = self
             .conn()
             .query_row(
-                "SELECT meta_written FROM torrents WHERE id = ?1",
+                "SELECT body_written FROM torrents WHERE id = ?1",
                 [id.0],
                 |r| r.get(0),
             )
@@ -827,8 +867,8 @@ impl Catalog {
             }
         }
         tx.execute(
-            "UPDATE torrents SET meta_written = meta_version, compacted = ?2, journal_seq = ?3,
-                 needs_full_journal = 0 WHERE id = ?1",
+            "UPDATE torrents SET meta_written = meta_version, body_written = body_version,
+                 compacted = ?2, journal_seq = ?3, needs_full_journal = 0 WHERE id = ?1",
             params![id.0, compacted, journal_seq as i64],
         )?;
         tx.commit()?;

@@ -103,6 +103,16 @@ const MIGRATIONS: &[&str] = &[
             WHERE id = NEW.torrent_id;
     END;
     "#,
+    // 4: a torrent's remote metadata in two objects: its body (metainfo, name: written
+    // once, again only when a magnet's metadata arrives) and its flags (small, rewritten
+    // on every pause/seed/pin change). Torrents already written in full keep their body.
+    r#"
+    ALTER TABLE torrents ADD COLUMN body_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE torrents ADD COLUMN body_written INTEGER NOT NULL DEFAULT 0;
+    UPDATE torrents SET body_written = body_version
+        WHERE meta_written > 0 AND meta_written >= meta_version;
+    CREATE INDEX torrents_meta_stale ON torrents(id) WHERE meta_written < meta_version;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {

@@ -4,9 +4,12 @@
 //! Layout (every object sealed like a chunk, bound to the library and its own name):
 //! - `meta/library` — the library's identity. Checked at every mount: a key that cannot
 //!   open it is the wrong key for this remote, and nothing is written.
-//! - `meta/t/<torrent uid>/torrent` — one torrent: metainfo (or magnet), name, flags.
-//!   Rewritten when any of those change (rare); written before any chunk of the torrent
-//!   counts as uploaded.
+//! - `meta/t/<torrent uid>/torrent` — one torrent: metainfo (or magnet), name, and its
+//!   flags when written. Written once before any chunk of the torrent counts as
+//!   uploaded, again only if a magnet's metadata arrives later.
+//! - `meta/t/<torrent uid>/flags` — paused / seeding / pin / peers: a small object
+//!   rewritten on each change of those. Both carry the catalog's metadata version; a
+//!   restore takes the flags of the newer one.
 //! - `meta/t/<torrent uid>/j/<seq>` — upload journal: (chunk index, plaintext hash,
 //!   object id) of chunks whose PUT succeeded, a batch per object. A chunk is marked
 //!   uploaded in the catalog only after its journal object is stored, so a restore after
@@ -86,10 +89,46 @@ pub struct TorrentMeta {
     pub pin: bool,
     pub added_at: i64,
     pub peers: Vec<String>,
+    /// The catalog's metadata version it was written at (0: written before versions).
+    #[serde(default)]
+    pub version: i64,
+}
+
+/// What `meta/t/<uid>/flags` holds: what changes after a torrent is added.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TorrentFlags {
+    version: i64,
+    paused: bool,
+    seeding: bool,
+    pin: bool,
+    peers: Vec<String>,
+}
+
+impl TorrentFlags {
+    fn of(t: &TorrentRecord, version: i64) -> TorrentFlags {
+        TorrentFlags {
+            version,
+            paused: t.paused,
+            seeding: t.seeding,
+            pin: t.pin,
+            peers: t.peers.clone(),
+        }
+    }
+
+    /// Applies these flags to `meta` when they are newer than the ones it carries.
+    fn apply_if_newer(self, meta: &mut TorrentMeta) {
+        if self.version > meta.version {
+            meta.paused = self.paused;
+            meta.seeding = self.seeding;
+            meta.pin = self.pin;
+            meta.peers = self.peers;
+            meta.version = self.version;
+        }
+    }
 }
 
 impl TorrentMeta {
-    fn of(t: &TorrentRecord, metainfo: Option<&[u8]>) -> TorrentMeta {
+    fn of(t: &TorrentRecord, metainfo: Option<&[u8]>, version: i64) -> TorrentMeta {
         use base64::Engine as _;
         TorrentMeta {
             uid: hex::encode(t.uid),
@@ -103,6 +142,7 @@ impl TorrentMeta {
             pin: t.pin,
             added_at: t.added_at,
             peers: t.peers.clone(),
+            version,
         }
     }
 
@@ -134,6 +174,10 @@ fn torrent_prefix(uid: &[u8; 16]) -> String {
 
 fn torrent_object(uid: &[u8; 16]) -> String {
     format!("{}torrent", torrent_prefix(uid))
+}
+
+fn flags_object(uid: &[u8; 16]) -> String {
+    format!("{}flags", torrent_prefix(uid))
 }
 
 fn chunks_object(uid: &[u8; 16]) -> String {
@@ -339,11 +383,21 @@ async fn read_torrent(
         return Ok(None);
     }
     let plain = get_sealed(remote, key, &library_uid, &tname).await?;
-    let meta: TorrentMeta =
+    let mut meta: TorrentMeta =
         serde_json::from_slice(&plain).map_err(|e| JournalError::Malformed {
             name: tname.clone(),
             reason: e.to_string(),
         })?;
+    let fname = flags_object(&uid);
+    if names.contains(&fname) {
+        let plain = get_sealed(remote, key, &library_uid, &fname).await?;
+        let flags: TorrentFlags =
+            serde_json::from_slice(&plain).map_err(|e| JournalError::Malformed {
+                name: fname.clone(),
+                reason: e.to_string(),
+            })?;
+        flags.apply_if_newer(&mut meta);
+    }
     let mut records: HashMap<u32, ([u8; 32], String, u64)> = HashMap::new();
     let mut compacted = false;
     let mut next_seq = 0u64;
@@ -548,24 +602,27 @@ impl Journal {
         }
     }
 
-    async fn write_torrent_meta(&self, id: TorrentId) -> Result<(), JournalError> {
+    /// Writes the torrent's body object (with its flags as of `version`).
+    async fn write_torrent_meta(&self, id: TorrentId, version: i64) -> Result<(), JournalError> {
         let rec = self.catalog.torrent(id)?;
         let metainfo = self.catalog.metainfo(id)?;
-        let plain =
-            serde_json::to_vec(&TorrentMeta::of(&rec, metainfo.as_deref())).map_err(|e| {
-                JournalError::Malformed {
-                    name: torrent_object(&rec.uid),
-                    reason: e.to_string(),
-                }
-            })?;
-        put_sealed(
-            &self.remote,
-            &self.key,
-            &self.library_uid,
-            &torrent_object(&rec.uid),
-            &plain,
-        )
-        .await?;
+        let meta = TorrentMeta::of(&rec, metainfo.as_deref(), version);
+        self.put_json(&torrent_object(&rec.uid), &meta).await
+    }
+
+    /// Writes only the torrent's flags object: what a pause, seed or pin change costs.
+    async fn write_torrent_flags(&self, id: TorrentId, version: i64) -> Result<(), JournalError> {
+        let rec = self.catalog.torrent(id)?;
+        self.put_json(&flags_object(&rec.uid), &TorrentFlags::of(&rec, version))
+            .await
+    }
+
+    async fn put_json(&self, name: &str, value: &impl Serialize) -> Result<(), JournalError> {
+        let plain = serde_json::to_vec(value).map_err(|e| JournalError::Malformed {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        put_sealed(&self.remote, &self.key, &self.library_uid, name, &plain).await?;
         Ok(())
     }
 
@@ -591,8 +648,16 @@ impl Journal {
     /// Everything but chunk records: stale torrent objects, removals, old libraries'
     /// chunks, compaction of finished torrents.
     async fn sync_meta(&self) -> Result<(), JournalError> {
-        for (id, version) in self.catalog.stale_remote_meta()? {
-            match self.write_torrent_meta(id).await {
+        for stale in self.catalog.stale_remote_meta()? {
+            let (id, version) = (stale.id, stale.version);
+            let written = match stale.body_version {
+                Some(body) => self
+                    .write_torrent_meta(id, version)
+                    .await
+                    .and_then(|()| Ok(self.catalog.set_body_written(id, body)?)),
+                None => self.write_torrent_flags(id, version).await,
+            };
+            match written {
                 Ok(()) => self.catalog.set_meta_written(id, version)?,
                 Err(JournalError::Catalog(CatalogError::UnknownTorrent(_))) => {}
                 Err(e) => return Err(e),
@@ -674,8 +739,9 @@ impl Journal {
         // The torrent's own object comes first: journal records of a torrent restore
         // cannot name would be lost.
         if !self.catalog.remote_meta_exists(id)? {
-            let version = rec_version(&self.catalog, id)?;
-            self.write_torrent_meta(id).await?;
+            let (version, body) = self.catalog.meta_versions(id)?;
+            self.write_torrent_meta(id, version).await?;
+            self.catalog.set_body_written(id, body)?;
             self.catalog.set_meta_written(id, version)?;
         }
         let entries: Vec<ChunkRecordRemote> = records
@@ -685,15 +751,6 @@ impl Journal {
         self.write_journal(id, &rec.uid, &entries).await?;
         Ok(true)
     }
-}
-
-fn rec_version(catalog: &Catalog, id: TorrentId) -> Result<i64, CatalogError> {
-    Ok(catalog
-        .stale_remote_meta()?
-        .into_iter()
-        .find(|(t, _)| *t == id)
-        .map(|(_, v)| v)
-        .unwrap_or(1))
 }
 
 /// Deletes a removed torrent's objects from the remote: its chunk objects (those given:
