@@ -2,8 +2,10 @@
 //! response per line. CLI commands change the catalog themselves (so they work without
 //! a daemon and are durable when they return) and then ask a running daemon to `Sync`;
 //! live numbers (`Status`) and actions on the running process go through here too.
-//! A long request (`Verify`) may send `Progress` lines before its one final response;
-//! the handler reports them with [`report_progress`], which is a no-op outside a request.
+//! A long request (`Verify`, `Import`) may send `Progress` lines (`done` of `total`
+//! units: checks, bytes) before its one final response; the handler reports them with
+//! [`report_progress`] (or [`progress_reporter`] off its task), a no-op outside a
+//! request.
 //!
 //! Who may talk to it: the socket is mode 0600 in a 0700 `$BAE_HOME`, and every
 //! connection's peer credentials (SO_PEERCRED) must be the daemon's own uid or root;
@@ -86,6 +88,17 @@ tokio::task_local! {
 /// units). Does nothing when not called from inside a control request.
 pub fn report_progress(done: u64, total: u64) {
     let _ = PROGRESS.try_with(|tx| tx.send((done, total)));
+}
+
+/// [`report_progress`] for work moved off the request's task (`spawn_blocking`), where
+/// the task-local channel is not visible: take it here, call it there.
+pub fn progress_reporter() -> impl FnMut(u64, u64) + Send + 'static {
+    let tx = PROGRESS.try_with(|tx| tx.clone()).ok();
+    move |done, total| {
+        if let Some(tx) = &tx {
+            let _ = tx.send((done, total));
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -330,7 +343,18 @@ where
                 tokio::pin!(fut);
                 loop {
                     tokio::select! {
-                        resp = &mut fut => break resp,
+                        resp = &mut fut => {
+                            // The last count (usually "all done") still goes out first.
+                            let mut last = None;
+                            while let Ok(p) = rx.try_recv() {
+                                last = Some(p);
+                            }
+                            if let Some((done, total)) = last {
+                                let line = send(&Response::Progress { done, total });
+                                let _ = w.write_all(line.as_bytes()).await;
+                            }
+                            break resp;
+                        }
                         Some((mut done, mut total)) = rx.recv() => {
                             // Only the latest of a burst matters.
                             while let Ok((d, t)) = rx.try_recv() {
