@@ -128,11 +128,13 @@ fn bar_template(unit: Unit, color: bool, known_total: bool) -> String {
 
 /// Room the numbers of a bar line take besides its label (bar, counts, rate, eta).
 const NUMBERS_WIDTH: usize = 66;
+/// The same for a spinner (spinner, count, rate, time taken).
+const SPINNER_NUMBERS_WIDTH: usize = 36;
 
-/// `label` cut (with an ellipsis) so a bar line fits `width` columns: a line that
-/// wraps cannot be redrawn in place.
-pub fn fit_label(label: &str, width: usize) -> String {
-    let room = width.saturating_sub(NUMBERS_WIDTH).max(12);
+/// `label` cut (with an ellipsis) so a line of `numbers` more columns fits `width`: a
+/// line that wraps cannot be redrawn in place.
+pub fn fit_label(label: &str, width: usize, numbers: usize) -> String {
+    let room = width.saturating_sub(numbers).max(12);
     if label.chars().count() <= room {
         return label.to_owned();
     }
@@ -146,7 +148,8 @@ fn term_width() -> usize {
     // SAFETY: TIOCGWINSZ writes one winsize into the struct given; fd 2 may be anything.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_col > 0 {
+    // Like the bar's own drawing code: no size unless both are known.
+    if ok && ws.ws_col > 0 && ws.ws_row > 0 {
         ws.ws_col as usize
     } else {
         80
@@ -237,7 +240,7 @@ impl Progress {
                 install_interrupt_handler();
                 let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
                 bar.set_style(style(unit, color, false));
-                bar.set_message(fit_label(&label, term_width()));
+                bar.set_message(fit_label(&label, term_width(), SPINNER_NUMBERS_WIDTH));
                 // Animation only; the numbers move when the work reports.
                 bar.enable_steady_tick(Duration::from_millis(120));
                 *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
@@ -276,6 +279,7 @@ impl Progress {
                     *known_total = true;
                     bar.disable_steady_tick();
                     bar.set_style(style(self.unit, *color, true));
+                    bar.set_message(fit_label(&self.label, term_width(), NUMBERS_WIDTH));
                 }
                 if total > 0 {
                     bar.set_length(total);
@@ -404,13 +408,20 @@ mod tests {
 
     #[test]
     fn long_labels_are_cut_to_fit_the_line() {
-        assert_eq!(fit_label("verifying Album", 120), "verifying Album");
+        assert_eq!(
+            fit_label("verifying Album", 120, NUMBERS_WIDTH),
+            "verifying Album"
+        );
         let long = "verifying Ünïcode Artist - A Very Long Album Title (Deluxe Edition)";
-        let cut = fit_label(long, 100);
+        let cut = fit_label(long, 100, NUMBERS_WIDTH);
         assert_eq!(cut.chars().count(), 100 - NUMBERS_WIDTH);
         assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
         // A narrow terminal still shows the start of the name.
-        assert_eq!(fit_label(long, 40).chars().count(), 12);
+        assert_eq!(fit_label(long, 40, NUMBERS_WIDTH).chars().count(), 12);
+        assert_eq!(
+            fit_label(long, 80, SPINNER_NUMBERS_WIDTH).chars().count(),
+            44
+        );
     }
 
     #[test]
