@@ -259,3 +259,81 @@ fn a_failure_after_a_bar_still_ends_with_its_error() {
         "{out:?}"
     );
 }
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Kills the `script` process (and so its pty) if the test fails before it ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for c in children(self.0.id()) {
+            // SAFETY: kill(2) on a process this test started (script's child).
+            unsafe { libc::kill(c as i32, libc::SIGKILL) };
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ctrl_c_clears_the_bar_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: hashing it takes long enough to be interrupted, and costs no disk.
+    let album = dir.path().join("Big Album");
+    std::fs::create_dir(&album).unwrap();
+    let f = std::fs::File::create(album.join("big.flac")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    drop(f);
+    let bae = Bae::new();
+    let out_path = dir.path().join("pty.out");
+    let line = format!(
+        "stty rows 40 cols 160; exec {} import {}",
+        quote(env!("CARGO_BIN_EXE_bae")),
+        quote(album.to_str().unwrap())
+    );
+    let child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("BAE_HOME", &bae.home)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut script = Reap(child);
+    // Once the spinner is drawn, Ctrl-C (SIGINT, as the terminal sends it) to bae.
+    let bae_pid = loop {
+        let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if out.contains("hashing ") {
+            let kids = children(script.0.id());
+            assert_eq!(kids.len(), 1, "{kids:?}");
+            break kids[0];
+        }
+        assert!(
+            script.0.try_wait().unwrap().is_none(),
+            "ended early: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) on the bae process this test started.
+    unsafe { libc::kill(bae_pid as i32, libc::SIGINT) };
+    let status = script.0.wait().unwrap();
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(status.code(), Some(130), "{out:?}");
+    // The bar's line was cleared, then the one message, on a clean line.
+    assert!(
+        out.ends_with("\r\x1b[2Kbae: interrupted\r\n"),
+        "{:?}",
+        &out[out.len().saturating_sub(300)..]
+    );
+    // Nothing of the import is left.
+    assert_eq!(bae.status_json()["torrents"].as_array().unwrap().len(), 0);
+}

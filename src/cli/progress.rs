@@ -275,16 +275,17 @@ impl Progress {
                 color,
                 known_total,
             } => {
-                if total > 0 && !*known_total {
-                    *known_total = true;
-                    bar.disable_steady_tick();
-                    bar.set_style(style(self.unit, *color, true));
-                    bar.set_message(fit_label(&self.label, term_width(), NUMBERS_WIDTH));
-                }
+                // Length and position first: the new style draws at once.
                 if total > 0 {
                     bar.set_length(total);
                 }
                 bar.set_position(done);
+                if total > 0 && !*known_total {
+                    *known_total = true;
+                    bar.disable_steady_tick();
+                    bar.set_message(fit_label(&self.label, term_width(), NUMBERS_WIDTH));
+                    bar.set_style(style(self.unit, *color, true));
+                }
             }
         }
     }
@@ -327,13 +328,15 @@ impl Progress {
                             ProgressStyle::with_template("{msg}")
                                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
                         );
-                        bar.finish_with_message(format!(
+                        bar.abandon_with_message(format!(
                             "{}: {}",
                             self.label,
                             amount(self.unit, pos, 0)
                         ));
                     } else {
-                        bar.finish();
+                        // Not `finish`, which would move the bar to its end: the last
+                        // count shown is the last one the work reported.
+                        bar.abandon();
                     }
                 } else {
                     bar.abandon();
