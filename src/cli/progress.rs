@@ -165,6 +165,15 @@ fn style(unit: Unit, color: bool, known_total: bool) -> ProgressStyle {
 /// The bar shown now, cleared by the Ctrl-C handler.
 static CURRENT: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
+/// Runs `f` (which writes to stderr) with the bar shown, if any, out of its way.
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    let bar = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match bar {
+        Some(bar) => bar.suspend(f),
+        None => f(),
+    }
+}
+
 /// Installs (once) a SIGINT handler that clears the bar shown and exits with 130, as the
 /// default action would, but without leaving a half-drawn line behind.
 fn install_interrupt_handler() {
