@@ -31,6 +31,11 @@ fn quote(s: &str) -> String {
 /// Runs `bae ARGS` on a pseudo-terminal (stdout and stderr both on it) with `env`;
 /// returns the exit code and everything it wrote.
 fn on_pty(bae: &Bae, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    on_pty_in(&bae.home, args, env)
+}
+
+/// [`on_pty`] for the library at `home`.
+fn on_pty_in(home: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut line = quote(env!("CARGO_BIN_EXE_bae"));
     for a in args {
         line.push(' ');
@@ -40,7 +45,9 @@ fn on_pty(bae: &Bae, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
     let line = format!("stty rows 40 cols 160; exec {line}");
     let mut c = Command::new("script");
     c.args(["-qfec", &line, "/dev/null"])
-        .env("BAE_HOME", &bae.home)
+        .env("BAE_HOME", home)
+        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY)
         .env("TERM", "xterm")
         .env_remove("NO_COLOR")
         .stdin(Stdio::null());
@@ -79,11 +86,14 @@ fn strip_escapes(s: &str) -> String {
 fn last_count(output: &str, unit: &str) -> Option<(u64, u64)> {
     let text = strip_escapes(output);
     let marker = format!(" {unit} ");
-    let at = text.rfind(&marker)?;
-    let word = text[..at].rsplit(' ').next()?;
-    let (done, total) = word.split_once('/')?;
     let num = |s: &str| s.replace(',', "").parse::<u64>().ok();
-    Some((num(done)?, num(total)?))
+    text.match_indices(&marker)
+        .filter_map(|(at, _)| {
+            let word = text[..at].rsplit(' ').next()?;
+            let (done, total) = word.split_once('/')?;
+            Some((num(done)?, num(total)?))
+        })
+        .last()
 }
 
 /// "P of M pieces checked locally, ...; C chunks checked" from verify's summary: P + C.
@@ -256,6 +266,57 @@ fn a_failure_after_a_bar_still_ends_with_its_error() {
     let last = text.trim_end().lines().last().unwrap();
     assert!(
         last.starts_with(&format!("bae: {NAME} failed verification")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn restore_and_purge_count_torrents_and_objects() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let server = common::s3::S3Server::start(s3dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let album = make_album(dir.path(), NAME, ALBUM, 8);
+    let first = Bae::with_s3(&server.endpoint(), common::s3::BUCKET, &[]);
+    first.mount();
+    first.ok(&["import", album.to_str().unwrap()]);
+    first.wait_torrent("uploads", std::time::Duration::from_secs(60), |t| {
+        t["chunks_uploaded"] == t["chunks_total"]
+    });
+    first.umount();
+
+    // A new machine: the restore counts the torrents it reads back.
+    let home = dir.path().join("second");
+    let key = first.home.join("key");
+    let remote = format!("s3://{}/lib", common::s3::BUCKET);
+    let args = [
+        "init",
+        "--restore",
+        "--key",
+        key.to_str().unwrap(),
+        "--remote",
+        &remote,
+        "--endpoint",
+        &server.endpoint(),
+    ];
+    let (code, out) = on_pty_in(&home, &args, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(last_count(&out, "torrents"), Some((1, 1)), "{out:?}");
+    assert!(
+        out.contains("restored 1 torrents from the remote"),
+        "{out:?}"
+    );
+
+    // --purge counts the chunk objects it deletes: every uploaded chunk.
+    let chunks = album_bytes().div_ceil(1 << 20);
+    let (code, out) = on_pty(&first, &["remove", NAME, "--purge"], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        last_count(&out, "objects"),
+        Some((chunks, chunks)),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&format!("{NAME} removed, with its {chunks} objects")),
         "{out:?}"
     );
 }
