@@ -374,3 +374,60 @@ where
     };
     let _ = w.write_all(send(&resp).as_bytes()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's progress reaches its client, from its task and from a blocking
+    /// thread, and the last count always precedes the final response.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_lines_end_with_the_last_count_before_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).unwrap();
+        let server = tokio::spawn(serve(listener, |req| async move {
+            match req {
+                Request::Verify { .. } => {
+                    for i in 0..=1000 {
+                        report_progress(i, 1000);
+                    }
+                }
+                _ => {
+                    let mut report = progress_reporter();
+                    tokio::task::spawn_blocking(move || {
+                        for i in 0..=500 {
+                            report(i, 500);
+                        }
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+            Response::Done {
+                message: "ok".into(),
+            }
+        }));
+        for (req, total) in [
+            (Request::Verify { torrent: 1 }, 1000),
+            (
+                Request::Import {
+                    torrent: 1,
+                    dir: "/x".into(),
+                },
+                500,
+            ),
+        ] {
+            let mut seen = Vec::new();
+            let resp = call_with_progress(&path, &req, Duration::from_secs(10), &mut |d, t| {
+                seen.push((d, t))
+            })
+            .await
+            .unwrap();
+            assert!(matches!(resp, Response::Done { .. }), "{resp:?}");
+            assert_eq!(seen.last(), Some(&(total, total)), "{req:?}: {seen:?}");
+            assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        }
+        server.abort();
+    }
+}
