@@ -12,6 +12,7 @@ use crate::daemon::control::{Request, Response};
 use crate::daemon::storage::layout_of;
 use crate::torrent::{parse_magnet, parse_metainfo};
 
+use super::progress::{Progress, Unit};
 use super::{ask_daemon, nudge_daemon, open_library};
 
 pub fn run(
@@ -98,37 +99,31 @@ fn hex_of(t: &NewTorrent) -> String {
 
 /// Shows a progress bar until the torrent is fully verified.
 pub fn wait_for(lib: &crate::daemon::Library, id: i64) -> anyhow::Result<()> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let mut bar: Option<Progress> = None;
     loop {
         let Some(resp) = ask_daemon(lib, &Request::Status, Duration::from_secs(10))? else {
-            bar.abandon();
             bail!("--wait needs a running daemon (start one with `bae mount MOUNTPOINT`)");
         };
         let Response::Status(report) = resp else {
             bail!("unexpected answer from the daemon");
         };
         let Some(t) = report.torrents.iter().find(|t| t.id == id) else {
-            bar.abandon();
             bail!("the torrent was removed");
         };
-        bar.set_message(t.name.clone());
+        let b = bar
+            .get_or_insert_with(|| Progress::new(format!("downloading {}", t.name), Unit::Bytes));
         if t.size_bytes > 0 {
-            bar.set_length(t.size_bytes);
-            bar.set_position((t.progress * t.size_bytes as f64) as u64);
+            // Verified bytes: the daemon's own count, never an estimate.
+            let done = (t.progress * t.size_bytes as f64) as u64;
+            b.set(done.min(t.size_bytes), t.size_bytes);
         }
         if let Some(e) = &t.error {
-            bar.abandon();
             bail!("{}: {e}", t.name);
         }
         if t.size_bytes > 0 && t.progress >= 1.0 {
-            bar.finish();
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(250));

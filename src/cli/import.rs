@@ -17,7 +17,8 @@ use crate::daemon::control::{Request, Response};
 use crate::daemon::storage::layout_of;
 use crate::torrent::{create_torrent, parse_metainfo};
 
-use super::{ask_daemon, nudge_daemon, open_library, OfflineStore};
+use super::progress::{Progress, Unit};
+use super::{ask_daemon_with_progress, nudge_daemon, open_library, OfflineStore};
 
 /// What `bae import` was asked for.
 pub struct ImportArgs<'a> {
@@ -43,7 +44,11 @@ pub fn run(home: &Path, args: &ImportArgs<'_>) -> anyhow::Result<()> {
         Some(t) => std::fs::read(t).with_context(|| format!("cannot read {}", t.display()))?,
         None => {
             let piece_len = args.piece_size.map(parse_size).transpose()?;
-            create_torrent(&dir, piece_len, args.trackers)?
+            // Hashing reports no counts: a spinner, so a big album does not look stuck.
+            let hashing = Progress::new(format!("hashing {}", dir.display()), Unit::Uncounted);
+            let bytes = create_torrent(&dir, piece_len, args.trackers)?;
+            hashing.clear();
+            bytes
         }
     };
     let meta = parse_metainfo(&bytes).with_context(|| match args.torrent {
@@ -70,7 +75,10 @@ pub fn run(home: &Path, args: &ImportArgs<'_>) -> anyhow::Result<()> {
             torrent: id.0,
             dir: dir.display().to_string(),
         };
-        let stored = match ask_daemon(&lib, &req, Duration::from_secs(24 * 3600))? {
+        let mut bar = Progress::new(format!("importing {}", meta.name), Unit::Bytes);
+        let mut on_progress = |done: u64, total: u64| bar.set(done, total);
+        let timeout = Duration::from_secs(24 * 3600);
+        let stored = match ask_daemon_with_progress(&lib, &req, timeout, &mut on_progress)? {
             Some(Response::Done { .. }) => {
                 layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum()
             }
@@ -79,11 +87,18 @@ pub fn run(home: &Path, args: &ImportArgs<'_>) -> anyhow::Result<()> {
             None => {
                 // No daemon: hold the library lock while writing into the store.
                 let off = OfflineStore::open(&lib)?;
-                let r = crate::daemon::import::store_content(&off.store, id, &dir, &layout);
+                let r = crate::daemon::import::store_content(
+                    &off.store,
+                    id,
+                    &dir,
+                    &layout,
+                    &mut on_progress,
+                );
                 off.close()?;
                 r?
             }
         };
+        bar.finish();
         lib.catalog.set_paused(id, false)?;
         Ok(stored)
     })();

@@ -66,7 +66,8 @@ fn write_lines(rx: Receiver<Msg>, dropped: &AtomicU64) {
                         dropped.fetch_add(lost, Ordering::Relaxed);
                     }
                 }
-                if stderr.write_all(&line).is_err() {
+                // A bar on screen steps aside for the line and is drawn again below it.
+                if super::progress::suspend(|| stderr.write_all(&line)).is_err() {
                     dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }

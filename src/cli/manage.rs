@@ -10,6 +10,7 @@ use anyhow::bail;
 use crate::daemon::control::{Request, Response, VerifyReport};
 use crate::tiering::Fetcher;
 
+use super::progress::{Progress, Unit};
 use super::{ask_daemon, nudge_daemon, open_library, runtime, OfflineStore};
 
 pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()> {
@@ -54,13 +55,30 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
     let rt = runtime()?;
     let remote = rt.block_on(lib.remote())?;
     let pending = if purge { objects.clone() } else { Vec::new() };
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!(
-        "deleting {} objects from the remote",
-        pending.len()
-    ));
-    let done = rt.block_on(crate::tiering::journal::cleanup(&remote, &t.uid, &pending));
-    bar.finish_and_clear();
+    let done = if pending.is_empty() {
+        rt.block_on(crate::tiering::journal::cleanup(&remote, &t.uid, &pending))
+    } else {
+        let bar = std::sync::Mutex::new(Progress::new(
+            format!("deleting {} from the remote", t.name),
+            Unit::Items("objects"),
+        ));
+        let on_progress = |done: u64, total: u64| {
+            bar.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set(done, total)
+        };
+        let done = rt.block_on(crate::tiering::journal::cleanup_with_progress(
+            &remote,
+            &t.uid,
+            &pending,
+            &on_progress,
+        ));
+        let bar = bar.into_inner().unwrap_or_else(|e| e.into_inner());
+        if done.is_ok() {
+            bar.finish();
+        }
+        done
+    };
     match done {
         Ok(()) => lib.catalog.cleanup_done(&t.uid)?,
         Err(e) => bail!(
@@ -87,8 +105,8 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
 pub fn verify(home: &Path, query: &str, repair: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
-    let bar = VerifyBar::new(&t.name);
-    let mut on_progress = |done: u64, total: u64| bar.update(done, total);
+    let mut bar = Progress::new(format!("verifying {}", t.name), Unit::Items("checks"));
+    let mut on_progress = |done: u64, total: u64| bar.set(done, total);
     let answer = runtime()?.block_on(crate::daemon::control::call_with_progress(
         &lib.socket_path(),
         &Request::Verify { torrent: t.id.0 },
@@ -205,52 +223,22 @@ pub fn verify(home: &Path, query: &str, repair: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar for `verify`, drawn only when stdout is a terminal.
-struct VerifyBar(Option<indicatif::ProgressBar>);
-
-impl VerifyBar {
-    fn new(name: &str) -> VerifyBar {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-            return VerifyBar(None);
-        }
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} checks eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(format!("verifying {name}"));
-        VerifyBar(Some(bar))
-    }
-
-    fn update(&self, done: u64, total: u64) {
-        if let Some(b) = &self.0 {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.0 {
-            b.finish_and_clear();
-        }
-    }
-}
-
 pub fn evict(home: &Path) -> anyhow::Result<()> {
     let lib = open_library(home)?;
-    match ask_daemon(&lib, &Request::Evict, Duration::from_secs(60))? {
-        Some(Response::Done { message }) => println!("{message}"),
+    // The store evicts under its lock and counts only at the end: a spinner, then the count.
+    let bar = Progress::new("evicting cached chunks", Unit::Uncounted);
+    let message = match ask_daemon(&lib, &Request::Evict, Duration::from_secs(60))? {
+        Some(Response::Done { message }) => message,
         Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
         None => {
             // Opening the store loads every torrent with its pins from the catalog.
             let off = OfflineStore::open(&lib)?;
             let n = off.store.evict_all();
             off.close()?;
-            println!("evicted {n} chunks");
+            format!("evicted {n} chunks")
         }
-    }
+    };
+    bar.clear();
+    println!("{message}");
     Ok(())
 }

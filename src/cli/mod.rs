@@ -9,6 +9,7 @@ mod import;
 mod log;
 mod manage;
 pub mod mount;
+mod progress;
 mod settings;
 mod status;
 
@@ -32,6 +33,9 @@ pub struct Cli {
     /// The library directory (default: $BAE_HOME, else ~/.local/share/bae).
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Draw no progress bars (they are drawn on stderr, only when it is a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -209,6 +213,9 @@ fn init_tracing(daemon: bool) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let home = cli.home.clone().unwrap_or_else(default_home);
+    if cli.no_progress {
+        progress::disable();
+    }
     match cli.command {
         Command::Init {
             remote,
@@ -226,7 +233,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 key_file: key,
                 restore,
             };
-            let lib = runtime()?.block_on(Library::init(&home, &opts))?;
+            // Only a restore is long (it reads every torrent's metadata from the remote).
+            let bar = std::sync::Mutex::new(restore.then(|| {
+                progress::Progress::new("restoring the catalog", progress::Unit::Items("torrents"))
+            }));
+            let on_progress = |done: u64, total: u64| {
+                if let Some(p) = bar.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    p.set(done, total);
+                }
+            };
+            let lib = runtime()?.block_on(Library::init_with_progress(&home, &opts, &on_progress));
+            let bar = bar.into_inner().unwrap_or_else(|e| e.into_inner());
+            let lib = lib?;
+            if let Some(bar) = bar {
+                bar.finish();
+            }
             println!("initialised library in {}", lib.home.display());
             if restore {
                 println!(
@@ -348,6 +369,22 @@ pub(crate) fn ask_daemon(
     timeout: Duration,
 ) -> anyhow::Result<Option<Response>> {
     match runtime()?.block_on(control::call(&lib.socket_path(), req, timeout)) {
+        Ok(r) => Ok(Some(r)),
+        Err(ControlError::NotRunning) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`ask_daemon`], passing the daemon's progress lines (`done`, `total`) to `on_progress`.
+pub(crate) fn ask_daemon_with_progress(
+    lib: &Library,
+    req: &Request,
+    timeout: Duration,
+    on_progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> anyhow::Result<Option<Response>> {
+    let socket = lib.socket_path();
+    let call = control::call_with_progress(&socket, req, timeout, on_progress);
+    match runtime()?.block_on(call) {
         Ok(r) => Ok(Some(r)),
         Err(ControlError::NotRunning) => Ok(None),
         Err(e) => Err(e.into()),

@@ -2,8 +2,10 @@
 //! response per line. CLI commands change the catalog themselves (so they work without
 //! a daemon and are durable when they return) and then ask a running daemon to `Sync`;
 //! live numbers (`Status`) and actions on the running process go through here too.
-//! A long request (`Verify`) may send `Progress` lines before its one final response;
-//! the handler reports them with [`report_progress`], which is a no-op outside a request.
+//! A long request (`Verify`, `Import`) may send `Progress` lines (`done` of `total`
+//! units: checks, bytes) before its one final response; the handler reports them with
+//! [`report_progress`] (or [`progress_reporter`] off its task), a no-op outside a
+//! request.
 //!
 //! Who may talk to it: the socket is mode 0600 in a 0700 `$BAE_HOME`, and every
 //! connection's peer credentials (SO_PEERCRED) must be the daemon's own uid or root;
@@ -86,6 +88,17 @@ tokio::task_local! {
 /// units). Does nothing when not called from inside a control request.
 pub fn report_progress(done: u64, total: u64) {
     let _ = PROGRESS.try_with(|tx| tx.send((done, total)));
+}
+
+/// [`report_progress`] for work moved off the request's task (`spawn_blocking`), where
+/// the task-local channel is not visible: take it here, call it there.
+pub fn progress_reporter() -> impl FnMut(u64, u64) + Send + 'static {
+    let tx = PROGRESS.try_with(|tx| tx.clone()).ok();
+    move |done, total| {
+        if let Some(tx) = &tx {
+            let _ = tx.send((done, total));
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -330,7 +343,18 @@ where
                 tokio::pin!(fut);
                 loop {
                     tokio::select! {
-                        resp = &mut fut => break resp,
+                        resp = &mut fut => {
+                            // The last count (usually "all done") still goes out first.
+                            let mut last = None;
+                            while let Ok(p) = rx.try_recv() {
+                                last = Some(p);
+                            }
+                            if let Some((done, total)) = last {
+                                let line = send(&Response::Progress { done, total });
+                                let _ = w.write_all(line.as_bytes()).await;
+                            }
+                            break resp;
+                        }
                         Some((mut done, mut total)) = rx.recv() => {
                             // Only the latest of a burst matters.
                             while let Ok((d, t)) = rx.try_recv() {
@@ -349,4 +373,61 @@ where
         },
     };
     let _ = w.write_all(send(&resp).as_bytes()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's progress reaches its client, from its task and from a blocking
+    /// thread, and the last count always precedes the final response.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_lines_end_with_the_last_count_before_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).unwrap();
+        let server = tokio::spawn(serve(listener, |req| async move {
+            match req {
+                Request::Verify { .. } => {
+                    for i in 0..=1000 {
+                        report_progress(i, 1000);
+                    }
+                }
+                _ => {
+                    let mut report = progress_reporter();
+                    tokio::task::spawn_blocking(move || {
+                        for i in 0..=500 {
+                            report(i, 500);
+                        }
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+            Response::Done {
+                message: "ok".into(),
+            }
+        }));
+        for (req, total) in [
+            (Request::Verify { torrent: 1 }, 1000),
+            (
+                Request::Import {
+                    torrent: 1,
+                    dir: "/x".into(),
+                },
+                500,
+            ),
+        ] {
+            let mut seen = Vec::new();
+            let resp = call_with_progress(&path, &req, Duration::from_secs(10), &mut |d, t| {
+                seen.push((d, t))
+            })
+            .await
+            .unwrap();
+            assert!(matches!(resp, Response::Done { .. }), "{resp:?}");
+            assert_eq!(seen.last(), Some(&(total, total)), "{req:?}: {seen:?}");
+            assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        }
+        server.abort();
+    }
 }

@@ -74,13 +74,15 @@ pub fn file_layout(layout: &Layout) -> Result<(Geometry, FileLayout), GeometryEr
 /// Writes the files of `layout` found under `dir` into the store, checking every piece
 /// against the torrent's hashes (from the catalog's metainfo), and marks them verified.
 /// Returns the number of bytes stored. On error the store holds nothing of the torrent.
+/// `progress(done, total)` is called as bytes are stored (of the non-pad total).
 pub fn store_content(
     store: &Arc<Store>,
     id: TorrentId,
     dir: &Path,
     layout: &Layout,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, ImportError> {
-    let result = copy_checked(store, id, dir, layout);
+    let result = copy_checked(store, id, dir, layout, progress);
     if result.is_err() {
         if let Err(e) = store.remove_torrent(id) {
             tracing::warn!(torrent = %id, error = %e, "could not clean up a failed import");
@@ -94,6 +96,7 @@ fn copy_checked(
     id: TorrentId,
     dir: &Path,
     layout: &Layout,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, ImportError> {
     let metainfo = store
         .catalog()
@@ -111,6 +114,8 @@ fn copy_checked(
         next: 0,
     };
     let mut stored = 0u64;
+    let total: u64 = layout.files.iter().filter(|f| !f.pad).map(|f| f.len).sum();
+    progress(0, total);
     let mut buf = vec![0u8; READ_LEN_BYTES];
     for f in layout.files.iter().filter(|f| f.len > 0) {
         if f.pad {
@@ -151,6 +156,7 @@ fn copy_checked(
             store.write(id, f.stream_offset + off, &buf[..n])?;
             hasher.feed(&buf[..n])?;
             off += n as u64;
+            progress(stored + off, total);
         }
         stored += f.len;
     }

@@ -139,6 +139,16 @@ impl Library {
     /// Creates a library. Everything is validated (sizes, remote URL, key, bucket
     /// access) before anything is written, so a failed init leaves nothing behind.
     pub async fn init(home: &Path, opts: &InitOptions) -> Result<Library, LibraryError> {
+        Library::init_with_progress(home, opts, &|_, _| {}).await
+    }
+
+    /// [`Library::init`]; a restore calls `progress(done, total)` as torrents are read
+    /// back from the remote.
+    pub async fn init_with_progress(
+        home: &Path,
+        opts: &InitOptions,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Library, LibraryError> {
         if config_path(home).exists() {
             return Err(LibraryError::Exists(home.to_owned()));
         }
@@ -189,7 +199,7 @@ impl Library {
             };
             key.write_to(&home.join("key"))?;
             if opts.restore {
-                restore(&remote, &key, &home.join("bae.db")).await?;
+                restore(&remote, &key, &home.join("bae.db"), progress).await?;
             }
             Catalog::open(&home.join("bae.db"))?;
             config.save(&config_path(home))?;
@@ -214,19 +224,15 @@ impl Library {
 }
 
 /// Rebuilds the catalog at `db` from the remote's metadata (or, for a library from
-/// before it, from its snapshot), showing progress on a terminal.
-async fn restore(remote: &Remote, key: &Key, db: &Path) -> Result<(), LibraryError> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("restoring {pos}/{len} torrents {wide_bar}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
+/// before it, from its snapshot), calling `progress(done, total)` as torrents arrive.
+async fn restore(
+    remote: &Remote,
+    key: &Key,
+    db: &Path,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(), LibraryError> {
+    let progress = |done: usize, total: usize| progress(done as u64, total as u64);
     let found = journal::read_library(remote, key, &progress).await?;
-    bar.finish_and_clear();
     let Some((library_uid, torrents)) = found else {
         snapshot::restore(remote, key, db).await?;
         return Ok(());

@@ -576,6 +576,7 @@ impl Daemon {
             }
             Request::Import { torrent, dir } => {
                 let d = self.clone();
+                let mut progress = super::control::progress_reporter();
                 let r = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                     let id = TorrentId(torrent);
                     let layout = d
@@ -583,7 +584,13 @@ impl Daemon {
                         .catalog
                         .layout(id)?
                         .ok_or_else(|| anyhow::anyhow!("torrent {id} has no layout"))?;
-                    let n = super::import::store_content(&d.store, id, Path::new(&dir), &layout)?;
+                    let n = super::import::store_content(
+                        &d.store,
+                        id,
+                        Path::new(&dir),
+                        &layout,
+                        &mut progress,
+                    )?;
                     d.sync();
                     Ok(n)
                 })

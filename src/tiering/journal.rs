@@ -701,7 +701,7 @@ impl Journal {
             let seq = self.catalog.next_journal_seq(id)?;
             self.catalog.set_compacted(id, seq)?;
             let jprefix = format!("{}j/", torrent_prefix(&rec.uid));
-            delete_all(&self.remote, self.remote.list(&jprefix).await?).await?;
+            delete_all(&self.remote, self.remote.list(&jprefix).await?, &|_, _| {}).await?;
         }
         Ok(())
     }
@@ -761,24 +761,43 @@ pub async fn cleanup(
     uid: &[u8; 16],
     objects: &[String],
 ) -> Result<(), RemoteError> {
+    cleanup_with_progress(remote, uid, objects, &|_, _| {}).await
+}
+
+/// [`cleanup`], calling `progress(done, total)` as the chunk objects are deleted.
+pub async fn cleanup_with_progress(
+    remote: &Remote,
+    uid: &[u8; 16],
+    objects: &[String],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(), RemoteError> {
     let chunk_keys: Vec<String> = objects.iter().map(|o| object_key_for(o)).collect();
-    delete_all(remote, chunk_keys).await?;
+    delete_all(remote, chunk_keys, progress).await?;
     let names = remote.list(&torrent_prefix(uid)).await?;
     // The torrent object last: while it exists, a restore would still find the rest.
     let tname = torrent_object(uid);
-    delete_all(remote, names.into_iter().filter(|n| *n != tname).collect()).await?;
+    let meta = names.into_iter().filter(|n| *n != tname).collect();
+    delete_all(remote, meta, &|_, _| {}).await?;
     remote.delete(&tname).await
 }
 
-async fn delete_all(remote: &Remote, keys: Vec<String>) -> Result<(), RemoteError> {
+async fn delete_all(
+    remote: &Remote,
+    keys: Vec<String>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(), RemoteError> {
+    let total = keys.len() as u64;
     let mut deletes = futures::stream::iter(keys)
         .map(|k| {
             let r = remote.clone();
             async move { r.delete(&k).await }
         })
         .buffer_unordered(PARALLEL);
+    let mut done = 0;
     while let Some(r) = deletes.next().await {
         r?;
+        done += 1;
+        progress(done, total);
     }
     Ok(())
 }
