@@ -364,7 +364,8 @@ MagnetFfi parse_magnet_uri(rust::Str uri) {
 }
 
 rust::Vec<std::uint8_t> make_torrent(rust::Str dir, std::uint64_t piece_len,
-                                     rust::Vec<rust::String> const& trackers) {
+                                     rust::Vec<rust::String> const& trackers,
+                                     rust::Fn<void(std::uint32_t, std::uint32_t)> progress) {
     namespace fs = std::filesystem;
     fs::path const root = fs::canonical(fs::path(std::string(dir)));
     lt::file_storage files;
@@ -374,7 +375,13 @@ rust::Vec<std::uint8_t> make_torrent(rust::Str dir, std::uint64_t piece_len,
     int tier = 0;
     for (auto const& t : trackers) ct.add_tracker(std::string(t), tier++);
     lt::error_code ec;
-    lt::set_piece_hashes(ct, root.parent_path().string(), ec);
+    auto const pieces = static_cast<std::uint32_t>(ct.num_pieces());
+    lt::set_piece_hashes(
+        ct, root.parent_path().string(),
+        [&](lt::piece_index_t p) {
+            progress(static_cast<std::uint32_t>(static_cast<int>(p)) + 1, pieces);
+        },
+        ec);
     if (ec) throw std::runtime_error(ec.message());
     rust::Vec<std::uint8_t> out;
     for (char c : ct.generate_buf()) out.push_back(static_cast<std::uint8_t>(c));

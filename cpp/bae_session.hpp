@@ -68,6 +68,7 @@ std::unique_ptr<Session> new_session(SessionOptions const& opts, rust::Box<DiskH
 MetainfoFfi parse_torrent(rust::Slice<std::uint8_t const> bytes);
 MagnetFfi parse_magnet_uri(rust::Str uri);
 rust::Vec<std::uint8_t> make_torrent(rust::Str dir, std::uint64_t piece_len,
-                                     rust::Vec<rust::String> const& trackers);
+                                     rust::Vec<rust::String> const& trackers,
+                                     rust::Fn<void(std::uint32_t, std::uint32_t)> progress);
 
 }  // namespace bae::ffi

@@ -229,6 +229,25 @@ fn without_a_terminal_nothing_is_drawn_and_stdout_is_the_same() {
     );
     assert!(progress.len() <= 11, "one line per tenth at most: {out}");
 
+    // Hashing a new album counts its pieces, up to all of them.
+    let other = tempfile::tempdir().unwrap();
+    let album = make_album(other.path(), "Hashed Album", ALBUM, 11);
+    let (code, out) = on_pty(
+        &bae,
+        &["import", album.to_str().unwrap()],
+        &[("TERM", "dumb")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let last = out
+        .replace("\r\n", "\n")
+        .lines()
+        .filter(|l| l.starts_with("hashing "))
+        .last()
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no hashing progress: {out:?}"));
+    let (done, total) = last_count(&last, "pieces").unwrap_or_else(|| panic!("{last}"));
+    assert!(total > 0 && done == total, "{last}");
+
     // NO_COLOR: a bar still, without colours.
     let (code, out) = on_pty(&bae, &["verify", NAME], &[("NO_COLOR", "1")]);
     assert_eq!(code, Some(0), "{out}");
@@ -397,4 +416,31 @@ fn ctrl_c_clears_the_bar_and_exits_130() {
     );
     // Nothing of the import is left.
     assert_eq!(bae.status_json()["torrents"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn evict_counts_the_chunks_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let album = make_album(dir.path(), NAME, ALBUM, 9);
+    let bae = Bae::new();
+    bae.mount();
+    bae.ok(&["import", album.to_str().unwrap()]);
+    bae.wait_torrent("uploads", std::time::Duration::from_secs(60), |t| {
+        t["chunks_uploaded"] == t["chunks_total"]
+    });
+    // Seeding without the pin: every chunk may go.
+    bae.ok(&["seed", NAME, "on", "--no-pin"]);
+    let (code, out) = on_pty(&bae, &["evict"], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let chunks = album_bytes().div_ceil(1 << 20);
+    assert_eq!(
+        last_count(&out, "chunks"),
+        Some((chunks, chunks)),
+        "{out:?}"
+    );
+    assert!(
+        strip_escapes(&out).contains(&format!("evicted {chunks} chunks")),
+        "{out:?}"
+    );
+    bae.umount();
 }

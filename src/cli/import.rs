@@ -15,7 +15,7 @@ use crate::catalog::NewTorrent;
 use crate::daemon::config::parse_size;
 use crate::daemon::control::{Request, Response};
 use crate::daemon::storage::layout_of;
-use crate::torrent::{create_torrent, parse_metainfo};
+use crate::torrent::{create_torrent_with_progress, parse_metainfo};
 
 use super::progress::{Progress, Unit};
 use super::{ask_daemon_with_progress, nudge_daemon, open_library, OfflineStore};
@@ -44,9 +44,12 @@ pub fn run(home: &Path, args: &ImportArgs<'_>) -> anyhow::Result<()> {
         Some(t) => std::fs::read(t).with_context(|| format!("cannot read {}", t.display()))?,
         None => {
             let piece_len = args.piece_size.map(parse_size).transpose()?;
-            // Hashing reports no counts: a spinner, so a big album does not look stuck.
-            let hashing = Progress::new(format!("hashing {}", dir.display()), Unit::Uncounted);
-            let bytes = create_torrent(&dir, piece_len, args.trackers)?;
+            let mut hashing =
+                Progress::new(format!("hashing {}", dir.display()), Unit::Items("pieces"));
+            let bytes =
+                create_torrent_with_progress(&dir, piece_len, args.trackers, &mut |d, t| {
+                    hashing.set(d, t)
+                })?;
             hashing.clear();
             bytes
         }

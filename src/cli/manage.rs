@@ -225,20 +225,28 @@ pub fn verify(home: &Path, query: &str, repair: bool) -> anyhow::Result<()> {
 
 pub fn evict(home: &Path) -> anyhow::Result<()> {
     let lib = open_library(home)?;
-    // The store evicts under its lock and counts only at the end: a spinner, then the count.
-    let bar = Progress::new("evicting cached chunks", Unit::Uncounted);
-    let message = match ask_daemon(&lib, &Request::Evict, Duration::from_secs(60))? {
-        Some(Response::Done { message }) => message,
-        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
-        None => {
+    let mut bar = Progress::new("evicting cached chunks", Unit::Items("chunks"));
+    let mut on_progress = |done: u64, total: u64| bar.set(done, total);
+    let answer = runtime()?.block_on(crate::daemon::control::call_with_progress(
+        &lib.socket_path(),
+        &Request::Evict,
+        Duration::from_secs(3600),
+        &mut on_progress,
+    ));
+    let message = match answer {
+        Ok(Response::Done { message }) => message,
+        Ok(Response::Error { message }) => bail!("the daemon refused: {message}"),
+        Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(crate::daemon::control::ControlError::NotRunning) => {
             // Opening the store loads every torrent with its pins from the catalog.
             let off = OfflineStore::open(&lib)?;
-            let n = off.store.evict_all();
+            let n = off.store.evict_all_with_progress(&mut on_progress);
             off.close()?;
             format!("evicted {n} chunks")
         }
+        Err(e) => return Err(e.into()),
     };
-    bar.clear();
+    bar.finish();
     println!("{message}");
     Ok(())
 }

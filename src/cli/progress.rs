@@ -29,8 +29,6 @@ pub enum Unit {
     Bytes,
     /// Items, named in the plural ("checks", "torrents", "objects").
     Items(&'static str),
-    /// Work that reports no counts: only a spinner and the time taken.
-    Uncounted,
 }
 
 /// How progress is shown, from the environment.
@@ -74,7 +72,6 @@ pub fn amount(unit: Unit, done: u64, total: u64) -> String {
         (Unit::Bytes, _) => format!("{}/{}", HumanBytes(done), HumanBytes(total)),
         (Unit::Items(name), 0) => format!("{done} {name}"),
         (Unit::Items(name), _) => format!("{done}/{total} {name}"),
-        (Unit::Uncounted, _) => "done".into(),
     }
 }
 
@@ -122,7 +119,6 @@ fn bar_template(unit: Unit, color: bool, known_total: bool) -> String {
             "{spinner} {msg} {binary_bytes} {binary_bytes_per_sec} {elapsed}".into()
         }
         (Unit::Items(name), false) => format!("{{spinner}} {{msg}} {{human_pos}} {name} {{elapsed}}"),
-        (Unit::Uncounted, _) => "{spinner} {msg} {elapsed}".into(),
     }
 }
 
@@ -438,12 +434,12 @@ mod tests {
 
     #[test]
     fn templates_parse() {
-        for unit in [Unit::Bytes, Unit::Items("checks"), Unit::Uncounted] {
+        for unit in [Unit::Bytes, Unit::Items("checks")] {
             for color in [false, true] {
                 for known in [false, true] {
                     let t = bar_template(unit, color, known);
                     assert!(ProgressStyle::with_template(&t).is_ok(), "{t}");
-                    let bar = color && known && unit != Unit::Uncounted;
+                    let bar = color && known;
                     assert_eq!(t.contains(".cyan"), bar, "{t}");
                 }
             }

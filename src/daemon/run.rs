@@ -547,9 +547,19 @@ impl Daemon {
                 }
             }
             Request::Evict => {
-                let n = self.store.evict_all();
-                Response::Done {
-                    message: format!("evicted {n} chunks"),
+                let store = self.store.clone();
+                let mut progress = super::control::progress_reporter();
+                match tokio::task::spawn_blocking(move || {
+                    store.evict_all_with_progress(&mut progress)
+                })
+                .await
+                {
+                    Ok(n) => Response::Done {
+                        message: format!("evicted {n} chunks"),
+                    },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
                 }
             }
             Request::Verify { torrent } => {

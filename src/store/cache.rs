@@ -420,6 +420,11 @@ impl CacheState {
         Some(key)
     }
 
+    /// Chunks that could be evicted now.
+    pub fn evictable_chunks(&self) -> usize {
+        self.lru.len()
+    }
+
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             used_bytes: self.used_bytes,

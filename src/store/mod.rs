@@ -433,32 +433,56 @@ impl Store {
     /// Evicts least recently used evictable chunks until the cache fits its limit (or
     /// nothing evictable is left). Returns how many were evicted.
     pub fn evict_to_limit(&self) -> usize {
-        let limit = self.limit_bytes();
-        let mut st = self.lock();
-        let mut n = 0;
-        while st.used_bytes() > limit {
-            let Some(key) = st.evict_one() else {
-                break;
-            };
-            let Some(uid) = st.torrents.get(&key.torrent).map(|t| t.uid) else {
-                continue;
-            };
-            // Deleted under the lock: a fetch of the same chunk cannot interleave.
-            let path = self.chunk_file(&uid, key.index);
-            if let Err(e) = files::remove(&path) {
-                tracing::warn!(%key, error = %e, "could not delete evicted chunk file");
-            }
-            n += 1;
-        }
-        n
+        self.evict_down_to(self.limit_bytes(), &mut |_, _| {})
     }
 
-    /// Evicts every evictable chunk (e.g. `scripts/demo` emptying the cache).
+    /// Evicts until the cache holds at most `target` bytes (or nothing evictable is
+    /// left), whatever the limit: room made ahead of writes.
+    pub fn evict_to(&self, target: u64) -> usize {
+        self.evict_down_to(target, &mut |_, _| {})
+    }
+
+    /// Evicts until the cache holds at most `limit` bytes, in batches: the store's lock
+    /// is let go between them (readers and writers go on during a large eviction), and
+    /// `progress(evicted, evictable at the start)` is told after each.
+    fn evict_down_to(&self, limit: u64, progress: &mut dyn FnMut(u64, u64)) -> usize {
+        const BATCH: usize = 64;
+        let total = self.lock().evictable_chunks() as u64;
+        let mut n = 0;
+        loop {
+            let mut st = self.lock();
+            let mut batch = 0;
+            while batch < BATCH && st.used_bytes() > limit {
+                let Some(key) = st.evict_one() else {
+                    break;
+                };
+                batch += 1;
+                let Some(uid) = st.torrents.get(&key.torrent).map(|t| t.uid) else {
+                    continue;
+                };
+                // Deleted under the lock: a fetch of the same chunk cannot interleave.
+                let path = self.chunk_file(&uid, key.index);
+                if let Err(e) = files::remove(&path) {
+                    tracing::warn!(%key, error = %e, "could not delete evicted chunk file");
+                }
+                n += 1;
+            }
+            drop(st);
+            if batch == 0 {
+                return n;
+            }
+            progress(n as u64, total.max(n as u64));
+        }
+    }
+
+    /// Evicts every evictable chunk (`bae evict`, `scripts/demo` emptying the cache).
     pub fn evict_all(&self) -> usize {
-        let old = self.limit_bytes();
-        self.limit_bytes.store(0, Ordering::Relaxed);
-        let n = self.evict_to_limit();
-        self.limit_bytes.store(old, Ordering::Relaxed);
+        self.evict_all_with_progress(&mut |_, _| {})
+    }
+
+    /// [`Store::evict_all`], telling `progress(evicted, evictable at the start)`.
+    pub fn evict_all_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> usize {
+        let n = self.evict_down_to(0, progress);
         self.hot.lock().unwrap_or_else(|e| e.into_inner()).clear();
         n
     }

@@ -214,13 +214,11 @@ impl CachePressure {
     }
 
     /// Evicts until the cache holds at most `target` bytes (or nothing evictable is
-    /// left). The store evicts down to its limit: lower it for one pass, then restore.
+    /// left).
     fn evict_down_to(&self, limit: u64, target: u64) {
-        if target >= limit {
-            return;
+        if target < limit {
+            self.store.evict_to(target);
         }
-        self.store.set_limit_bytes(target);
-        self.store.set_limit_bytes(limit);
     }
 
     /// Whether `len` more bytes may be written without going below the reserve. The

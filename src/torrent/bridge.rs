@@ -216,7 +216,13 @@ pub(crate) mod ffi {
 
         fn parse_torrent(bytes: &[u8]) -> Result<MetainfoFfi>;
         fn parse_magnet_uri(uri: &str) -> Result<MagnetFfi>;
-        fn make_torrent(dir: &str, piece_len: u64, trackers: &Vec<String>) -> Result<Vec<u8>>;
+        /// `progress(pieces hashed, pieces)` is called as pieces are hashed.
+        fn make_torrent(
+            dir: &str,
+            piece_len: u64,
+            trackers: &Vec<String>,
+            progress: fn(u32, u32),
+        ) -> Result<Vec<u8>>;
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::torrent::bridge::ffi;
 use crate::torrent::storage::{LayoutFile, TorrentLayout};
@@ -109,6 +110,27 @@ pub fn create_torrent(
     piece_len: Option<u64>,
     trackers: &[String],
 ) -> Result<Vec<u8>, TorrentError> {
+    create_torrent_with_progress(dir, piece_len, trackers, &mut |_, _| {})
+}
+
+/// libtorrent's hashing callback is a plain function pointer: it counts here.
+static HASHED: AtomicU32 = AtomicU32::new(0);
+static PIECES: AtomicU32 = AtomicU32::new(0);
+/// One torrent made at a time: the counters have one owner.
+static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn hash_progress(done: u32, total: u32) {
+    PIECES.store(total, Ordering::Relaxed);
+    HASHED.store(done, Ordering::Relaxed);
+}
+
+/// [`create_torrent`], telling `progress(pieces hashed, pieces)` as it hashes.
+pub fn create_torrent_with_progress(
+    dir: &Path,
+    piece_len: Option<u64>,
+    trackers: &[String],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<u8>, TorrentError> {
     let create_err = |reason: String| TorrentError::Create {
         path: dir.to_path_buf(),
         reason,
@@ -127,8 +149,36 @@ pub fn create_torrent(
         .to_str()
         .ok_or_else(|| create_err("path is not valid UTF-8".into()))?;
     let trackers: Vec<String> = trackers.to_vec();
-    ffi::make_torrent(dir_str, piece_len.unwrap_or(0), &trackers)
-        .map_err(|e| create_err(e.what().to_owned()))
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    HASHED.store(0, Ordering::Relaxed);
+    PIECES.store(0, Ordering::Relaxed);
+    // Hashing runs on its own thread; this one shows its counts as they move.
+    std::thread::scope(|scope| {
+        let work = scope.spawn(|| {
+            ffi::make_torrent(dir_str, piece_len.unwrap_or(0), &trackers, hash_progress)
+                .map_err(|e| create_err(e.what().to_owned()))
+        });
+        let mut shown = (0, 0);
+        while !work.is_finished() {
+            let now = (
+                HASHED.load(Ordering::Relaxed),
+                PIECES.load(Ordering::Relaxed),
+            );
+            if now != shown && now.1 > 0 {
+                progress(u64::from(now.0), u64::from(now.1));
+                shown = now;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let r = work
+            .join()
+            .unwrap_or_else(|_| Err(create_err("hashing panicked".into())));
+        if r.is_ok() {
+            let total = PIECES.load(Ordering::Relaxed);
+            progress(u64::from(total), u64::from(total));
+        }
+        r
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ use std::path::PathBuf;
 use crate::model::TorrentId;
 
 pub use hashes::{HashKind, HashesError, PieceCheck, PieceHashes};
-pub use metainfo::{create_torrent, parse_magnet, parse_metainfo, MagnetInfo, Metainfo};
+pub use metainfo::{
+    create_torrent, create_torrent_with_progress, parse_magnet, parse_metainfo, MagnetInfo,
+    Metainfo,
+};
 pub use session::{
     AddOptions, Event, QueueLimits, Session, SessionConfig, Source, TorrentState, TorrentStatus,
     RESUME_SAVE_INTERVAL,
