@@ -813,10 +813,8 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     c.log(f"album: {len(ctx.tracks)} tracks, {ctx.size / 1e6:.0f} MB; {args.runs} runs each; "
           f"work dir {ctx.work}")
-    modes = (["downloads", "reads", "remote", "streaming"] if args.mode == "all"
+    modes = (["downloads", "reads", "remote", "streaming", "library"] if args.mode == "all"
              else [args.mode])
-    if args.mode in ("library", "all"):
-        modes.append("library")
     lib_tables = []
     for m in modes:
         c.log(f"== {m}")
@@ -859,6 +857,7 @@ def main():
         print()
         print(t["text"])
     missed = sum(1 for f in ctx.figures for _, ok, _ in f.checks() if ok is False)
+    missed += sum(t["missed"] for t in lib_tables)
     print(f"\nJSON: {out_json}" + (f"\nchart: {png}" if drawn else ""))
     print(f"targets missed: {missed}" + (" (see ✘ above)" if missed else ""))
     with open(out_json[:-5] + ".md", "w") as f:
