@@ -6,6 +6,7 @@ arrives, so their piece hashes are random 20-byte strings. Each is added with
 runs; then the daemon is restarted and the fixed costs are measured. Every figure is
 also given as a ratio to the 1 TB library's.
 """
+import json
 import os
 import random
 import statistics
@@ -56,6 +57,7 @@ LIBRARIES = {
     "1tb": ("1 TB (10 × 100 GB)", 10, 100 * 10**9),
     "10tb": ("10 TB (10 × 1 TB)", 10, 10**12),
     "50tb": ("50 TB (50 × 1 TB)", 50, 10**12),
+    "5k": ("5,000 × 1 GB (5 TB)", 5000, 10**9),
     "20k": ("20,000 × 1 GB (20 TB)", 20000, 10**9),
 }
 # --quick: the two small ones; default: up to 50 TB; --big: also 20,000 albums.
@@ -162,6 +164,8 @@ def measure(ctx, label, albums, size):
             album_torrent(tpath, i, size, rng)
             gen += time.monotonic() - t0
             adds.append(timed(lambda: b.run("add", tpath, "--paused")))
+            if i + 1 in (100, 1000, 2000, 5000, 10000, 20000):
+                res[f"add_at_{i + 1}_s"] = statistics.median(adds[-50:])
             if time.monotonic() - last_log > 30:
                 last_log = time.monotonic()
                 c.log(f"   {label}: {i + 1} albums added, median "
@@ -306,11 +310,15 @@ def run(ctx):
             try:
                 r = measure(ctx, label, albums, size)
                 c.log(f"   {label}: done in {r['wall_s']:.0f} s: " + ", ".join(
-                    f"{h} {cell(r[key] / sc)} {u}" for key, h, sc, u in COLUMNS))
+                    f"{h} {cell(r[key] / sc)} {u}" for key, h, sc, u in COLUMNS)
+                    + f"; add: first {r['add_first_s']:.3f} s, last {r['add_last_s']:.3f} s")
             except Exception as e:
                 c.log(f"   {label}: {e}")
                 r = {"library": label, "error": str(e)}
             rows.append(r)
+            # Each size's figures are kept even if a later, longer one is interrupted.
+            with open(os.path.join(ctx.args.out, "library-partial.json"), "w") as f:
+                json.dump(rows, f, indent=1)
     text, md = render(rows)
     base = next((r for r in rows if r["library"].startswith("1 TB") and "error" not in r),
                 None)
