@@ -241,6 +241,7 @@ def bounded_figures(ctx):
     the S3 server on 127.0.0.1. The S3 server's own PUT throughput (sealed-chunk-size
     objects, bae's concurrency range) first; then bae's download rate with the cache bound
     in force, as a ratio to the best PUT figure, and the cache's peak against its bound."""
+    import library
     import s3get
     bound_mib = 64
     album_mb = 512
@@ -255,6 +256,9 @@ def bounded_figures(ctx):
     peak = ctx.figure("bounded_peak", f"same: peak of the cache directory (sampled every "
                       f"100 ms) against the {bound_mib} MiB bound", "MiB", "lower",
                       [("abs", "≤", bound_mib * 1.25)])
+    meta = ctx.figure("bounded_meta", "same: remote metadata written per chunk uploaded "
+                      "(non-chunk objects, sampled each second)", "B", "lower",
+                      [("abs", "≤", 200)])
     torrent = c.make_torrent(album, os.path.join(ctx.work, "bounded.torrent"), MiB)
     seeder, _, addr = start_seeder(torrent, os.path.dirname(album))
     s3p, s3root, url, env = start_s3(ctx, "s3-bounded", ["bench", "puttest"])
@@ -279,9 +283,11 @@ def bounded_figures(ctx):
 
         def one(run, cache_size, record):
             # A prefix per library: a new library's key cannot open another's metadata.
-            b = ctx.bae("bounded", remote_args=["--remote", f"s3://bench/bae-{run}-{cache_size}",
+            prefix = f"bae-{run}-{cache_size}"
+            b = ctx.bae("bounded", remote_args=["--remote", f"s3://bench/{prefix}",
                                                 "--endpoint", url],
                         env=env, cache_size=cache_size)
+            watch = library.MetaWatch(os.path.join(s3root, "bench", prefix)) if record else None
             try:
                 b.mount()
                 b.run("add", torrent, "--peer", addr, "--paused")
@@ -305,6 +311,18 @@ def bounded_figures(ctx):
                 t25, p25 = next((t, p) for t, p in prog if p >= 0.25)
                 steady = size * (1.0 - p25) / (prog[-1][0] - t25) / 1e6
                 if record:
+                    # Remote metadata per chunk uploaded (issue 8): the writer ticks every
+                    # 5 s and compacts a finished torrent's journal into one object.
+                    deadline = time.monotonic() + 60
+                    while not watch.settled(7) and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    watch.stop()
+                    uploaded = b.status()["uploader"]["uploaded_chunks"]
+                    per = watch.written / max(1, uploaded)
+                    meta.add(BAE, per)
+                    c.log(f"   remote metadata: {watch.written} bytes in {watch.writes} "
+                          f"writes for {uploaded} chunks ({per:.0f} B/chunk); stored: "
+                          f"{library.remote_meta(os.path.join(s3root, 'bench', prefix))}")
                     dl.add("whole download (add → 100 %)", size / t_dl / 1e6)
                     dl.add("until every chunk uploaded", size / t_up / 1e6)
                     peak.add(BAE, cache.peak / MiB)
@@ -315,6 +333,8 @@ def bounded_figures(ctx):
                       f"RSS peak {rss.peak / MiB:.0f} MiB")
                 return steady
             finally:
+                if watch:
+                    watch.stop()
                 b.remove()
 
         with c.heavy_lock(dl.title):

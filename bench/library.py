@@ -100,6 +100,8 @@ class MetaWatch:
                 continue
             for root, _dirs, files in os.walk(os.path.join(self.root, top)):
                 for f in files:
+                    if f.startswith("."):  # a server's own bookkeeping, not an object
+                        continue
                     p = os.path.join(root, f)
                     try:
                         st = os.lstat(p)
@@ -139,7 +141,8 @@ def remote_meta(remote):
             continue
         sizes = []
         for root, _dirs, files in os.walk(os.path.join(remote, top)):
-            sizes += [os.lstat(os.path.join(root, f)).st_size for f in files]
+            sizes += [os.lstat(os.path.join(root, f)).st_size for f in files
+                      if not f.startswith(".")]
         out[top] = (sum(sizes), len(sizes), max(sizes, default=0))
     return out
 
