@@ -889,7 +889,8 @@ def main():
     print(f"\nJSON: {out_json}" + (f"\nchart: {png}" if drawn else ""))
     print(f"targets missed: {missed}" + (" (see ✘ above)" if missed else ""))
     with open(out_json[:-5] + ".md", "w") as f:
-        f.write(report.markdown(ctx.figures) + "\n")
+        if ctx.figures:
+            f.write(report.markdown(ctx.figures) + "\n")
         for t in lib_tables:
             f.write("\n" + t["markdown"] + "\n")
 
