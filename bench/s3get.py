@@ -1,6 +1,6 @@
-"""The S3 server's own GET throughput: ranged GETs (AWS signature v4, path style) with a
-fixed number of requests in flight, over plain objects. This is the ceiling a FUSE
-client over that server can approach, measured in the same run.
+"""The S3 server's own throughput: ranged GETs, and PUTs of objects the size of bae's
+sealed chunks (AWS signature v4, path style), with a fixed number of requests in flight.
+These are the ceilings bae over that server can approach, measured in the same run.
 """
 import datetime
 import hashlib
@@ -16,15 +16,19 @@ def _sign(key, msg):
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-def _headers(host, path, rng, access, secret, region="us-east-1"):
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def _headers(host, path, rng, access, secret, region="us-east-1", method="GET",
+             payload=EMPTY_SHA256):
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     day = now.strftime("%Y%m%d")
-    payload = hashlib.sha256(b"").hexdigest()
-    headers = {"host": host, "range": rng, "x-amz-content-sha256": payload,
-               "x-amz-date": amz_date}
+    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    if rng:
+        headers["range"] = rng
     signed = ";".join(sorted(headers))
-    canonical = "\n".join(["GET", path, "",
+    canonical = "\n".join([method, path, "",
                            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
                            signed, payload])
     scope = f"{day}/{region}/s3/aws4_request"
@@ -77,6 +81,56 @@ def get_throughput(endpoint, bucket, objects, access, secret, in_flight=8,
                 return
             with lock:
                 got[0] += n
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.monotonic() - t0
+    if errors:
+        raise RuntimeError(errors[0])
+    return got[0], dt
+
+
+def put_throughput(endpoint, bucket, prefix, object_size, count, access, secret,
+                   in_flight=8):
+    """PUTs `count` objects of `object_size` random bytes under `prefix`, `in_flight` at
+    once (one body, hashed once: the client's own cost stays out of the figure).
+    Returns (bytes, seconds)."""
+    import os
+    u = urllib.parse.urlparse(endpoint)
+    host = u.netloc
+    body = os.urandom(object_size)
+    digest = hashlib.sha256(body).hexdigest()
+    jobs = queue.Queue()
+    for i in range(count):
+        jobs.put(i)
+    got = [0]
+    errors = []
+    lock = threading.Lock()
+
+    def worker():
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        while True:
+            try:
+                i = jobs.get_nowait()
+            except queue.Empty:
+                conn.close()
+                return
+            path = f"/{bucket}/{prefix}/{i:08x}"
+            h = _headers(host, path, None, access, secret, method="PUT", payload=digest)
+            h["content-length"] = str(len(body))
+            conn.request("PUT", path, body=body, headers=h)
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                with lock:
+                    errors.append(f"PUT {path}: {r.status}")
+                return
+            with lock:
+                got[0] += len(body)
 
     t0 = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(in_flight)]
