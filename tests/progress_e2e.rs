@@ -241,8 +241,7 @@ fn without_a_terminal_nothing_is_drawn_and_stdout_is_the_same() {
     let last = out
         .replace("\r\n", "\n")
         .lines()
-        .filter(|l| l.starts_with("hashing "))
-        .last()
+        .rfind(|l| l.starts_with("hashing "))
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("no hashing progress: {out:?}"));
     let (done, total) = last_count(&last, "pieces").unwrap_or_else(|| panic!("{last}"));
