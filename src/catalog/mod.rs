@@ -194,7 +194,7 @@ impl std::fmt::Debug for Catalog {
 }
 
 const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, \
-                            metainfo IS NOT NULL, piece_len, total_len, paused, seeding, pin, \
+                            EXISTS (SELECT 1 FROM torrent_metainfo m WHERE m.torrent_id = torrents.id), piece_len, total_len, paused, seeding, pin, \
                             added_at, peers, n_verified, n_complete, n_uploaded";
 
 impl Catalog {
@@ -204,11 +204,13 @@ impl Catalog {
             path: path.to_owned(),
             source,
         })?;
+        // First: switching to WAL needs the lock too, and must wait for another process
+        // (several `bae add` at once) rather than fail with "database is locked".
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL + NORMAL: a commit survives a process kill; fsync on checkpoint.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         schema::migrate(&mut conn)?;
         let cat = Catalog {
             conn: Mutex::new(conn),
@@ -266,22 +268,30 @@ impl Catalog {
         if let Some(name) = dup {
             return Err(CatalogError::Duplicate(name));
         }
-        conn.execute(
-            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, metainfo, paused, added_at, peers, needs_full_journal)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, paused, added_at, peers, needs_full_journal)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
             params![
                 t.uid.unwrap_or_else(rand::random).to_vec(),
                 t.info_hash_v1.map(|h| h.to_vec()),
                 t.info_hash_v2.map(|h| h.to_vec()),
                 t.name,
                 t.magnet,
-                t.metainfo,
                 t.paused,
                 t.added_at.unwrap_or_else(unix_now),
                 serde_json::to_string(&t.peers).unwrap_or_else(|_| "[]".into()),
             ],
         )?;
-        Ok(TorrentId(conn.last_insert_rowid()))
+        let id = tx.last_insert_rowid();
+        if let Some(m) = &t.metainfo {
+            tx.execute(
+                "INSERT INTO torrent_metainfo (torrent_id, bytes) VALUES (?1, ?2)",
+                params![id, m],
+            )?;
+        }
+        tx.commit()?;
+        Ok(TorrentId(id))
     }
 
     /// Records a torrent's layout (its files) once its metadata is known.
@@ -315,17 +325,16 @@ impl Catalog {
             Some(_) => {}
         }
         tx.execute(
-            "UPDATE torrents SET piece_len = ?2, total_len = ?3,
-                 metainfo = COALESCE(?4, metainfo), name = COALESCE(?5, name)
+            "UPDATE torrents SET piece_len = ?2, total_len = ?3, name = COALESCE(?4, name)
              WHERE id = ?1",
-            params![
-                id.0,
-                layout.piece_len as i64,
-                layout.total_len as i64,
-                metainfo,
-                name
-            ],
+            params![id.0, layout.piece_len as i64, layout.total_len as i64, name],
         )?;
+        if let Some(m) = metainfo {
+            tx.execute(
+                "INSERT OR REPLACE INTO torrent_metainfo (torrent_id, bytes) VALUES (?1, ?2)",
+                params![id.0, m],
+            )?;
+        }
         {
             let mut ins = tx.prepare(
                 "INSERT INTO files (torrent_id, idx, path, stream_offset, len, pad, mtime)
@@ -353,9 +362,12 @@ impl Catalog {
     /// The torrent's bencoded .torrent, once known.
     pub fn metainfo(&self, id: TorrentId) -> Result<Option<Vec<u8>>> {
         self.conn()
-            .query_row("SELECT metainfo FROM torrents WHERE id = ?1", [id.0], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT m.bytes FROM torrents t
+                     LEFT JOIN torrent_metainfo m ON m.torrent_id = t.id WHERE t.id = ?1",
+                [id.0],
+                |r| r.get(0),
+            )
             .optional()?
             .ok_or(CatalogError::UnknownTorrent(id))
     }
@@ -597,15 +609,22 @@ impl Catalog {
     /// Keeps a magnet's metadata once it arrived (and its real name), so the torrent is
     /// re-added from it after a restart.
     pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {
-        let n = self.conn().execute(
-            "UPDATE torrents SET metainfo = ?2, name = COALESCE(?3, name),
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE torrents SET name = COALESCE(?2, name),
                  meta_version = meta_version + 1, body_version = body_version + 1
                  WHERE id = ?1",
-            params![id.0, metainfo, name],
+            params![id.0, name],
         )?;
         if n == 0 {
             return Err(CatalogError::UnknownTorrent(id));
         }
+        tx.execute(
+            "INSERT OR REPLACE INTO torrent_metainfo (torrent_id, bytes) VALUES (?1, ?2)",
+            params![id.0, metainfo],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -113,6 +113,18 @@ const MIGRATIONS: &[&str] = &[
         WHERE meta_written > 0 AND meta_written >= meta_version;
     CREATE INDEX torrents_meta_stale ON torrents(id) WHERE meta_written < meta_version;
     "#,
+    // 5: metainfo blobs in their own table. In the torrents row a blob sat before the
+    // columns added later, so reading any of those walked the blob's overflow pages:
+    // every scan of the torrents cost the whole library's metainfo.
+    r#"
+    CREATE TABLE torrent_metainfo (
+        torrent_id INTEGER PRIMARY KEY REFERENCES torrents(id) ON DELETE CASCADE,
+        bytes      BLOB NOT NULL
+    );
+    INSERT INTO torrent_metainfo (torrent_id, bytes)
+        SELECT id, metainfo FROM torrents WHERE metainfo IS NOT NULL;
+    UPDATE torrents SET metainfo = NULL;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
