@@ -44,8 +44,10 @@ const TORRENTS_PREFIX: &str = "meta/t/";
 const RECORD_LEN: usize = 4 + 32 + 16;
 /// How long the writer waits after a first record for others to share its object.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
-/// Parallel requests of a restore or a clean-up.
+/// Parallel requests of a restore, a clean-up or a round of torrent objects.
 const PARALLEL: usize = 16;
+/// Torrent objects written per round of the metadata writer (records go between).
+const META_PER_ROUND: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -593,10 +595,15 @@ impl Journal {
                     continue;
                 }
             }
-            if let Err(e) = self.sync_meta().await {
-                tracing::warn!(error = %e, "writing remote metadata; will retry");
-            }
+            // Records first: uploads wait on them. Then a bounded share of the rest, so
+            // a library-sized backlog (thousands of torrents just added) never holds
+            // them up for long.
             self.write_batch(batch).await;
+            match self.sync_meta().await {
+                Ok(true) => self.wake.notify_one(),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "writing remote metadata; will retry"),
+            }
             round += 1;
             self.round.send_replace(round);
         }
@@ -646,22 +653,38 @@ impl Journal {
     }
 
     /// Everything but chunk records: stale torrent objects, removals, old libraries'
-    /// chunks, compaction of finished torrents.
-    async fn sync_meta(&self) -> Result<(), JournalError> {
-        for stale in self.catalog.stale_remote_meta()? {
-            let (id, version) = (stale.id, stale.version);
-            let written = match stale.body_version {
-                Some(body) => self
-                    .write_torrent_meta(id, version)
-                    .await
-                    .and_then(|()| Ok(self.catalog.set_body_written(id, body)?)),
-                None => self.write_torrent_flags(id, version).await,
-            };
+    /// chunks, compaction of finished torrents. At most [`META_PER_ROUND`] torrent
+    /// objects per call, written in parallel; returns whether more are waiting.
+    async fn sync_meta(&self) -> Result<bool, JournalError> {
+        let mut stale = self.catalog.stale_remote_meta()?;
+        let more = stale.len() > META_PER_ROUND;
+        stale.truncate(META_PER_ROUND);
+        let mut writes = futures::stream::iter(stale)
+            .map(|stale| async move {
+                let (id, version) = (stale.id, stale.version);
+                let written = match stale.body_version {
+                    Some(body) => self
+                        .write_torrent_meta(id, version)
+                        .await
+                        .and_then(|()| Ok(self.catalog.set_body_written(id, body)?)),
+                    None => self.write_torrent_flags(id, version).await,
+                };
+                (id, version, written)
+            })
+            .buffer_unordered(PARALLEL);
+        let mut first_error = None;
+        while let Some((id, version, written)) = writes.next().await {
             match written {
                 Ok(()) => self.catalog.set_meta_written(id, version)?,
                 Err(JournalError::Catalog(CatalogError::UnknownTorrent(_))) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        drop(writes);
+        if let Some(e) = first_error {
+            return Err(e);
         }
         for (uid, objects) in self.catalog.remote_cleanups()? {
             cleanup(&self.remote, &uid, &objects).await?;
@@ -703,7 +726,7 @@ impl Journal {
             let jprefix = format!("{}j/", torrent_prefix(&rec.uid));
             delete_all(&self.remote, self.remote.list(&jprefix).await?, &|_, _| {}).await?;
         }
-        Ok(())
+        Ok(more)
     }
 
     async fn write_batch(&self, batch: Vec<Record>) {
