@@ -686,11 +686,17 @@ impl Journal {
         if let Some(e) = first_error {
             return Err(e);
         }
-        for (uid, objects) in self.catalog.remote_cleanups()? {
+        // Each kind of work is bounded per round too (a compaction is a few requests).
+        let mut more = more;
+        let cleanups = self.catalog.remote_cleanups()?;
+        more |= cleanups.len() > META_PER_ROUND;
+        for (uid, objects) in cleanups.into_iter().take(META_PER_ROUND) {
             cleanup(&self.remote, &uid, &objects).await?;
             self.catalog.cleanup_done(&uid)?;
         }
-        for id in self.catalog.needing_full_journal()? {
+        let full = self.catalog.needing_full_journal()?;
+        more |= full.len() > META_PER_ROUND;
+        for id in full.into_iter().take(META_PER_ROUND) {
             let rec = self.catalog.torrent(id)?;
             let uploaded: Vec<ChunkRecordRemote> = self
                 .catalog
@@ -704,7 +710,9 @@ impl Journal {
             }
             self.catalog.set_full_journal_done(id)?;
         }
-        for id in self.catalog.compactable()? {
+        let compactable = self.catalog.compactable()?;
+        more |= compactable.len() > META_PER_ROUND / 4;
+        for id in compactable.into_iter().take(META_PER_ROUND / 4) {
             let rec = self.catalog.torrent(id)?;
             let all: Vec<ChunkRecordRemote> = self
                 .catalog
