@@ -178,8 +178,10 @@ fn kill_9_mid_download_then_restart_finishes_without_downloading_verified_pieces
     std::thread::sleep(Duration::from_millis(500));
     let downloaded_after = seeder.uploaded_bytes() - uploaded_before;
     let unverified = ((1.0 - progress_before) * total_len() as f64) as u64;
-    // Slack: blocks in flight at the kill, and pad bytes rounding.
-    let slack = 4 * piece_len;
+    // Slack: pieces in flight at the kill (their blocks were written but never verified, so
+    // they come again; libtorrent keeps several pieces of a slow peer open at once), and pad
+    // bytes rounding. Downloading the verified third again would still exceed it by far.
+    let slack = 8 * piece_len;
     eprintln!("before the kill: {progress_before:.3} verified; downloaded after: {downloaded_after}, unverified: {unverified}");
     assert!(
         downloaded_after <= unverified + slack,
