@@ -197,6 +197,13 @@ const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, \
                             EXISTS (SELECT 1 FROM torrent_metainfo m WHERE m.torrent_id = torrents.id), piece_len, total_len, paused, seeding, pin, \
                             added_at, peers, n_verified, n_complete, n_uploaded";
 
+/// A write transaction that takes the write lock at BEGIN: a deferred one that reads
+/// first and writes later fails at once (SQLITE_BUSY_SNAPSHOT, "database is locked")
+/// when another process wrote in between, whatever the busy timeout.
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 impl Catalog {
     /// Opens (creating if needed) the database and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Catalog> {
@@ -233,29 +240,27 @@ impl Catalog {
     /// The library's random identity, created with the database.
     pub fn library_uid(&self) -> Result<[u8; 16]> {
         let conn = self.conn();
-        let found: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'library_uid'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(v) = found {
-            return v
-                .try_into()
-                .map_err(|_| CatalogError::Corrupt("library_uid".into()));
-        }
+        // Insert-if-absent, then read: two processes opening a new library at once agree.
         let uid: [u8; 16] = rand::random();
         conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('library_uid', ?1)",
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('library_uid', ?1)",
             params![uid.to_vec()],
         )?;
-        Ok(uid)
+        let v: Vec<u8> = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'library_uid'",
+            [],
+            |r| r.get(0),
+        )?;
+        v.try_into()
+            .map_err(|_| CatalogError::Corrupt("library_uid".into()))
     }
 
     pub fn add_torrent(&self, t: &NewTorrent) -> Result<TorrentId> {
-        let conn = self.conn();
-        let dup: Option<String> = conn
+        let mut conn = self.conn();
+        // The duplicate check and the insert in one write transaction: parallel adds of
+        // the same torrent cannot both pass it.
+        let tx = write_tx(&mut conn)?;
+        let dup: Option<String> = tx
             .query_row(
                 "SELECT name FROM torrents WHERE info_hash_v1 = ?1 OR info_hash_v2 = ?2",
                 params![
@@ -268,7 +273,6 @@ impl Catalog {
         if let Some(name) = dup {
             return Err(CatalogError::Duplicate(name));
         }
-        let tx = conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, paused, added_at, peers, needs_full_journal)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
@@ -306,7 +310,7 @@ impl Catalog {
     ) -> Result<Geometry> {
         let g = layout.validate()?;
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let existing: Option<(Option<i64>, Option<i64>)> = tx
             .query_row(
                 "SELECT piece_len, total_len FROM torrents WHERE id = ?1",
@@ -508,7 +512,7 @@ impl Catalog {
         completed: &[Completed],
     ) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         {
             let mut ins =
                 tx.prepare("INSERT OR IGNORE INTO pieces (torrent_id, idx) VALUES (?1, ?2)")?;
@@ -539,7 +543,7 @@ impl Catalog {
     /// they are downloaded again. Used by recovery; never touches uploaded chunks.
     pub fn unverify(&self, id: TorrentId, pieces: &[u32], chunks: &[u32]) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         {
             let mut del = tx.prepare("DELETE FROM pieces WHERE torrent_id = ?1 AND idx = ?2")?;
             for p in pieces {
@@ -610,7 +614,7 @@ impl Catalog {
     /// re-added from it after a restart.
     pub fn set_metainfo(&self, id: TorrentId, metainfo: &[u8], name: Option<&str>) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let n = tx.execute(
             "UPDATE torrents SET name = COALESCE(?2, name),
                  meta_version = meta_version + 1, body_version = body_version + 1
@@ -665,7 +669,7 @@ impl Catalog {
 
     fn remove_inner(&self, id: TorrentId, cleanup: Option<bool>) -> Result<Vec<String>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let ids = {
             let mut st = tx.prepare(
                 "SELECT object_id FROM chunks WHERE torrent_id = ?1 AND object_id IS NOT NULL",
@@ -849,7 +853,7 @@ impl Catalog {
         journal_seq: u64,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         {
             let total: Option<i64> = tx.query_row(
                 "SELECT total_len FROM torrents WHERE id = ?1",

@@ -128,19 +128,23 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
-    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
-    if applied > known {
-        return Err(CatalogError::TooNew {
-            found: applied,
-            known,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        // The version is read inside the write transaction: another process may be
+        // migrating the same database (two `bae` commands on a fresh library).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let applied: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if applied > known {
+            return Err(CatalogError::TooNew {
+                found: applied,
+                known,
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(applied as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.pragma_update(None, "user_version", applied + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }
