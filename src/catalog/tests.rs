@@ -161,3 +161,50 @@ fn reopening_keeps_everything() {
     assert_eq!(cat.library_uid().unwrap(), uid);
     assert_eq!(cat.torrent(id).unwrap().name, "A");
 }
+
+#[test]
+fn processes_sharing_a_new_library_neither_fail_nor_clash() {
+    // Separate connections, as separate `bae` processes have: each opens (migrating a
+    // fresh file), then adds torrents while reading, and one adds the same torrent twice.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bae.db");
+    let threads: Vec<_> = (0..4u8)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let cat = Catalog::open(&path).unwrap();
+                let uid = cat.library_uid().unwrap();
+                let mut dups = 0;
+                for i in 0..25u8 {
+                    let mut h = [w; 20];
+                    h[1] = i;
+                    cat.add_torrent(&NewTorrent {
+                        info_hash_v1: Some(h),
+                        name: format!("w{w}-{i}"),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    assert!(!cat.torrents().unwrap().is_empty());
+                    // Every worker also adds one shared torrent: exactly one wins.
+                    let shared = cat.add_torrent(&NewTorrent {
+                        info_hash_v1: Some([0xee; 20]),
+                        name: "shared".into(),
+                        ..Default::default()
+                    });
+                    match shared {
+                        Ok(_) => {}
+                        Err(CatalogError::Duplicate(_)) => dups += 1,
+                        Err(e) => panic!("worker {w}: {e}"),
+                    }
+                }
+                (uid, dups)
+            })
+        })
+        .collect();
+    let results: Vec<([u8; 16], u32)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(results.iter().all(|r| r.0 == results[0].0), "one library uid");
+    let dups: u32 = results.iter().map(|r| r.1).sum();
+    assert_eq!(dups, 4 * 25 - 1, "the shared torrent was added exactly once");
+    let cat = Catalog::open(&path).unwrap();
+    assert_eq!(cat.torrents().unwrap().len(), 4 * 25 + 1);
+}
