@@ -63,6 +63,8 @@ pub struct NewTorrent {
     pub uid: Option<[u8; 16]>,
     /// When it was added (restore keeps the original time; else now).
     pub added_at: Option<i64>,
+    /// Seed without pinning its chunks in the cache (`bae add --no-pin`).
+    pub no_pin: bool,
 }
 
 /// One file of a torrent as recorded (path components are raw and untrusted).
@@ -274,8 +276,8 @@ impl Catalog {
             return Err(CatalogError::Duplicate(name));
         }
         tx.execute(
-            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, paused, added_at, peers, needs_full_journal)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+            "INSERT INTO torrents (uid, info_hash_v1, info_hash_v2, name, magnet, paused, added_at, peers, needs_full_journal, pin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
             params![
                 t.uid.unwrap_or_else(rand::random).to_vec(),
                 t.info_hash_v1.map(|h| h.to_vec()),
@@ -285,6 +287,7 @@ impl Catalog {
                 t.paused,
                 t.added_at.unwrap_or_else(unix_now),
                 serde_json::to_string(&t.peers).unwrap_or_else(|_| "[]".into()),
+                !t.no_pin,
             ],
         )?;
         let id = tx.last_insert_rowid();

@@ -202,9 +202,16 @@ fn processes_sharing_a_new_library_neither_fail_nor_clash() {
         })
         .collect();
     let results: Vec<([u8; 16], u32)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(results.iter().all(|r| r.0 == results[0].0), "one library uid");
+    assert!(
+        results.iter().all(|r| r.0 == results[0].0),
+        "one library uid"
+    );
     let dups: u32 = results.iter().map(|r| r.1).sum();
-    assert_eq!(dups, 4 * 25 - 1, "the shared torrent was added exactly once");
+    assert_eq!(
+        dups,
+        4 * 25 - 1,
+        "the shared torrent was added exactly once"
+    );
     let cat = Catalog::open(&path).unwrap();
     assert_eq!(cat.torrents().unwrap().len(), 4 * 25 + 1);
 }

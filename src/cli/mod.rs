@@ -46,6 +46,7 @@ Examples:
   bae mount ~/Music/bae                 # returns once mounted; the daemon keeps running
   bae add album.torrent --wait          # download with a progress bar
   bae add 'magnet:?xt=urn:btih:...'
+  bae add --no-pin ~/torrents/*.torrent  # a whole library at once, evictable once uploaded
   bae import ~/rips/Album --out Album.torrent
   bae status --watch
   bae seed Album on --no-pin            # seed from the remote, without pinning the cache
@@ -81,16 +82,21 @@ pub enum Command {
         #[arg(long)]
         restore: bool,
     },
-    /// Add a torrent from a .torrent file or a magnet link.
+    /// Add torrents from .torrent files or magnet links (all or nothing).
     Add {
-        #[arg(value_name = "FILE.torrent|MAGNET")]
-        source: String,
+        #[arg(value_name = "FILE.torrent|MAGNET", required = true)]
+        sources: Vec<String>,
         /// Add it paused.
         #[arg(long)]
         paused: bool,
         /// Wait for the download to finish, with a progress bar.
         #[arg(long)]
         wait: bool,
+        /// Seed without pinning the chunks in the cache: once uploaded they may be
+        /// evicted and are fetched back when a peer or a reader asks (a library larger
+        /// than the disk). Same as `bae seed TORRENT on --no-pin` later.
+        #[arg(long)]
+        no_pin: bool,
         /// Connect to this peer directly (repeatable), e.g. 192.0.2.7:51413.
         #[arg(long, value_name = "IP:PORT")]
         peer: Vec<String>,
@@ -258,11 +264,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Add {
-            source,
+            sources,
             paused,
             wait,
+            no_pin,
             peer,
-        } => add::run(&home, &source, paused, wait, &peer),
+        } => add::run(
+            &home,
+            &sources,
+            add::Options {
+                paused,
+                no_pin,
+                wait,
+            },
+            &peer,
+        ),
         Command::Import {
             dir,
             torrent,

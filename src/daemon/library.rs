@@ -267,6 +267,7 @@ fn restore_torrent(catalog: &Catalog, t: RestoredTorrent) -> Result<(), LibraryE
         peers: t.meta.peers.clone(),
         uid: Some(t.uid),
         added_at: Some(t.meta.added_at),
+        no_pin: !t.meta.pin,
     })?;
     catalog.set_seeding(id, t.meta.seeding, t.meta.pin)?;
     let Some(meta) = parsed else {

@@ -1,15 +1,16 @@
 #!/usr/bin/python3
 """A python3-libtorrent peer (default disk storage) on 127.0.0.1, TCP only.
 
-usage: peer.py seed    TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC [LISTEN_PORT]]
+usage: peer.py seed    TORRENT|DIR SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC [LISTEN_PORT]]
        peer.py partial TORRENT SAVE_DIR
        peer.py leech   TORRENT SAVE_DIR HOST:PORT
-seed:  checks SAVE_DIR's data, prints "PORT <n>" once seeding, then "UP <bytes>" each
+seed:  checks SAVE_DIR's data (of every *.torrent in DIR), prints "PORT <n>" once seeding, then "UP <bytes>" each
        time its payload upload total changes, and runs until killed.
 partial: like seed for data that is only partly there: "PORT <n>" once checked.
 leech: downloads from HOST:PORT, prints "DONE" once every piece is verified and exits 0.
 Errors go to stderr with a non-zero exit. No timeouts here: the test owns the deadline.
 """
+import os
 import sys
 import time
 
@@ -26,6 +27,8 @@ def session(port=0):
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
+        # A library's worth of torrents from one peer: a connection per torrent.
+        "connections_limit": 10000,
         "alert_mask": lt.alert_category.error | lt.alert_category.status,
     })
 
@@ -46,12 +49,19 @@ def main():
         local["upload_limit"] = limit
         local["ignore_unchoke_slots"] = False
         ses.set_peer_class(lt.session.local_peer_class_id, local)
-    params = lt.add_torrent_params()
-    params.ti = lt.torrent_info(torrent)
-    params.save_path = save
-    params.flags &= ~lt.torrent_flags.auto_managed
-    params.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(params)
+    if os.path.isdir(torrent):
+        files = sorted(os.path.join(torrent, f) for f in os.listdir(torrent) if f.endswith(".torrent"))
+    else:
+        files = [torrent]
+    handles = []
+    for f in files:
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(f)
+        params.save_path = save
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        handles.append(ses.add_torrent(params))
+    h = handles[0]
     if mode == "leech":
         host, port = sys.argv[4].rsplit(":", 1)
         h.connect_peer((host, int(port)))
@@ -64,15 +74,22 @@ def main():
                 print("ERROR", a.message(), file=sys.stderr, flush=True)
                 sys.exit(2)
         st = h.status()
+        if len(handles) > 1:
+            statuses = [x.status() for x in handles]
+            all_seeding = all(x.is_seeding for x in statuses)
+            total_up = sum(x.total_payload_upload for x in statuses)
+        else:
+            all_seeding = st.is_seeding
+            total_up = st.total_payload_upload
         checked = st.state not in (
             lt.torrent_status.checking_files,
             lt.torrent_status.checking_resume_data,
         )
-        if mode == "seed" and (st.is_seeding or (partial and checked)) and not announced:
+        if mode == "seed" and (all_seeding or (partial and checked)) and not announced:
             print("PORT", ses.listen_port(), flush=True)
             announced = True
-        if mode == "seed" and announced and st.total_payload_upload != uploaded:
-            uploaded = st.total_payload_upload
+        if mode == "seed" and announced and total_up != uploaded:
+            uploaded = total_up
             print("UP", uploaded, flush=True)
         if mode == "leech" and st.is_seeding:
             print("DONE", flush=True)
@@ -81,7 +98,7 @@ def main():
             # Dial again if the connection dropped (e.g. bae was still checking).
             h.connect_peer((host, int(port)))
             last_dial = time.monotonic()
-        time.sleep(0.1)
+        time.sleep(0.1 if len(handles) == 1 else 1.0)
 
 
 if __name__ == "__main__":
