@@ -190,3 +190,62 @@ fn a_library_many_times_the_cache_downloads_uploads_and_restores_whole() {
         "chunks restored as uploaded (one per album)"
     );
 }
+
+fn names(bae: &Bae) -> Vec<(String, bool)> {
+    let s = bae.status_json();
+    let mut v: Vec<(String, bool)> = s["torrents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap_or("").to_owned(),
+                t["pinned"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn adding_many_torrents_is_all_or_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let t: Vec<String> = (0..4)
+        .map(|i| {
+            write_album(work.path(), work.path(), i)
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let bad = work.path().join("bad.torrent");
+    std::fs::write(&bad, b"d4:infoi3ee").unwrap();
+    let bad = bad.to_str().unwrap();
+    let bae = Bae::new();
+
+    let err = bae.fails(&["add", &t[0], bad, &t[1]]);
+    assert!(err.contains("bad.torrent"), "{err}");
+    assert!(
+        names(&bae).is_empty(),
+        "a bad source among good ones adds nothing"
+    );
+    let err = bae.fails(&["add", &t[0], &t[0]]);
+    assert!(err.contains("same torrent"), "{err}");
+    assert!(names(&bae).is_empty());
+
+    let out = bae.ok(&["add", "--no-pin", &t[0], &t[1], &t[2]]);
+    assert_eq!(out.lines().filter(|l| l.starts_with("added ")).count(), 3);
+    let added = names(&bae);
+    assert_eq!(added.len(), 3);
+    assert!(
+        added.iter().all(|(_, pinned)| !pinned),
+        "--no-pin: {added:?}"
+    );
+
+    // The new one is recorded first, then the duplicate fails: the new one is taken back.
+    let err = bae.fails(&["add", &t[3], &t[2]]);
+    assert!(err.contains("taken back"), "{err}");
+    assert_eq!(names(&bae), added);
+}

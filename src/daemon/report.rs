@@ -38,9 +38,14 @@ fn apply_stats(r: &mut TorrentReport, s: &TorrentStats) {
     }
 }
 
-pub fn state_name(s: TorrentState, paused: bool) -> &'static str {
-    if paused {
+/// `paused_by_user` is the catalog's flag; libtorrent also pauses torrents waiting for
+/// a slot of `network.active_*` (its queue): those are "queued", not "paused".
+pub fn state_name(s: TorrentState, paused_in_session: bool, paused_by_user: bool) -> &'static str {
+    if paused_by_user {
         return "paused";
+    }
+    if paused_in_session {
+        return "queued";
     }
     match s {
         TorrentState::CheckingFiles | TorrentState::CheckingResume => "checking",
@@ -68,7 +73,7 @@ pub fn live(
                 r.download_bps = st.download_rate_bps;
                 r.upload_bps = st.upload_rate_bps;
                 r.peers = st.peers;
-                r.state = state_name(st.state, st.paused).into();
+                r.state = state_name(st.state, st.paused, t.paused).into();
                 r.error = st.error;
             }
             // Not in the session: complete and not seeding (its reads are the store's).
@@ -126,4 +131,21 @@ pub fn offline(catalog: &Catalog, cache_dir: &Path) -> Result<StatusReport, Cata
         report.torrents.push(r);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_is_not_paused() {
+        let s = TorrentState::Downloading;
+        assert_eq!(state_name(s, true, true), "paused");
+        assert_eq!(state_name(s, true, false), "queued");
+        assert_eq!(state_name(s, false, false), "downloading");
+        assert_eq!(
+            state_name(TorrentState::CheckingResume, false, false),
+            "checking"
+        );
+    }
 }

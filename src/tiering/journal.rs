@@ -506,7 +506,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts the writer on the current runtime.
+    /// Starts the writer on the current runtime: one task for chunk records (uploads wait
+    /// on them), one for the rest, so that a library-sized backlog of torrent objects or
+    /// compactions never holds up an upload's record.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let rx = self
             .records_rx
@@ -515,8 +517,13 @@ impl Journal {
             .take();
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            if let Some(rx) = rx {
-                me.run(rx).await;
+            let Some(rx) = rx else { return };
+            let records = me.clone().run_records(rx);
+            let meta = me.run_meta();
+            // The records task ends when the journal is dropped; the meta task never.
+            tokio::select! {
+                _ = records => {}
+                _ = meta => {}
             }
         })
     }
@@ -563,46 +570,50 @@ impl Journal {
             .map_err(|_| RemoteError::Transient("the metadata writer stopped".into()))?
     }
 
-    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Record>) {
+    /// Checks (once) that the remote is this library's; logs why not.
+    async fn ensure_owned(&self) -> Result<(), String> {
+        if self.owned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.check_remote().await.map_err(|e| {
+            tracing::warn!(error = %e, "remote metadata not written");
+            e.to_string()
+        })
+    }
+
+    async fn run_records(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Record>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            tokio::time::sleep(BATCH_WINDOW).await;
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+            }
+            if let Err(msg) = self.ensure_owned().await {
+                for r in batch {
+                    let _ = r.reply.send(Err(RemoteError::Transient(msg.clone())));
+                }
+                continue;
+            }
+            self.write_batch(batch).await;
+        }
+    }
+
+    async fn run_meta(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0u64;
         loop {
-            let mut batch = Vec::new();
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => batch.push(r),
-                    None => return,
-                },
                 _ = self.wake.notified() => {}
                 _ = tick.tick() => {}
             }
-            if !batch.is_empty() {
-                tokio::time::sleep(BATCH_WINDOW).await;
-                while let Ok(r) = rx.try_recv() {
-                    batch.push(r);
+            if self.ensure_owned().await.is_ok() {
+                // A bounded share per round: `more` brings the next round at once.
+                match self.sync_meta().await {
+                    Ok(true) => self.wake.notify_one(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "writing remote metadata; will retry"),
                 }
-            }
-            if !self.owned.load(Ordering::SeqCst) {
-                if let Err(e) = self.check_remote().await {
-                    tracing::warn!(error = %e, "remote metadata not written");
-                    let msg = e.to_string();
-                    for r in batch {
-                        let _ = r.reply.send(Err(RemoteError::Transient(msg.clone())));
-                    }
-                    round += 1;
-                    self.round.send_replace(round);
-                    continue;
-                }
-            }
-            // Records first: uploads wait on them. Then a bounded share of the rest, so
-            // a library-sized backlog (thousands of torrents just added) never holds
-            // them up for long.
-            self.write_batch(batch).await;
-            match self.sync_meta().await {
-                Ok(true) => self.wake.notify_one(),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "writing remote metadata; will retry"),
             }
             round += 1;
             self.round.send_replace(round);
@@ -731,27 +742,34 @@ impl Journal {
             .await?;
             let seq = self.catalog.next_journal_seq(id)?;
             self.catalog.set_compacted(id, seq)?;
-            let jprefix = format!("{}j/", torrent_prefix(&rec.uid));
-            delete_all(&self.remote, self.remote.list(&jprefix).await?, &|_, _| {}).await?;
+            // By name, not by listing: a LIST per finished album is a library-sized cost
+            // on many servers, and a journal written after this point (a chunk uploaded
+            // again) must stay.
+            let journals = (0..seq).map(|s| journal_object(&rec.uid, s)).collect();
+            delete_all(&self.remote, journals, &|_, _| {}).await?;
         }
         Ok(more)
     }
 
+    /// One journal object per torrent in the batch, written in parallel.
     async fn write_batch(&self, batch: Vec<Record>) {
         let mut by_torrent: HashMap<TorrentId, Vec<Record>> = HashMap::new();
         for r in batch {
             by_torrent.entry(r.chunk.key.torrent).or_default().push(r);
         }
-        for (id, records) in by_torrent {
-            let result = self.write_torrent_records(id, &records).await;
-            for r in records {
-                let _ = r.reply.send(match &result {
-                    Ok(known) => Ok(*known),
-                    Err(JournalError::Remote(e)) => Err(e.clone()),
-                    Err(e) => Err(RemoteError::Transient(e.to_string())),
-                });
-            }
-        }
+        let mut writes = futures::stream::iter(by_torrent)
+            .map(|(id, records)| async move {
+                let result = self.write_torrent_records(id, &records).await;
+                for r in records {
+                    let _ = r.reply.send(match &result {
+                        Ok(known) => Ok(*known),
+                        Err(JournalError::Remote(e)) => Err(e.clone()),
+                        Err(e) => Err(RemoteError::Transient(e.to_string())),
+                    });
+                }
+            })
+            .buffer_unordered(PARALLEL);
+        while writes.next().await.is_some() {}
     }
 
     async fn write_torrent_records(
