@@ -149,6 +149,9 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     pack.set_int(lt::settings_pack::active_downloads, opts.active_downloads);
     pack.set_int(lt::settings_pack::active_seeds, opts.active_seeds);
     pack.set_int(lt::settings_pack::active_limit, opts.active_limit);
+    // A peer asking for a queued album starts it: a library of more albums than
+    // active_seeds still seeds each of them on demand.
+    pack.set_bool(lt::settings_pack::incoming_starts_queued_torrents, true);
     // Piece alerts drive the store's verified state: do not drop them under load (and
     // if they are dropped anyway, the alert thread reconciles from have-pieces).
     pack.set_int(lt::settings_pack::alert_queue_size, 1 << 16);

@@ -368,3 +368,43 @@ fn sigkill_mid_upload_then_restart_uploads_everything_once() {
         );
     }
 }
+
+/// A finished torrent's journal is compacted into one `chunks` object and its journal
+/// objects deleted by name: the ones the compaction covers, never a later one (a chunk
+/// uploaded again after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_deletes_the_journal_it_covers_and_nothing_newer() {
+    let s3dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(s3dir.path());
+    let lib = downloaded_library(3 * CHUNK_LEN + 99, 256 * 1024);
+    let key = Arc::new(Key::generate());
+    let remote = remote_for(&server, RetryPolicy::default()).await;
+    let uid = hex::encode(lib.catalog.torrent(lib.id).unwrap().uid);
+    let later = format!("meta/t/{uid}/j/00000000ffffffff");
+    remote
+        .put(&later, bytes::Bytes::from_static(b"a later journal"))
+        .await
+        .unwrap();
+    let journal = Journal::started(remote.clone(), key.clone(), lib.catalog.clone()).unwrap();
+    let uploader = Uploader::start(
+        lib.store.clone(),
+        remote.clone(),
+        key.clone(),
+        journal.clone(),
+        1,
+    );
+    assert!(uploader.wait_idle(Duration::from_secs(60)).await);
+    let chunks_object = format!("meta/t/{uid}/chunks");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let names = loop {
+        journal.flush_meta(Duration::from_secs(10)).await;
+        let names = remote.list(&format!("meta/t/{uid}/")).await.unwrap();
+        if names.contains(&chunks_object) {
+            break names;
+        }
+        assert!(Instant::now() < deadline, "never compacted: {names:?}");
+    };
+    let journals: Vec<&String> = names.iter().filter(|n| n.contains("/j/")).collect();
+    assert_eq!(journals, vec![&later], "{names:?}");
+    uploader.stop();
+}
