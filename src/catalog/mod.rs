@@ -242,19 +242,26 @@ impl Catalog {
     /// The library's random identity, created with the database.
     pub fn library_uid(&self) -> Result<[u8; 16]> {
         let conn = self.conn();
-        // Insert-if-absent, then read: two processes opening a new library at once agree.
-        let uid: [u8; 16] = rand::random();
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('library_uid', ?1)",
-            params![uid.to_vec()],
-        )?;
-        let v: Vec<u8> = conn.query_row(
-            "SELECT value FROM meta WHERE key = 'library_uid'",
-            [],
-            |r| r.get(0),
-        )?;
-        v.try_into()
-            .map_err(|_| CatalogError::Corrupt("library_uid".into()))
+        let read = |conn: &Connection| {
+            conn.query_row(
+                "SELECT value FROM meta WHERE key = 'library_uid'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+        };
+        if read(&conn)?.is_none() {
+            // Insert-if-absent, then read: two processes opening a new library at once
+            // agree on one uid.
+            let uid: [u8; 16] = rand::random();
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('library_uid', ?1)",
+                params![uid.to_vec()],
+            )?;
+        }
+        read(&conn)?
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| CatalogError::Corrupt("library_uid".into()))
     }
 
     pub fn add_torrent(&self, t: &NewTorrent) -> Result<TorrentId> {

@@ -129,6 +129,11 @@ const MIGRATIONS: &[&str] = &[
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
     let known = MIGRATIONS.len() as i64;
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if applied == known {
+        // Up to date: no write lock for a plain open (`bae status` while the daemon runs).
+        return Ok(());
+    }
     loop {
         // The version is read inside the write transaction: another process may be
         // migrating the same database (two `bae` commands on a fresh library).

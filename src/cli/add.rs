@@ -17,9 +17,6 @@ use crate::torrent::{parse_magnet, parse_metainfo};
 use super::progress::{Progress, Unit};
 use super::{ask_daemon, nudge_daemon, open_library};
 
-/// Adds every source (.torrent files and magnet links), all or nothing: every source is
-/// parsed and checked before the library changes, and a failure part-way takes back what
-/// this call added.
 /// How `bae add` records the torrents.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -29,6 +26,9 @@ pub struct Options {
     pub wait: bool,
 }
 
+/// Adds every source (.torrent files and magnet links), all or nothing: every source is
+/// parsed and checked before the library changes, and a failure part-way takes back what
+/// this call added.
 pub fn run(home: &Path, sources: &[String], opts: Options, peers: &[String]) -> anyhow::Result<()> {
     for p in peers {
         p.parse::<std::net::SocketAddr>()
