@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,6 +48,8 @@ struct Events {
 
 /// Deadline libtorrent gets for a piece a reader is waiting on right now.
 const URGENT_DEADLINE_MS: u32 = 500;
+/// The least a read joining a running remote fetch waits for it.
+const JOIN_GRACE: Duration = Duration::from_millis(250);
 /// Deadline for pieces wanted by read-ahead.
 const READAHEAD_DEADLINE_MS: u32 = 3_000;
 
@@ -167,6 +169,18 @@ impl StoreContent {
         }
     }
 
+    /// When a read must give up: the configured timeout, counted from when the remote
+    /// fetch it joins began if that fetch is younger than the timeout. Read-ahead starts
+    /// the fetch of the next chunk when a reader starts on this one, and the kernel's
+    /// request for it comes only once this one arrived; counted from that request, a
+    /// read spanning two chunks behind a failing remote would wait twice. A fetch older
+    /// than the timeout was already given up on by its readers: a new read gets its own
+    /// full wait.
+    fn read_deadline(&self, t: TorrentId, range: &Range<u64>) -> tokio::time::Instant {
+        let since = self.store.fetching_since(t, range.clone());
+        tokio::time::Instant::from_std(read_deadline(Instant::now(), since, self.read_timeout))
+    }
+
     async fn read_waiting(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
         let mut verified = self.store.watch_verified();
         let mut asked = false;
@@ -192,6 +206,18 @@ impl StoreContent {
                 Err(e) => return Err(content_err(e)),
             }
         }
+    }
+}
+
+/// See [`StoreContent::read_deadline`]: `fetch_since` is when the oldest fetch the read
+/// joins began.
+fn read_deadline(now: Instant, fetch_since: Option<Instant>, timeout: Duration) -> Instant {
+    let own = now + timeout;
+    match fetch_since {
+        Some(since) if now.duration_since(since) < timeout => {
+            (since + timeout).max(now + JOIN_GRACE).min(own)
+        }
+        _ => own,
     }
 }
 
@@ -231,7 +257,8 @@ impl Content for StoreContent {
     }
 
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
-        match tokio::time::timeout(self.read_timeout, self.read_waiting(t, range.clone())).await {
+        let deadline = self.read_deadline(t, &range);
+        match tokio::time::timeout_at(deadline, self.read_waiting(t, range.clone())).await {
             Ok(r) => {
                 if let Err(e) = &r {
                     tracing::warn!(torrent = %t, start = range.start, end = range.end, error = %e, "read failed");
@@ -281,5 +308,37 @@ impl Content for StoreContent {
             // Every chunk is CHUNK_LEN but the last: capped at the stream's length.
             cached_bytes: (u64::from(s.chunks_local) * CHUNK_LEN).min(total_bytes),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_read_joining_a_young_fetch_shares_its_deadline() {
+        let t0 = Instant::now();
+        // No fetch, or one that just began: the read's own timeout.
+        assert_eq!(read_deadline(t0, None, TIMEOUT), t0 + TIMEOUT);
+        assert_eq!(read_deadline(t0, Some(t0), TIMEOUT), t0 + TIMEOUT);
+        // Read-ahead started the fetch 4 s before the kernel asked: 1 s left, not 5.
+        let now = t0 + Duration::from_secs(4);
+        assert_eq!(read_deadline(now, Some(t0), TIMEOUT), t0 + TIMEOUT);
+        // Almost due: still the grace, so a fetch about to land is not refused.
+        let now = t0 + Duration::from_millis(4_900);
+        assert_eq!(read_deadline(now, Some(t0), TIMEOUT), now + JOIN_GRACE);
+    }
+
+    #[test]
+    fn a_fetch_older_than_the_timeout_gives_a_new_read_its_own_wait() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(7);
+        assert_eq!(read_deadline(now, Some(t0), TIMEOUT), now + TIMEOUT);
+        // A grace longer than the timeout itself is capped by the timeout.
+        let short = Duration::from_millis(100);
+        let now = t0 + Duration::from_millis(50);
+        assert_eq!(read_deadline(now, Some(t0), short), now + short);
     }
 }

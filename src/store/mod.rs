@@ -40,6 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -189,7 +190,8 @@ pub struct Store {
     state: Mutex<CacheState>,
     limit_bytes: AtomicU64,
     source: OnceLock<Arc<dyn ChunkSource>>,
-    inflight: Mutex<HashMap<ChunkKey, SharedFetch>>,
+    /// Fetches running now, with when each began.
+    inflight: Mutex<HashMap<ChunkKey, (Instant, SharedFetch)>>,
     hot: Mutex<lru::LruCache<ChunkKey, Bytes>>,
     /// Pieces verified in memory, waiting for the committer to make them durable.
     pending: Mutex<Vec<(TorrentId, u32)>>,

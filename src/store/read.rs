@@ -12,12 +12,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::FutureExt;
 
-use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId};
+use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId, CHUNK_LEN};
 
 use super::files::{self, FileStamp};
 use super::{FetchError, PinGuard, RemoteChunk, SharedFetch, Store, StoreError};
@@ -56,7 +56,7 @@ impl Store {
             .block_on(async { tokio::time::timeout(PEER_READ_TIMEOUT, read).await })
             .unwrap_or_else(|_| {
                 Err(StoreError::Fetch {
-                    key: ChunkKey::new(id, (stream_offset / crate::model::CHUNK_LEN) as u32),
+                    key: ChunkKey::new(id, (stream_offset / CHUNK_LEN) as u32),
                     error: FetchError::Unavailable("timed out".into()),
                 })
             })
@@ -290,6 +290,19 @@ impl Store {
             .map_err(|error| StoreError::Fetch { key, error })
     }
 
+    /// When the oldest remote fetch running for a chunk of `range` began, if any.
+    pub fn fetching_since(&self, id: TorrentId, range: std::ops::Range<u64>) -> Option<Instant> {
+        if range.start >= range.end {
+            return None;
+        }
+        let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let first = (range.start / CHUNK_LEN) as u32;
+        let last = ((range.end - 1) / CHUNK_LEN) as u32;
+        (first..=last)
+            .filter_map(|c| inflight.get(&ChunkKey::new(id, c)).map(|(at, _)| *at))
+            .min()
+    }
+
     /// Pins a chunk that is present locally (tests, tools). `None` when it is not.
     pub fn pin_present(self: &Arc<Self>, key: ChunkKey) -> Option<PinGuard> {
         let mut st = self.lock();
@@ -323,7 +336,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .cloned();
+            .map(|(_, f)| f.clone());
         if let Some(f) = running {
             return f.await;
         }
@@ -364,7 +377,7 @@ impl Store {
 
     fn fetch_shared(self: &Arc<Self>, chunk: RemoteChunk, epoch: u64) -> SharedFetch {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = inflight.get(&chunk.key) {
+        if let Some((_, f)) = inflight.get(&chunk.key) {
             return f.clone();
         }
         let key = chunk.key;
@@ -384,7 +397,7 @@ impl Store {
         }
         .boxed()
         .shared();
-        inflight.insert(key, fut.clone());
+        inflight.insert(key, (Instant::now(), fut.clone()));
         fut
     }
 

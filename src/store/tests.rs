@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::catalog::{FileRecord, Layout, NewTorrent};
@@ -434,6 +434,53 @@ fn a_fetched_chunk_serves_its_read_even_when_the_cache_is_full_of_pinned_chunks(
         assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
     }
     assert_eq!(src.fetches.load(Ordering::SeqCst), 2, "one fetch per chunk");
+}
+
+/// A source that holds every fetch until released.
+struct Held {
+    inner: Arc<MemSource>,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl ChunkSource for Held {
+    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Vec<u8>, FetchError> {
+        let _go = self.release.acquire().await;
+        self.inner.fetch(chunk).await
+    }
+}
+
+#[test]
+fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
+    let total = 2 * CHUNK_LEN;
+    let f = fixture(total);
+    let mem = Arc::new(MemSource::default());
+    let held = Arc::new(Held {
+        inner: mem.clone(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    f.store.set_source(held.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&mem);
+    f.store.evict_all();
+    let before = Instant::now();
+    let (store, key) = (f.store.clone(), ChunkKey::new(f.id, 1));
+    let fetch = f.rt.spawn(async move { store.prefetch_chunk(key).await });
+    let second = CHUNK_LEN..total;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.store.fetching_since(f.id, second.clone()).is_none() {
+        assert!(Instant::now() < deadline, "the fetch never showed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let since = f.store.fetching_since(f.id, second.clone()).unwrap();
+    assert!(since >= before);
+    // A range over both chunks joins the same fetch; one over the first alone none.
+    assert_eq!(f.store.fetching_since(f.id, 0..total), Some(since));
+    assert_eq!(f.store.fetching_since(f.id, 0..CHUNK_LEN), None);
+    assert_eq!(f.store.fetching_since(f.id, 5..5), None);
+    held.release.add_permits(1);
+    f.rt.block_on(fetch).unwrap().unwrap();
+    assert_eq!(f.store.fetching_since(f.id, second), None);
 }
 
 /// Every chunk's recorded state (a partial chunk has no row).

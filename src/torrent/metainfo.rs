@@ -216,7 +216,10 @@ mod tests {
             create_torrent(&tmp, None, &[]),
             Err(TorrentError::Create { .. })
         ));
-        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("cpp");
+        let here = std::env::var("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+            .join("cpp");
         assert!(matches!(
             create_torrent(&here, Some(48 << 10), &[]),
             Err(TorrentError::Create { .. })

@@ -21,10 +21,17 @@ pub const PYTHON: &str = "/usr/bin/python3";
 /// Deadline for any one wait on a peer (generous: CI machines are slow).
 pub const PEER_DEADLINE: Duration = Duration::from_secs(120);
 
+/// This checkout. Cargo sets `CARGO_MANIFEST_DIR` when it runs a test; the compile-time
+/// value is only a fallback (a target directory shared between checkouts keeps test
+/// binaries built in another one).
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/peers")
-        .join(name)
+    repo_dir().join("tests/peers").join(name)
 }
 
 /// Writes `files` (relative path, length) under `dir/name` with deterministic
