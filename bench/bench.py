@@ -236,6 +236,17 @@ class DirSampler:
         return self
 
 
+JOINT = "4GiB cache: add → every chunk uploaded (download and uploads at once)"
+
+
+def conc_summary(samples):
+    """The uploader's concurrency over a run: min / median / max of the samples."""
+    if not samples:
+        return "-"
+    s = sorted(samples)
+    return f"{s[0]} / {s[len(s) // 2]} / {s[-1]}"
+
+
 def bounded_figures(ctx):
     """Issue 11: a torrent several times the cache, downloaded with seeding unpinned to
     the S3 server on 127.0.0.1. The S3 server's own PUT throughput (sealed-chunk-size
@@ -252,7 +263,8 @@ def bounded_figures(ctx):
                      f"({'/'.join(map(str, PUT_IN_FLIGHT))} in flight)", "MB/s", "higher", [])
     dl = ctx.figure("bounded_download", f"download of {size / 1e6:.0f} MB with --cache-size "
                     f"{bound_mib}MiB, seeding unpinned, S3 remote: steady rate (from 25 % to "
-                    "the end)", "MB/s", "higher", [("ratio", "S3 PUT, best", "≥", 0.9)])
+                    "the end)", "MB/s", "higher", [("ratio", "S3 PUT, best", "≥", 0.9),
+                                                   ("ratio", JOINT, "≥", 0.9)])
     peak = ctx.figure("bounded_peak", f"same: peak of the cache directory (sampled every "
                       f"100 ms) against the {bound_mib} MiB bound", "MiB", "lower",
                       [("abs", "≤", bound_mib * 1.25)])
@@ -298,8 +310,11 @@ def bounded_figures(ctx):
                 t0 = time.monotonic()
                 b.run("resume", name[:12])
 
+                conc = []
+
                 def done(s):
                     prog.append((time.monotonic(), s["torrents"][0]["progress"]))
+                    conc.append((s.get("uploader") or {}).get("concurrency", 0))
                     return prog[-1][1] >= 1.0
                 b.wait("download", done, timeout=900, interval=0.1)
                 t_dl = time.monotonic() - t0
@@ -325,12 +340,18 @@ def bounded_figures(ctx):
                           f"{library.remote_meta(os.path.join(s3root, 'bench', prefix))}")
                     dl.add("whole download (add → 100 %)", size / t_dl / 1e6)
                     dl.add("until every chunk uploaded", size / t_up / 1e6)
+                else:
+                    # What this machine does when it downloads and uploads the same bytes
+                    # at once (seeder, bae and the S3 server share its cores): the rate
+                    # the remote accepts during a download, which a bound can at best match.
+                    dl.add(JOINT, size / t_up / 1e6)
                     peak.add(BAE, cache.peak / MiB)
                     peak.add("bound", bound_mib)
                 c.log(f"   run {run + 1} cache {cache_size}: steady {steady:.0f} MB/s, whole "
                       f"{size / t_dl / 1e6:.0f} MB/s, all uploaded after {t_up:.1f} s, cache "
                       f"peak {cache.peak / MiB:.1f} MiB ({cache.samples} samples), daemon "
-                      f"RSS peak {rss.peak / MiB:.0f} MiB")
+                      f"RSS peak {rss.peak / MiB:.0f} MiB, upload concurrency "
+                      f"{conc_summary(conc)}")
                 return steady
             finally:
                 if watch:

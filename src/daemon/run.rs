@@ -52,7 +52,7 @@ struct Daemon {
     /// pause and resume are applied on change only, so libtorrent's queue decides
     /// which auto-managed torrents run.
     added: Mutex<HashMap<TorrentId, bool>>,
-    shutdown_tx: mpsc::UnboundedSender<(bool, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    shutdown_tx: mpsc::UnboundedSender<StopRequest>,
     journal: Arc<Journal>,
 }
 
@@ -110,8 +110,6 @@ fn try_lock_library(home: &Path) -> anyhow::Result<Option<LibraryLock>> {
     Ok(Some(LibraryLock(f)))
 }
 
-/// Runs the daemon in the foreground until it is told to stop. `ready` is called once
-/// the mount answers and the control socket listens.
 /// Waits for the next delivery of a signal; forever when its handler could not be set up.
 async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
     match sig.as_mut() {
@@ -122,6 +120,11 @@ async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
+/// A request to stop: lazily (detach a busy mount) or not, and where to say how it went.
+type StopRequest = (bool, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// Runs the daemon in the foreground until it is told to stop. `ready` is called once
+/// the mount answers and the control socket listens.
 pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -136,173 +139,17 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     let fsname = crate::fs::source_name(&lib.home);
     crate::fs::clean_stale_mount(&opts.mountpoint, &fsname)?;
 
-    let remote = rt.block_on(lib.remote())?;
-    // The remote must belong to this library and key before anything is written to it:
-    // a wrong key stops here with one clear error instead of EIO on every read later.
-    let journal = Journal::new(remote.clone(), lib.key.clone(), lib.catalog.clone())?;
-    match rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(20), journal.check_remote()).await
-    }) {
-        Ok(Ok(())) => {}
-        Ok(Err(e @ (JournalError::WrongKey | JournalError::OtherLibrary(_)))) => {
-            bail!("{e}")
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the remote cannot be checked now; metadata is written once it can")
-        }
-        Err(_) => tracing::warn!("the remote did not answer; metadata is written once it does"),
-    }
-    let limit = opts
-        .cache_size_bytes
-        .unwrap_or_else(|| lib.config.cache_size_bytes());
-    let store = Store::open(
-        &lib.cache_dir(),
-        lib.catalog.clone(),
-        limit,
-        rt.handle().clone(),
-    )?;
-    // Before libtorrent hears of any verified piece: those no chunk hash vouches for
-    // are checked against the torrent's own hashes.
-    let revoked = super::verify::recheck_unfinished_chunks(&lib.catalog, &store);
-    if revoked > 0 {
-        tracing::warn!(pieces = revoked, "pieces of unfinished chunks changed on disk while bae was stopped; downloading them again");
-    }
-    let fetcher = Arc::new(Fetcher::new(remote.clone(), lib.key.clone()));
-    store.set_source(fetcher.clone());
-    let uploader = {
-        let _enter = rt.enter();
-        journal.start();
-        Uploader::start(
-            store.clone(),
-            remote.clone(),
-            lib.key.clone(),
-            journal.clone(),
-            lib.config.upload_concurrency,
-        )
-    };
-    let content = Arc::new(StoreContent::new(
-        store.clone(),
-        lib.catalog.clone(),
-        Duration::from_secs(lib.config.read_timeout_secs),
-    ));
-    let pressure = Arc::new(CachePressure::new(
-        store.clone(),
-        &lib.cache_dir(),
-        lib.config.cache_free_reserve.as_deref(),
-    )?);
-    let storage = Arc::new(StoreStorage {
-        store: store.clone(),
-        catalog: lib.catalog.clone(),
-        content: content.clone(),
-        pressure: pressure.clone(),
-    });
-    let net = &lib.config.network;
-    let port = opts.listen_port.unwrap_or(net.listen_port);
-    let session = Arc::new(Session::new(SessionConfig {
-        listen_interfaces: format!("{}:{port}", net.listen_address),
-        enable_dht: net.dht,
-        enable_lsd: net.lsd,
-        enable_upnp: net.upnp,
-        enable_natpmp: net.natpmp,
-        enable_utp: net.utp,
-        allow_multiple_connections_per_ip: true,
-        storage,
-        resume_dir: Some(lib.home.join("resume")),
-        queue: QueueLimits {
-            active_downloads: net.active_downloads,
-            active_seeds: net.active_seeds,
-            active_limit: net.active_limit,
-        },
-    })?);
-    content.set_session(&session);
-    let events = session.take_events();
-
-    let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
-    let mountpoint = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
-    let daemon = Arc::new(Daemon {
-        lib,
-        store,
-        session,
-        content,
-        uploader,
-        fetcher,
-        pressure,
-        mountpoint: mountpoint.clone(),
-        added: Mutex::new(HashMap::new()),
-        shutdown_tx,
-        journal,
-    });
-    daemon.sync();
-    let weak = Arc::downgrade(&daemon);
-    super::metrics::serve(rt.handle(), &daemon.lib.config, move || {
-        weak.upgrade().map(|d| d.status())
-    })?;
-    super::watch::spawn(rt.handle(), &daemon.lib);
-
-    if let Some(events) = events {
-        // Weak: the thread ends when the session (owned by the daemon) is dropped.
-        let d = Arc::downgrade(&daemon);
-        std::thread::Builder::new()
-            .name("bae-events".into())
-            .spawn(move || {
-                for ev in events {
-                    let Some(d) = d.upgrade() else { return };
-                    d.on_event(ev);
-                }
-            })
-            .context("starting the event thread")?;
-    }
-
-    let mut mount: MountHandle = crate::fs::mount(
-        daemon.content.clone(),
-        &opts.mountpoint,
-        MountOptions {
-            allow_other: opts.allow_other,
-            permissions: opts.permissions.clone(),
-            // The content bounds its own waits; this is a backstop a little beyond it.
-            read_timeout: Some(Duration::from_secs(daemon.lib.config.read_timeout_secs + 5)),
-            runtime: Some(rt.handle().clone()),
-            max_readahead_bytes: u64::from(daemon.lib.config.readahead_chunks)
-                * crate::model::CHUNK_LEN,
-            fsname,
-            ..MountOptions::default()
-        },
-    )?;
-
-    let socket = daemon.lib.socket_path();
-    let _ = std::fs::remove_file(&socket);
-    let listener = {
-        let _enter = rt.enter();
-        tokio::net::UnixListener::bind(&socket)
-            .with_context(|| format!("binding the control socket {}", socket.display()))?
-    };
-    let control_task = {
-        let d = daemon.clone();
-        rt.spawn(control::serve(listener, move |req| {
-            let d = d.clone();
-            async move { d.handle(req).await }
-        }))
-    };
-    // Chunks found damaged and not in the remote lost their pieces: libtorrent must be
-    // told, by adding the torrent again with the store's verified pieces.
-    let revoke_task = {
-        let d = daemon.clone();
-        let rx = daemon.store.take_revocations();
-        rt.spawn(async move {
-            let Some(mut rx) = rx else { return };
-            while let Some(t) = rx.recv().await {
-                let d = d.clone();
-                let _ = tokio::task::spawn_blocking(move || d.readd(t)).await;
-            }
-        })
-    };
+    let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
+    let daemon = Daemon::start(&rt, lib, &opts, shutdown_tx)?;
+    let mount = daemon.mount(&rt, &opts, fsname)?;
+    let tasks = daemon.serve(&rt)?;
     let pid_file = daemon.lib.home.join("daemon.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, "cannot write {}", pid_file.display());
     }
     // The handlers go in before anyone is told we are ready: a service manager (or a
     // test) may send SIGTERM the moment it hears READY=1.
-    let (mut term, mut int) = {
+    let signals = {
         let _guard = rt.enter();
         use tokio::signal::unix::{signal, SignalKind};
         (
@@ -310,58 +157,24 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
             signal(SignalKind::interrupt()).ok(),
         )
     };
-    tracing::info!(mountpoint = %mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
+    tracing::info!(mountpoint = %daemon.mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
     ready();
 
-    // Wait for a stop request, a signal, or the mount being taken away from us.
-    let lazy = rt.block_on(async {
-        let mut watch = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                Some((lazy, reply)) = shutdown_rx.recv() => {
-                    let r = if lazy { mount.unmount_lazy() } else { mount.unmount() };
-                    match r {
-                        Ok(()) => {
-                            let _ = reply.send(Ok(()));
-                            return false;
-                        }
-                        Err(e @ FsError::Busy(_)) => {
-                            tracing::warn!("unmount refused: the mount is busy");
-                            let _ = reply.send(Err(e.to_string()));
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e.to_string()));
-                            continue;
-                        }
-                    }
-                }
-                _ = next_signal(&mut int) => return true,
-                _ = next_signal(&mut term) => return true,
-                _ = watch.tick() => {
-                    if !crate::fs::is_fuse_mount(&mountpoint) {
-                        tracing::warn!("the mount was removed from outside; stopping");
-                        return false;
-                    }
-                }
-            }
-        }
-    });
-    if lazy {
-        if let Err(e) = mount.unmount() {
-            tracing::warn!(error = %e, "unmount failed; detaching lazily");
-            let _ = mount.unmount_lazy();
-        }
-    }
+    let mount = rt.block_on(wait_for_stop(
+        mount,
+        shutdown_rx,
+        signals,
+        &daemon.mountpoint,
+    ));
     drop(mount);
-    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(daemon.lib.socket_path());
     let _ = std::fs::remove_file(&pid_file);
     rt.block_on(async {
         daemon.clone().shutdown().await;
         // The tasks holding the daemon end first, so that dropping it below drops the
         // session while the runtime still runs: disk workers may be inside a store call
         // that needs it (libtorrent says goodbye to trackers and joins its workers).
-        for task in [control_task, revoke_task] {
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }
@@ -378,6 +191,254 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     rt.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The library's remote and its metadata journal, checked: the remote must belong to
+/// this library and key before anything is written to it, so a wrong key stops here
+/// with one clear error instead of EIO on every read later. A remote that cannot be
+/// reached now is not an error (metadata is written once it can be).
+fn open_remote(
+    rt: &tokio::runtime::Runtime,
+    lib: &Library,
+) -> anyhow::Result<(crate::remote::Remote, Arc<Journal>)> {
+    let remote = rt.block_on(lib.remote())?;
+    let journal = Journal::new(remote.clone(), lib.key.clone(), lib.catalog.clone())?;
+    match rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), journal.check_remote()).await
+    }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ (JournalError::WrongKey | JournalError::OtherLibrary(_)))) => {
+            bail!("{e}")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the remote cannot be checked now; metadata is written once it can")
+        }
+        Err(_) => tracing::warn!("the remote did not answer; metadata is written once it does"),
+    }
+    Ok((remote, journal))
+}
+
+/// Waits for a stop request, a signal, or the mount being taken away from us; returns
+/// the mount, unmounted (or detached) when a signal asked for the stop.
+async fn wait_for_stop(
+    mut mount: MountHandle,
+    mut requests: mpsc::UnboundedReceiver<StopRequest>,
+    (mut term, mut int): (
+        Option<tokio::signal::unix::Signal>,
+        Option<tokio::signal::unix::Signal>,
+    ),
+    mountpoint: &Path,
+) -> MountHandle {
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
+    let signalled = loop {
+        tokio::select! {
+            Some((lazy, reply)) = requests.recv() => {
+                let r = if lazy { mount.unmount_lazy() } else { mount.unmount() };
+                if let Err(FsError::Busy(_)) = &r {
+                    tracing::warn!("unmount refused: the mount is busy");
+                }
+                let done = r.is_ok();
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+                if done {
+                    break false;
+                }
+            }
+            _ = next_signal(&mut int) => break true,
+            _ = next_signal(&mut term) => break true,
+            _ = watch.tick() => {
+                if !crate::fs::is_fuse_mount(mountpoint) {
+                    tracing::warn!("the mount was removed from outside; stopping");
+                    break false;
+                }
+            }
+        }
+    };
+    if signalled {
+        if let Err(e) = mount.unmount() {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            let _ = mount.unmount_lazy();
+        }
+    }
+    mount
+}
+
+impl Daemon {
+    /// Opens the store and starts everything behind the mount: uploader, metadata
+    /// writer, libtorrent session (with the torrents of the catalog), metrics, the
+    /// watch folder and the thread that feeds libtorrent's events to the store.
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        lib: Library,
+        opts: &DaemonOptions,
+        shutdown_tx: mpsc::UnboundedSender<StopRequest>,
+    ) -> anyhow::Result<Arc<Daemon>> {
+        let (remote, journal) = open_remote(rt, &lib)?;
+        let limit = opts
+            .cache_size_bytes
+            .unwrap_or_else(|| lib.config.cache_size_bytes());
+        let store = Store::open(
+            &lib.cache_dir(),
+            lib.catalog.clone(),
+            limit,
+            rt.handle().clone(),
+        )?;
+        // Before libtorrent hears of any verified piece: those no chunk hash vouches for
+        // are checked against the torrent's own hashes.
+        let revoked = super::verify::recheck_unfinished_chunks(&lib.catalog, &store);
+        if revoked > 0 {
+            tracing::warn!(pieces = revoked, "pieces of unfinished chunks changed on disk while bae was stopped; downloading them again");
+        }
+        let fetcher = Arc::new(Fetcher::new(remote.clone(), lib.key.clone()));
+        store.set_source(fetcher.clone());
+        let uploader = {
+            let _enter = rt.enter();
+            journal.start();
+            Uploader::start(
+                store.clone(),
+                remote.clone(),
+                lib.key.clone(),
+                journal.clone(),
+                lib.config.upload_concurrency,
+            )
+        };
+        let content = Arc::new(StoreContent::new(
+            store.clone(),
+            lib.catalog.clone(),
+            Duration::from_secs(lib.config.read_timeout_secs),
+        ));
+        let pressure = Arc::new(CachePressure::new(
+            store.clone(),
+            &lib.cache_dir(),
+            lib.config.cache_free_reserve.as_deref(),
+        )?);
+        let session = Arc::new(Session::new(session_config(
+            &lib,
+            opts,
+            Arc::new(StoreStorage {
+                store: store.clone(),
+                catalog: lib.catalog.clone(),
+                content: content.clone(),
+                pressure: pressure.clone(),
+            }),
+        ))?);
+        content.set_session(&session);
+        let events = session.take_events();
+        let mountpoint = std::fs::canonicalize(&opts.mountpoint).unwrap_or(opts.mountpoint.clone());
+        let daemon = Arc::new(Daemon {
+            lib,
+            store,
+            session,
+            content,
+            uploader,
+            fetcher,
+            pressure,
+            mountpoint,
+            added: Mutex::new(HashMap::new()),
+            shutdown_tx,
+            journal,
+        });
+        daemon.sync();
+        let weak = Arc::downgrade(&daemon);
+        super::metrics::serve(rt.handle(), &daemon.lib.config, move || {
+            weak.upgrade().map(|d| d.status())
+        })?;
+        super::watch::spawn(rt.handle(), &daemon.lib);
+        if let Some(events) = events {
+            // Weak: the thread ends when the session (owned by the daemon) is dropped.
+            let d = Arc::downgrade(&daemon);
+            std::thread::Builder::new()
+                .name("bae-events".into())
+                .spawn(move || {
+                    for ev in events {
+                        let Some(d) = d.upgrade() else { return };
+                        d.on_event(ev);
+                    }
+                })
+                .context("starting the event thread")?;
+        }
+        Ok(daemon)
+    }
+
+    /// Mounts the library's filesystem over the content.
+    fn mount(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        opts: &DaemonOptions,
+        fsname: String,
+    ) -> anyhow::Result<MountHandle> {
+        let config = &self.lib.config;
+        Ok(crate::fs::mount(
+            self.content.clone(),
+            &opts.mountpoint,
+            MountOptions {
+                allow_other: opts.allow_other,
+                permissions: opts.permissions.clone(),
+                // The content bounds its own waits; this is a backstop a little beyond it.
+                read_timeout: Some(Duration::from_secs(config.read_timeout_secs + 5)),
+                runtime: Some(rt.handle().clone()),
+                max_readahead_bytes: u64::from(config.readahead_chunks) * crate::model::CHUNK_LEN,
+                fsname,
+                ..MountOptions::default()
+            },
+        )?)
+    }
+
+    /// Starts the control socket's server, and the task that re-adds torrents whose
+    /// damaged chunks (not in the remote) lost pieces: libtorrent must be told, by
+    /// adding the torrent again with the store's verified pieces.
+    fn serve(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<[tokio::task::JoinHandle<()>; 2]> {
+        let socket = self.lib.socket_path();
+        let _ = std::fs::remove_file(&socket);
+        let listener = {
+            let _enter = rt.enter();
+            tokio::net::UnixListener::bind(&socket)
+                .with_context(|| format!("binding the control socket {}", socket.display()))?
+        };
+        let d = self.clone();
+        let control = rt.spawn(control::serve(listener, move |req| {
+            let d = d.clone();
+            async move { d.handle(req).await }
+        }));
+        let d = self.clone();
+        let rx = self.store.take_revocations();
+        let revoke = rt.spawn(async move {
+            let Some(mut rx) = rx else { return };
+            while let Some(t) = rx.recv().await {
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || d.readd(t)).await;
+            }
+        });
+        Ok([control, revoke])
+    }
+}
+
+/// libtorrent's settings from the library's `[network]` config.
+fn session_config(
+    lib: &Library,
+    opts: &DaemonOptions,
+    storage: Arc<StoreStorage>,
+) -> SessionConfig {
+    let net = &lib.config.network;
+    let port = opts.listen_port.unwrap_or(net.listen_port);
+    SessionConfig {
+        listen_interfaces: format!("{}:{port}", net.listen_address),
+        enable_dht: net.dht,
+        enable_lsd: net.lsd,
+        enable_upnp: net.upnp,
+        enable_natpmp: net.natpmp,
+        enable_utp: net.utp,
+        allow_multiple_connections_per_ip: true,
+        storage,
+        resume_dir: Some(lib.home.join("resume")),
+        queue: QueueLimits {
+            active_downloads: net.active_downloads,
+            active_seeds: net.active_seeds,
+            active_limit: net.active_limit,
+        },
+    }
 }
 
 impl Daemon {
