@@ -221,7 +221,7 @@ fn blocks_of_unfinished_pieces_survive_a_kill_9() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Nothing changes any more; the daemon saves resume data every
-    // RESUME_SAVE_INTERVAL (5 s) for torrents that stored blocks. Then kill it.
+    // RESUME_SAVE_INTERVAL (1 s) for torrents that stored blocks. Then kill it.
     std::thread::sleep(Duration::from_secs(12));
     let verified_at_kill = (progress(&bae) * total as f64) as u64;
     assert!(verified_at_kill < total, "finished before the kill");

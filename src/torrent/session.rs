@@ -42,7 +42,7 @@ const ALERT_WAIT_MS: u32 = 200;
 /// can cost is the blocks of unfinished pieces stored since the last save, so this is
 /// short (a kill costs about this long of download); a save is a small file per
 /// downloading torrent, written off the alert thread.
-pub const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long dropping the session waits for the last resume data to be written.
 const RESUME_SAVE_AT_STOP: Duration = Duration::from_secs(3);
