@@ -247,39 +247,77 @@ def conc_summary(samples):
     return f"{s[0]} / {s[len(s) // 2]} / {s[-1]}"
 
 
+LINK_MB_S = 60  # the slower-than-the-machine remote: an uplink the fault proxy serializes
+
+
+def start_fault_proxy(ctx, upstream, put_rate):
+    """examples/fault_proxy in front of the S3 server, every PUT body sharing one link of
+    `put_rate` bytes/s: a remote slower than this machine's own loopback S3 server."""
+    p = c.spawn([ctx.args.fault_proxy, upstream, "0", AK, SK], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True)
+    lines = c.PeerLine(p)
+    url = lines.wait("READY", timeout=60).split()[1]
+    p.stdin.write(f"put_rate {put_rate}\n")
+    p.stdin.flush()
+    lines.wait("OK put_rate", timeout=10)
+    return p, url
+
+
 def bounded_figures(ctx):
-    """Issue 11: a torrent several times the cache, downloaded with seeding unpinned to
-    the S3 server on 127.0.0.1. The S3 server's own PUT throughput (sealed-chunk-size
-    objects, bae's concurrency range) first; then bae's download rate with the cache bound
-    in force, as a ratio to the best PUT figure, and the cache's peak against its bound."""
-    import library
-    import s3get
+    """Issue 11: a torrent several times the cache, downloaded with seeding unpinned to an
+    S3 remote: once to the S3 server on 127.0.0.1 as it is (it shares the 2 cores with the
+    seeder and bae), once behind a link slower than the machine (the fault proxy's
+    `put_rate`), which is what a real remote is."""
     bound_mib = 64
     album_mb = 512
     album = c.make_album(os.path.join(ctx.data, f"bounded-{album_mb}"), album_mb * MiB)
-    size = c.album_size(album)
-    name = os.path.basename(album)
-    put = ctx.figure("s3_put", "S3 server on 127.0.0.1: PUT of sealed 1 MiB chunks "
-                     f"({'/'.join(map(str, PUT_IN_FLIGHT))} in flight)", "MB/s", "higher", [])
-    dl = ctx.figure("bounded_download", f"download of {size / 1e6:.0f} MB with --cache-size "
-                    f"{bound_mib}MiB, seeding unpinned, S3 remote: steady rate (from 25 % to "
-                    "the end)", "MB/s", "higher", [("ratio", "S3 PUT, best", "≥", 0.9),
-                                                   ("ratio", JOINT, "≥", 0.9)])
-    peak = ctx.figure("bounded_peak", f"same: peak of the cache directory (sampled every "
-                      f"100 ms) against the {bound_mib} MiB bound", "MiB", "lower",
-                      [("abs", "≤", bound_mib * 1.25)])
-    meta = ctx.figure("bounded_meta", "same: remote metadata written per chunk uploaded "
-                      "(non-chunk objects, sampled each second)", "B", "lower",
-                      [("abs", "≤", 200)])
     torrent = c.make_torrent(album, os.path.join(ctx.work, "bounded.torrent"), MiB)
     seeder, _, addr = start_seeder(torrent, os.path.dirname(album))
-    s3p, s3root, url, env = start_s3(ctx, "s3-bounded", ["bench", "puttest"])
+    try:
+        bounded_case(ctx, album, torrent, addr, bound_mib, "", None)
+        if ctx.args.fault_proxy:
+            bounded_case(ctx, album, torrent, addr, bound_mib, "_link",
+                         LINK_MB_S * 1_000_000)
+        else:
+            c.log("   no --fault-proxy: the slow-link case is skipped")
+    finally:
+        c.stop(seeder)
+
+
+def bounded_case(ctx, album, torrent, addr, bound_mib, suffix, put_rate):
+    """One remote: its PUT throughput (sealed-chunk-size objects, bae's concurrency range)
+    first; then bae's download rate with the cache bound in force as a ratio to the best
+    PUT figure, the cache's peak against its bound and the remote metadata per chunk."""
+    import library
+    import s3get
+    size = c.album_size(album)
+    name = os.path.basename(album)
+    remote = ("S3 server on 127.0.0.1" if put_rate is None
+              else f"the same behind a {put_rate / 1e6:.0f} MB/s upload link")
+    put = ctx.figure("s3_put" + suffix, f"{remote}: PUT of sealed 1 MiB chunks "
+                     f"({'/'.join(map(str, PUT_IN_FLIGHT))} in flight)", "MB/s", "higher", [])
+    targets = [("ratio", "remote PUT, best", "≥", 0.9)]
+    if put_rate is None:
+        targets.append(("ratio", JOINT, "≥", 0.9))
+    dl = ctx.figure("bounded_download" + suffix, f"{remote}: download of {size / 1e6:.0f} MB "
+                    f"with --cache-size {bound_mib}MiB, seeding unpinned: steady rate (from "
+                    "25 % to the end)", "MB/s", "higher", targets)
+    peak = ctx.figure("bounded_peak" + suffix, f"same: peak of the cache directory (sampled "
+                      f"every 100 ms) against the {bound_mib} MiB bound", "MiB", "lower",
+                      [("abs", "≤", bound_mib * 1.25)])
+    meta = ctx.figure("bounded_meta" + suffix, "same: remote metadata written per chunk "
+                      "uploaded (non-chunk objects, sampled each second)", "B", "lower",
+                      [("abs", "≤", 200)])
+    s3p, s3root, url, env = start_s3(ctx, "s3-bounded" + suffix, ["bench", "puttest"])
+    proxy = None
+    if put_rate is not None:
+        proxy, url = start_fault_proxy(ctx, url, put_rate)
     count = (128 if ctx.args.quick else 384)
     try:
         with c.heavy_lock(put.title):
             for run in range(ctx.runs):
                 for k in PUT_IN_FLIGHT:
-                    who = f"S3 PUT ×{k}"
+                    who = f"PUT ×{k}"
 
                     def one():
                         got, dt = s3get.put_throughput(url, "puttest", f"r{run}k{k}",
@@ -293,13 +331,13 @@ def bounded_figures(ctx):
         put.note = "client: python threads, one connection each (a floor on the server)"
         unbounded = "same, --cache-size 4GiB (bound never reached)"
 
-        def one(run, cache_size, record):
+        def one(run, cache_size, bounded):
             # A prefix per library: a new library's key cannot open another's metadata.
             prefix = f"bae-{run}-{cache_size}"
-            b = ctx.bae("bounded", remote_args=["--remote", f"s3://bench/{prefix}",
-                                                "--endpoint", url],
+            b = ctx.bae("bounded" + suffix, remote_args=["--remote", f"s3://bench/{prefix}",
+                                                         "--endpoint", url],
                         env=env, cache_size=cache_size)
-            watch = library.MetaWatch(os.path.join(s3root, "bench", prefix)) if record else None
+            watch = library.MetaWatch(os.path.join(s3root, "bench", prefix)) if bounded else None
             try:
                 b.mount()
                 b.run("add", torrent, "--peer", addr, "--paused")
@@ -307,10 +345,9 @@ def bounded_figures(ctx):
                 cache = DirSampler(os.path.join(b.home, "cache"))
                 rss = c.RssSampler(b.pid)
                 prog = []
+                conc = []
                 t0 = time.monotonic()
                 b.run("resume", name[:12])
-
-                conc = []
 
                 def done(s):
                     prog.append((time.monotonic(), s["torrents"][0]["progress"]))
@@ -325,7 +362,8 @@ def bounded_figures(ctx):
                 ctx.note_rss(BAE, rss.peak)
                 t25, p25 = next((t, p) for t, p in prog if p >= 0.25)
                 steady = size * (1.0 - p25) / (prog[-1][0] - t25) / 1e6
-                if record:
+                if bounded:
+                    peak.add(BAE, cache.peak / MiB)
                     # Remote metadata per chunk uploaded (issue 8): the writer ticks every
                     # 5 s and compacts a finished torrent's journal into one object.
                     deadline = time.monotonic() + 60
@@ -345,8 +383,6 @@ def bounded_figures(ctx):
                     # at once (seeder, bae and the S3 server share its cores): the rate
                     # the remote accepts during a download, which a bound can at best match.
                     dl.add(JOINT, size / t_up / 1e6)
-                    peak.add(BAE, cache.peak / MiB)
-                    peak.add("bound", bound_mib)
                 c.log(f"   run {run + 1} cache {cache_size}: steady {steady:.0f} MB/s, whole "
                       f"{size / t_dl / 1e6:.0f} MB/s, all uploaded after {t_up:.1f} s, cache "
                       f"peak {cache.peak / MiB:.1f} MiB ({cache.samples} samples), daemon "
@@ -358,16 +394,20 @@ def bounded_figures(ctx):
                     watch.stop()
                 b.remove()
 
+        # Behind the slow link the bound is what limits nothing: the unbounded run would
+        # only measure the link again, so it runs against the machine's own server only.
+        contenders = [BAE, unbounded] if put_rate is None else [BAE]
         with c.heavy_lock(dl.title):
             for run in range(ctx.runs):
-                for who in ctx.order(run, [BAE, unbounded]):
+                for who in ctx.order(run, contenders):
                     if who == BAE:
                         attempt(dl, BAE, lambda: one(run, f"{bound_mib}MiB", True))
                     else:
                         attempt(dl, unbounded, lambda: one(run, "4GiB", False))
-                dl.add("S3 PUT, best", best)
+                dl.add("remote PUT, best", best)
+        peak.add("bound", bound_mib)
     finally:
-        c.stop(seeder)
+        c.stop(proxy)
         c.stop(s3p)
         shutil.rmtree(s3root, ignore_errors=True)
 
@@ -852,6 +892,8 @@ def main():
                     help="library: comma-separated sizes (1tb,10tb,50tb,20k)")
     ap.add_argument("--bae", required=True)
     ap.add_argument("--s3-server", required=True)
+    ap.add_argument("--fault-proxy", default=None,
+                    help="examples/fault_proxy (downloads: the slow-upload-link case)")
     ap.add_argument("--work", default="/var/tmp/bae-bench")
     ap.add_argument("--out", default=os.path.join(c.HERE, "results"))
     args = ap.parse_args()

@@ -19,6 +19,8 @@
 //! hang PCT [METHOD]           never answer (until the client gives up)
 //! truncate_get PCT            GET responses: send half the body, then drop the connection
 //! truncate_put PCT            PUT bodies: forward half, with Content-Length fixed
+//! put_rate BYTES_PER_SEC      PUT bodies share one link of that rate (an uplink slower
+//!                             than the machine), each waiting its turn; 0 = unlimited
 //! down | up                   refuse connections (existing ones are dropped) | accept again
 //! clear                       every fault off, and up
 //! seed N                      reseed the random choices (runs are reproducible)
@@ -34,7 +36,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -82,6 +84,7 @@ struct Faults {
     hang: Rule,
     truncate_get: u32,
     truncate_put: u32,
+    put_rate: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +105,8 @@ struct Proxy {
     access_key: String,
     secret_key: String,
     faults: Mutex<Faults>,
+    /// When the simulated upload link is free again (`put_rate`).
+    put_link: Mutex<Instant>,
     rng: Mutex<rand::rngs::StdRng>,
     counters: Counters,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -116,6 +121,7 @@ enum Decision {
         latency_ms: u64,
         truncate_get: bool,
         truncate_put: bool,
+        put_rate: u64,
     },
 }
 
@@ -142,6 +148,11 @@ impl Proxy {
             latency_ms: f.latency_ms,
             truncate_get: *method == Method::GET && roll(&mut rng, f.truncate_get),
             truncate_put: *method == Method::PUT && roll(&mut rng, f.truncate_put),
+            put_rate: if *method == Method::PUT {
+                f.put_rate
+            } else {
+                0
+            },
         }
     }
 
@@ -151,7 +162,7 @@ impl Proxy {
         fd: RawFd,
     ) -> Result<Response<ProxyBody>, std::io::Error> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let (latency_ms, truncate_get, truncate_put) = match self.decide(req.method()) {
+        let (latency_ms, truncate_get, truncate_put, put_rate) = match self.decide(req.method()) {
             Decision::Status(code) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 // Drain the request so the connection stays usable for the next one.
@@ -173,7 +184,8 @@ impl Proxy {
                 latency_ms,
                 truncate_get,
                 truncate_put,
-            } => (latency_ms, truncate_get, truncate_put),
+                put_rate,
+            } => (latency_ms, truncate_get, truncate_put, put_rate),
         };
         if latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(latency_ms)).await;
@@ -184,6 +196,9 @@ impl Proxy {
             .await
             .map_err(std::io::Error::other)?
             .to_bytes();
+        if put_rate > 0 {
+            self.take_link(body.len() as u64, put_rate).await;
+        }
         if truncate_put && body.len() > 1 {
             body = body.slice(..body.len() / 2);
             parts
@@ -228,6 +243,18 @@ impl Proxy {
             return Ok(Response::from_parts(parts, BodyExt::boxed(stream)));
         }
         Ok(Response::from_parts(parts, full(body)))
+    }
+
+    /// Waits until a body of `len` bytes has crossed the shared link: bodies queue one
+    /// behind another, so the sum of all PUTs in flight moves at `rate` bytes per second.
+    async fn take_link(&self, len: u64, rate: u64) {
+        let done = {
+            let mut free_at = self.put_link.lock().unwrap();
+            let start = (*free_at).max(Instant::now());
+            *free_at = start + Duration::from_secs_f64(len as f64 / rate as f64);
+            *free_at
+        };
+        tokio::time::sleep_until(done.into()).await;
     }
 
     /// Re-signs a SigV4 request whose body was changed, declaring the payload unsigned,
@@ -454,6 +481,7 @@ fn command(proxy: &Proxy, up: &watch::Sender<bool>, line: &str) -> Result<String
         "hang" => f.hang = parse_rule(args, 0)?,
         "truncate_get" => f.truncate_get = num(0)?.min(100) as u32,
         "truncate_put" => f.truncate_put = num(0)?.min(100) as u32,
+        "put_rate" => f.put_rate = num(0)?,
         "down" => {
             up.send_replace(false);
         }
@@ -549,6 +577,7 @@ async fn main() -> Result<(), BoxError> {
             .map_or(TEST_SECRET_KEY, String::as_str)
             .to_owned(),
         faults: Mutex::new(Faults::default()),
+        put_link: Mutex::new(Instant::now()),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(7)),
         counters: Counters::default(),
         client: Client::builder(TokioExecutor::new()).build_http(),

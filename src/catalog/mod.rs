@@ -199,6 +199,28 @@ const TORRENT_COLS: &str = "id, uid, info_hash_v1, info_hash_v2, name, magnet, \
                             EXISTS (SELECT 1 FROM torrent_metainfo m WHERE m.torrent_id = torrents.id), piece_len, total_len, paused, seeding, pin, \
                             added_at, peers, n_verified, n_complete, n_uploaded";
 
+/// How long opening the catalog waits for another process that holds it.
+const OPEN_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `op` again while SQLite answers "database is locked" without waiting: two
+/// connections switching a new file to WAL at once each hold a read lock the other's
+/// write lock needs, and SQLite fails one at once rather than deadlock (its busy
+/// handler is not called). Tried again, it finds the other's switch done.
+fn retry_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let until = std::time::Instant::now() + OPEN_BUSY_WAIT;
+    loop {
+        match op() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A write transaction that takes the write lock at BEGIN: a deferred one that reads
 /// first and writes later fails at once (SQLITE_BUSY_SNAPSHOT, "database is locked")
 /// when another process wrote in between, whatever the busy timeout.
@@ -215,9 +237,9 @@ impl Catalog {
         })?;
         // First: switching to WAL needs the lock too, and must wait for another process
         // (several `bae add` at once) rather than fail with "database is locked".
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(OPEN_BUSY_WAIT)?;
         // WAL + NORMAL: a commit survives a process kill; fsync on checkpoint.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut conn)?;

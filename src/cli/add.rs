@@ -81,7 +81,8 @@ pub fn run(home: &Path, sources: &[String], opts: Options, peers: &[String]) -> 
     if let Some(b) = bar.take() {
         b.finish();
     }
-    nudge_daemon(&lib)?;
+    let ids: Vec<_> = added.iter().map(|(id, _)| *id).collect();
+    nudge_daemon(&lib, &ids)?;
     for (_, new) in &added {
         println!("added {} ({})", new.name, hex_of(new));
     }

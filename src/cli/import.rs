@@ -112,11 +112,11 @@ pub fn run(home: &Path, args: &ImportArgs<'_>) -> anyhow::Result<()> {
                 eprintln!("warning: could not remove the failed import: {re}");
             }
             // A daemon that picked the row up meanwhile drops it again.
-            let _ = nudge_daemon(&lib);
+            let _ = nudge_daemon(&lib, &[id]);
             return Err(e);
         }
     };
-    nudge_daemon(&lib)?;
+    nudge_daemon(&lib, &[id])?;
     if let Some(out) = args.out {
         std::fs::write(out, &meta.torrent_bytes)
             .with_context(|| format!("writing {}", out.display()))?;

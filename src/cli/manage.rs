@@ -17,7 +17,7 @@ pub fn seed(home: &Path, query: &str, on: bool, pin: bool) -> anyhow::Result<()>
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
     lib.catalog.set_seeding(t.id, on, pin)?;
-    nudge_daemon(&lib)?;
+    nudge_daemon(&lib, &[t.id])?;
     match (on, pin) {
         (true, true) => println!("{}: seeding, chunks pinned in the cache", t.name),
         (true, false) => println!(
@@ -33,7 +33,7 @@ pub fn pause(home: &Path, query: &str, paused: bool) -> anyhow::Result<()> {
     let lib = open_library(home)?;
     let t = lib.catalog.find(query)?;
     lib.catalog.set_paused(t.id, paused)?;
-    nudge_daemon(&lib)?;
+    nudge_daemon(&lib, &[t.id])?;
     println!("{}: {}", t.name, if paused { "paused" } else { "resumed" });
     Ok(())
 }
@@ -44,7 +44,7 @@ pub fn remove(home: &Path, query: &str, purge: bool) -> anyhow::Result<()> {
     // One transaction removes the torrent and records the remote clean-up it needs, so
     // an interruption below leaks nothing: the daemon (or the next remove) finishes it.
     let objects = lib.catalog.remove_torrent_with_cleanup(t.id, purge)?;
-    nudge_daemon(&lib)?;
+    nudge_daemon(&lib, &[t.id])?;
     // With no daemon the chunk files go now; a daemon removed them in its sync.
     let dir = crate::store::torrent_cache_dir(&lib.cache_dir(), &t.uid);
     if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 use crate::daemon::control::{self, ControlError, Request, Response};
 use crate::daemon::{default_home, InitOptions, Library};
+use crate::model::TorrentId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -407,9 +408,13 @@ pub(crate) fn ask_daemon_with_progress(
     }
 }
 
-/// Tells a running daemon the catalog changed. Silent when none runs.
-pub(crate) fn nudge_daemon(lib: &Library) -> anyhow::Result<()> {
-    match ask_daemon(lib, &Request::Sync, Duration::from_secs(30))? {
+/// Tells a running daemon that these torrents changed in the catalog (added, removed,
+/// re-flagged). Silent when none runs.
+pub(crate) fn nudge_daemon(lib: &Library, changed: &[TorrentId]) -> anyhow::Result<()> {
+    let req = Request::Sync {
+        torrents: changed.iter().map(|t| t.0).collect(),
+    };
+    match ask_daemon(lib, &req, Duration::from_secs(30))? {
         Some(Response::Error { message }) => anyhow::bail!("the daemon refused: {message}"),
         _ => Ok(()),
     }

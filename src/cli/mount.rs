@@ -282,8 +282,7 @@ pub fn umount(home: &Path, mountpoint: &Path, lazy: bool) -> anyhow::Result<()> 
             }
             // Wait for the process to finish its shutdown (uploads get a grace period).
             let deadline = Instant::now() + Duration::from_secs(60);
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            while unsafe { libc::kill(pid as i32, 0) } == 0 {
+            while process_running(pid) {
                 if Instant::now() > deadline {
                     bail!(
                         "the daemon (pid {pid}) is still stopping; see {}",
@@ -466,12 +465,53 @@ pub fn helper_args(args: &[String]) -> Result<Option<Vec<String>>, String> {
     Ok((!fake).then_some(out))
 }
 
+/// Whether process `pid` still runs. An exited process that its parent has not reaped
+/// yet (a zombie: the daemon is re-parented to init, which may take seconds) has
+/// finished everything it had to do, closed its files and released the library's lock.
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name, which is in parentheses
+        // and may itself contain spaces or parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| !matches!(state, "Z" | "X" | "x")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let r = unsafe { libc::kill(pid as i32, 0) };
+            r == 0
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn v(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_exited_process_is_not_running_before_it_is_reaped() {
+        assert!(process_running(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for: it stays a zombie, which `kill(pid, 0)` still finds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_running(pid) {
+            assert!(Instant::now() < deadline, "child {pid} still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: signal 0 only checks that the (unreaped) process exists.
+        assert_eq!(
+            unsafe { libc::kill(pid as i32, 0) },
+            0,
+            "zombie already gone"
+        );
+        child.wait().unwrap();
+        assert!(!process_running(pid));
     }
 
     #[test]

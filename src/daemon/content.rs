@@ -124,6 +124,15 @@ impl StoreContent {
         }
     }
 
+    /// [`StoreContent::sync`] for one torrent that is in the catalog: announced when new
+    /// or renamed (or once its layout is known).
+    pub fn refresh(&self, r: &TorrentRecord) {
+        let mut ev = self.events();
+        if r.geometry.is_some() && ev.shown.get(&r.id) != Some(&r.name) {
+            self.announce(&mut ev, r);
+        }
+    }
+
     fn announce(&self, ev: &mut Events, r: &TorrentRecord) {
         match self.entry_of(r) {
             Ok(entry) => {

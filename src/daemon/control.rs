@@ -28,8 +28,12 @@ use crate::tiering::UploaderStatus;
 pub enum Request {
     Ping,
     Status,
-    /// Re-read the catalog: new, removed, paused or re-flagged torrents.
-    Sync,
+    /// Re-read the catalog: new, removed, paused or re-flagged torrents. `torrents`
+    /// names the ones that changed; empty (or absent) means re-read it all.
+    Sync {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        torrents: Vec<i64>,
+    },
     /// Drop every evictable chunk from the cache.
     Evict,
     Verify {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 
+use crate::catalog::{CatalogError, TorrentRecord};
 use crate::fs::{FsError, MountHandle, MountOptions};
 use crate::model::TorrentId;
 use crate::store::Store;
@@ -389,7 +390,7 @@ impl Daemon {
     fn serve(
         self: &Arc<Self>,
         rt: &tokio::runtime::Runtime,
-    ) -> anyhow::Result<[tokio::task::JoinHandle<()>; 2]> {
+    ) -> anyhow::Result<[tokio::task::JoinHandle<()>; 3]> {
         let socket = self.lib.socket_path();
         let _ = std::fs::remove_file(&socket);
         let listener = {
@@ -411,7 +412,28 @@ impl Daemon {
                 let _ = tokio::task::spawn_blocking(move || d.readd(t)).await;
             }
         });
-        Ok([control, revoke])
+        let trim = rt.spawn(async {
+            let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
+            loop {
+                tick.tick().await;
+                release_free_heap();
+            }
+        });
+        Ok([control, revoke, trim])
+    }
+}
+
+/// How often freed heap is handed back to the kernel while the daemon runs.
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Hands freed heap pages back to the kernel. glibc keeps in its arenas what a burst of
+/// work freed (a sync over thousands of torrents, a restore, a batch of uploads); without
+/// this the idle RSS remembers the library's size long after the work is done.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -443,7 +465,9 @@ fn session_config(
 
 impl Daemon {
     /// Brings the session in line with the catalog: adds new torrents, removes
-    /// deleted ones, applies pause, seeding and pin flags.
+    /// deleted ones, applies pause, seeding and pin flags. Walks the whole library: at
+    /// start, and for a command that does not say what it changed (the others use
+    /// [`Daemon::sync_torrents`]).
     fn sync(&self) {
         let torrents = match self.lib.catalog.torrents() {
             Ok(t) => t,
@@ -457,84 +481,115 @@ impl Daemon {
         let mut known: HashSet<TorrentId> = added.keys().copied().collect();
         known.extend(self.store.torrent_ids());
         for gone in known.into_iter().filter(|t| !wanted.contains(t)) {
-            if added.remove(&gone).is_some() {
-                if let Err(e) = self.session.remove(gone) {
-                    tracing::warn!(torrent = %gone, error = %e, "removing from the session");
-                }
-            }
-            if let Err(e) = self.store.remove_torrent(gone) {
-                tracing::warn!(torrent = %gone, error = %e, "removing cached chunks");
-            }
-            self.content.torrent_removed(gone);
+            self.forget(&mut added, gone);
         }
         for t in &torrents {
-            let complete = t.geometry.is_some() && {
-                let _ = self.store.register_torrent(t.id);
-                self.store.is_complete(t.id)
-            };
-            // Only torrents with work for libtorrent are in the session: a paused one, or
-            // a complete one that does not seed, costs nothing there (its reads are the
-            // store's), so start-up and memory do not grow with the library.
-            let active = !t.paused && (!complete || t.seeding);
-            if let Some(g) = t.geometry {
-                // A pinned torrent larger than the cache would fill it and stop; it is
-                // downloaded and seeded unpinned instead.
-                let fits = self.pressure.pin_fits(g.total_len());
-                self.store
-                    .set_torrent_pinned(t.id, t.seeding && t.pin && fits);
-            }
-            if let Some(&was_active) = added.get(&t.id) {
-                if was_active != active {
-                    let r = if active {
-                        self.session.resume(t.id)
-                    } else {
-                        self.session.pause(t.id)
-                    };
-                    match r {
-                        Ok(()) => {
-                            added.insert(t.id, active);
-                        }
-                        Err(e) => {
-                            tracing::warn!(torrent = %t.id, error = %e, "applying pause state")
-                        }
-                    }
-                }
-            } else {
-                if !active {
-                    continue;
-                }
-                let metainfo = match self.lib.catalog.metainfo(t.id) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!(torrent = %t.id, error = %e, "cannot read the torrent's metadata");
-                        continue;
-                    }
-                };
-                let source = match (metainfo, &t.magnet) {
-                    (Some(m), _) => Source::Metainfo(m),
-                    (None, Some(m)) => Source::Magnet(m.clone()),
-                    (None, None) => {
-                        tracing::error!(torrent = %t.id, "torrent has neither metainfo nor magnet");
-                        continue;
-                    }
-                };
-                let peers: Vec<SocketAddr> =
-                    t.peers.iter().filter_map(|p| p.parse().ok()).collect();
-                let opts = AddOptions {
-                    paused: false,
-                    peers,
-                    full_check: false,
-                };
-                match self.session.add(t.id, source, opts) {
-                    Ok(()) => {
-                        added.insert(t.id, true);
-                    }
-                    Err(e) => tracing::error!(torrent = %t.id, error = %e, "cannot add torrent"),
-                }
-            }
+            self.apply(&mut added, t);
         }
         self.content.sync(&torrents);
         self.journal.notify();
+        drop(added);
+        drop(torrents);
+        release_free_heap();
+    }
+
+    /// [`Daemon::sync`] for the named torrents only (added, removed or re-flagged by a
+    /// command), so that adding one album costs the same in any library.
+    fn sync_torrents(&self, ids: &[TorrentId]) {
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        for &id in ids {
+            match self.lib.catalog.torrent(id) {
+                Ok(t) => {
+                    self.apply(&mut added, &t);
+                    self.content.refresh(&t);
+                }
+                Err(CatalogError::UnknownTorrent(_)) => self.forget(&mut added, id),
+                Err(e) => tracing::error!(torrent = %id, error = %e, "cannot read the catalog"),
+            }
+        }
+        drop(added);
+        self.journal.notify();
+    }
+
+    /// Torrent `gone` left the catalog: out of the session, the store and the mount.
+    fn forget(&self, added: &mut HashMap<TorrentId, bool>, gone: TorrentId) {
+        if added.remove(&gone).is_some() {
+            if let Err(e) = self.session.remove(gone) {
+                tracing::warn!(torrent = %gone, error = %e, "removing from the session");
+            }
+        }
+        if let Err(e) = self.store.remove_torrent(gone) {
+            tracing::warn!(torrent = %gone, error = %e, "removing cached chunks");
+        }
+        self.content.torrent_removed(gone);
+    }
+
+    /// Puts one catalog torrent's state into the store and the session: registered,
+    /// pinned or not, in the session (added, paused or resumed) when it has work there.
+    fn apply(&self, added: &mut HashMap<TorrentId, bool>, t: &TorrentRecord) {
+        let complete = t.geometry.is_some() && {
+            let _ = self.store.register_torrent(t.id);
+            self.store.is_complete(t.id)
+        };
+        // Only torrents with work for libtorrent are in the session: a paused one, or
+        // a complete one that does not seed, costs nothing there (its reads are the
+        // store's), so start-up and memory do not grow with the library.
+        let active = !t.paused && (!complete || t.seeding);
+        if let Some(g) = t.geometry {
+            // A pinned torrent larger than the cache would fill it and stop; it is
+            // downloaded and seeded unpinned instead.
+            let fits = self.pressure.pin_fits(g.total_len());
+            self.store
+                .set_torrent_pinned(t.id, t.seeding && t.pin && fits);
+        }
+        if let Some(&was_active) = added.get(&t.id) {
+            if was_active != active {
+                let r = if active {
+                    self.session.resume(t.id)
+                } else {
+                    self.session.pause(t.id)
+                };
+                match r {
+                    Ok(()) => {
+                        added.insert(t.id, active);
+                    }
+                    Err(e) => {
+                        tracing::warn!(torrent = %t.id, error = %e, "applying pause state")
+                    }
+                }
+            }
+            return;
+        }
+        if !active {
+            return;
+        }
+        let metainfo = match self.lib.catalog.metainfo(t.id) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(torrent = %t.id, error = %e, "cannot read the torrent's metadata");
+                return;
+            }
+        };
+        let source = match (metainfo, &t.magnet) {
+            (Some(m), _) => Source::Metainfo(m),
+            (None, Some(m)) => Source::Magnet(m.clone()),
+            (None, None) => {
+                tracing::error!(torrent = %t.id, "torrent has neither metainfo nor magnet");
+                return;
+            }
+        };
+        let peers: Vec<SocketAddr> = t.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        let opts = AddOptions {
+            paused: false,
+            peers,
+            full_check: false,
+        };
+        match self.session.add(t.id, source, opts) {
+            Ok(()) => {
+                added.insert(t.id, true);
+            }
+            Err(e) => tracing::error!(torrent = %t.id, error = %e, "cannot add torrent"),
+        }
     }
 
     /// Removes a torrent from the session and adds it again from the catalog, so that
@@ -552,7 +607,7 @@ impl Daemon {
                 tracing::warn!(torrent = %t, error = %e, "removing from the session");
             }
         }
-        self.sync();
+        self.sync_torrents(&[t]);
     }
 
     fn on_event(&self, ev: Event) {
@@ -596,9 +651,17 @@ impl Daemon {
                 mountpoint: self.mountpoint.display().to_string(),
             },
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Sync => {
+            Request::Sync { torrents } => {
                 let d = self.clone();
-                let _ = tokio::task::spawn_blocking(move || d.sync()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    if torrents.is_empty() {
+                        d.sync()
+                    } else {
+                        let ids: Vec<TorrentId> = torrents.into_iter().map(TorrentId).collect();
+                        d.sync_torrents(&ids)
+                    }
+                })
+                .await;
                 // `add` is durable in the remote too when it returns (if the remote answers).
                 if !self.journal.flush_meta(SYNC_META_WAIT).await {
                     tracing::warn!("torrent metadata not yet in the remote; will retry");
@@ -662,7 +725,7 @@ impl Daemon {
                         &layout,
                         &mut progress,
                     )?;
-                    d.sync();
+                    d.sync_torrents(&[id]);
                     Ok(n)
                 })
                 .await;

@@ -12,16 +12,21 @@
 //! - Reads map file bytes to stream bytes, never past the end of the file, and feed the
 //!   handle's [`ReadAhead`] to prefetch what a sequential reader will want next.
 //! - A read that failed after waiting (timed out, data unavailable) is remembered for
-//!   [`RETRY_FAIL_TTL`]: the kernel answers a failed read-ahead by reading the same
-//!   pages again, one at a time, and that retry fails at once with the same error
-//!   instead of waiting a second full timeout. So a reader waits at most the
-//!   configured timeout. Failures that come fast (not found, integrity) are not
-//!   remembered.
+//!   [`RETRY_FAIL_TTL`], for every handle of its torrent: the kernel answers a failed
+//!   read-ahead by reading the same pages again, one at a time, and a second reader
+//!   that waited on the same pages (locked by the first one's request) reads them
+//!   again through its own handle. Those retries fail at once with the same error
+//!   instead of waiting a second full timeout, so a reader waits at most the configured
+//!   timeout. Failures that come fast (not found, integrity) are not remembered.
+//! - The kernel may keep a file's pages across opens whether or not its torrent is
+//!   complete: a page only ever holds verified bytes, and an inode number names one
+//!   content (see [`tree`](super::tree)). Dropping them at each open would also make
+//!   `open` wait for every read in flight on the file.
 //!
 //! Locks (never held across an `.await` or a call into the content, never two at once):
 //! `tree`, `invalidator` (cloned out, then called with no lock of ours held: the
-//! kernel may wait for a request on the root that needs `tree`), `handles`, and each
-//! handle's `readahead` and `failed`. The content calls in with its own lock held, so
+//! kernel may wait for a request on the root that needs `tree`), `handles`, `failed`,
+//! and each handle's `readahead`. The content calls in with its own lock held, so
 //! that lock comes before all of ours, and requests never take it.
 
 use std::collections::HashMap;
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::model::CHUNK_LEN;
+use crate::model::{TorrentId, CHUNK_LEN};
 
 use super::content::{Content, ContentError, ContentEvent, ContentSink};
 use super::error::FsError;
@@ -109,7 +114,8 @@ pub struct DirEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opened {
     pub fh: u64,
-    /// Whether the kernel may keep pages cached from earlier opens (file complete).
+    /// Whether the kernel may keep pages cached from earlier opens (always: see the
+    /// module comment).
     pub keep_cache: bool,
 }
 
@@ -144,34 +150,34 @@ pub const RETRY_FAIL_TTL: Duration = Duration::from_secs(3);
 struct Handle {
     file: FileRef,
     readahead: Mutex<ReadAhead>,
-    /// Recent failed reads of this handle: stream range, when, and why. A few, since
-    /// read-ahead requests for neighbouring windows fail together.
-    failed: Mutex<Vec<(Range<u64>, Instant, ContentError)>>,
 }
 
-/// Most failed reads a handle remembers.
-const MAX_REMEMBERED_FAILURES: usize = 8;
+/// Most failed reads remembered at once (the oldest is forgotten first): a few per
+/// reader, since read-ahead requests for neighbouring windows fail together.
+const MAX_REMEMBERED_FAILURES: usize = 64;
 
-impl Handle {
-    /// The error of a recent failed read covering `range`, if any.
-    fn recent_failure(&self, range: &Range<u64>) -> Option<ContentError> {
-        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        failed.retain(|(_, at, _)| at.elapsed() < RETRY_FAIL_TTL);
-        failed
+/// Recent failed reads: torrent, stream range, when, and why.
+#[derive(Default)]
+struct Failures(std::collections::VecDeque<(TorrentId, Range<u64>, Instant, ContentError)>);
+
+impl Failures {
+    /// The error of a recent failed read of `t` covering `range`, if any.
+    fn covering(&mut self, t: TorrentId, range: &Range<u64>) -> Option<ContentError> {
+        self.0.retain(|(_, _, at, _)| at.elapsed() < RETRY_FAIL_TTL);
+        self.0
             .iter()
-            .find(|(r, _, _)| r.start <= range.start && range.end <= r.end)
-            .map(|(_, _, e)| e.clone())
+            .find(|(ft, r, _, _)| *ft == t && r.start <= range.start && range.end <= r.end)
+            .map(|(_, _, _, e)| e.clone())
     }
 
-    fn remember_failure(&self, range: Range<u64>, e: &ContentError) {
+    fn remember(&mut self, t: TorrentId, range: Range<u64>, e: &ContentError) {
         if !matches!(e, ContentError::Timeout | ContentError::Unavailable(_)) {
             return;
         }
-        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        if failed.len() >= MAX_REMEMBERED_FAILURES {
-            failed.remove(0);
+        if self.0.len() >= MAX_REMEMBERED_FAILURES {
+            self.0.pop_front();
         }
-        failed.push((range, Instant::now(), e.clone()));
+        self.0.push_back((t, range, Instant::now(), e.clone()));
     }
 }
 
@@ -253,6 +259,7 @@ pub struct Filesystem {
     config: FsConfig,
     shared: Arc<Shared>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    failed: Mutex<Failures>,
     next_fh: AtomicU64,
 }
 
@@ -277,6 +284,7 @@ impl Filesystem {
             config,
             shared,
             handles: Mutex::new(HashMap::new()),
+            failed: Mutex::new(Failures::default()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -369,7 +377,6 @@ impl Filesystem {
         let handle = Arc::new(Handle {
             file,
             readahead: Mutex::new(ReadAhead::default()),
-            failed: Mutex::new(Vec::new()),
         });
         self.handles
             .lock()
@@ -377,7 +384,7 @@ impl Filesystem {
             .insert(fh, handle);
         Ok(Opened {
             fh,
-            keep_cache: self.content.is_complete(file.torrent),
+            keep_cache: true,
         })
     }
 
@@ -393,7 +400,7 @@ impl Filesystem {
         }
         let end = offset.saturating_add(u64::from(size)).min(file.len_bytes);
         let range = file.stream_offset + offset..file.stream_offset + end;
-        if let Some(e) = handle.recent_failure(&range) {
+        if let Some(e) = self.failures().covering(file.torrent, &range) {
             tracing::debug!(torrent = %file.torrent, ?range, error = %e, "retry of a read that just failed");
             return Err(FsError::Content(e));
         }
@@ -408,6 +415,7 @@ impl Filesystem {
                 file.stream_offset + r.start..file.stream_offset + r.end,
             );
         }
+        let started = Instant::now();
         let read = self.content.read(file.torrent, range.clone());
         let result = match self.config.read_timeout {
             Some(limit) => tokio::time::timeout(limit, read)
@@ -416,8 +424,9 @@ impl Filesystem {
             None => read.await,
         };
         let bytes = result.map_err(|e| {
-            tracing::warn!(torrent = %file.torrent, file = file.index.0, ?range, error = %e, "read failed");
-            handle.remember_failure(range.clone(), &e);
+            let waited_ms = started.elapsed().as_millis() as u64;
+            tracing::warn!(torrent = %file.torrent, file = file.index.0, ?range, waited_ms, error = %e, "read failed");
+            self.failures().remember(file.torrent, range.clone(), &e);
             FsError::Content(e)
         })?;
         let want = end - offset;
@@ -493,6 +502,10 @@ impl Filesystem {
             block_size: STATFS_BLOCK_BYTES as u32,
             name_max_bytes: super::names::NAME_MAX_BYTES as u32,
         }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {

@@ -16,9 +16,11 @@
 //!   renames no one). [`Tree::build`] adds in `TorrentId` order, so after a restart
 //!   the older torrent has the plain name.
 //! - Inode numbers are a pure function of identity, not of insertion order: a hash of
-//!   (torrent id, file index) for files, (torrent id, sanitised path) for directories,
-//!   re-hashed with a salt on the (astronomically rare) collision. So they are the same
-//!   after a change, a removal and re-adding, or a restart.
+//!   (torrent id, info hash, file index) for files, (torrent id, info hash, sanitised
+//!   path) for directories, re-hashed with a salt on the (astronomically rare)
+//!   collision. So they are the same after a change, a removal and re-adding, or a
+//!   restart, and a number never names other bytes (an id the catalog gives again to
+//!   another torrent comes with another info hash): the kernel may keep file pages.
 //! - Root listing offsets are stable across changes: root entries are listed in the
 //!   order they were added, each with a cookie that is never reused, so a listing that
 //!   spans a change neither repeats nor skips a torrent that did not change. Inside a
@@ -353,6 +355,7 @@ impl Tree {
     fn insert(&mut self, t: &TorrentEntry, name: Option<String>) -> String {
         let mut b = Builder {
             torrent: t.id,
+            content: &t.info_hash,
             nodes: &mut self.nodes,
             inodes: Vec::new(),
             file_bytes: 0,
@@ -405,6 +408,8 @@ impl Tree {
 /// Adds one torrent's nodes to the tree's node map.
 struct Builder<'a> {
     torrent: TorrentId,
+    /// What the torrent's bytes are (its info hash): part of every inode's identity.
+    content: &'a str,
     nodes: &'a mut HashMap<InodeNo, Node>,
     /// The inodes added so far.
     inodes: Vec<InodeNo>,
@@ -526,7 +531,10 @@ impl Builder<'_> {
 
     /// A fresh inode number derived from `id` (see the module comment).
     fn alloc(&mut self, id: Identity<'_>) -> InodeNo {
-        let mut key = Vec::with_capacity(64);
+        let mut key = Vec::with_capacity(128);
+        // An info hash is hex: the '#' after it cannot be part of it.
+        key.extend_from_slice(self.content.as_bytes());
+        key.push(b'#');
         match id {
             Identity::TorrentDir(t) => {
                 key.push(b'T');

@@ -120,6 +120,8 @@ pub struct ReadStats {
     /// Other errors: the mount gone (ENOTCONN), between mounts (ENOENT), …
     pub unavailable: u64,
     pub longest_eio: Duration,
+    /// Which read that was, and when (seconds since the Unix epoch, to find it in logs).
+    pub longest_eio_what: String,
     pub longest_read: Duration,
     pub wrong_details: Vec<String>,
     /// `unavailable` by errno.
@@ -134,7 +136,10 @@ impl ReadStats {
         self.zeros += o.zeros;
         self.eio += o.eio;
         self.unavailable += o.unavailable;
-        self.longest_eio = self.longest_eio.max(o.longest_eio);
+        if o.longest_eio > self.longest_eio {
+            self.longest_eio = o.longest_eio;
+            self.longest_eio_what = o.longest_eio_what.clone();
+        }
         self.longest_read = self.longest_read.max(o.longest_read);
         self.wrong_details
             .extend(o.wrong_details.iter().take(8).cloned());
@@ -253,7 +258,17 @@ pub fn checked_read(st: &mut ReadStats, t: &Target, offset: u64, len: usize) {
         }
         Err(e) if e.raw_os_error() == Some(libc::EIO) => {
             st.eio += 1;
-            st.longest_eio = st.longest_eio.max(took);
+            if took > st.longest_eio {
+                st.longest_eio = took;
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                st.longest_eio_what = format!(
+                    "{} @{offset}+{len}, ended at {:.1}",
+                    t.mounted.display(),
+                    at.as_secs_f64()
+                );
+            }
         }
         Err(e) => {
             st.unavailable += 1;
