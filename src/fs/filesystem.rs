@@ -456,10 +456,7 @@ impl Filesystem {
             let tree = self.tree();
             let node = tree.get(ino).ok_or(FsError::NotFound)?;
             let t = node.torrent.ok_or(FsError::NoData)?;
-            let hash = tree
-                .entry(t)
-                .map(|e| e.info_hash.clone())
-                .unwrap_or_default();
+            let hash = tree.info_hash(t).unwrap_or_default().to_owned();
             (t, hash)
         };
         let value = match name.to_str() {

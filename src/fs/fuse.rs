@@ -27,9 +27,10 @@ use super::error::FsError;
 use super::filesystem::{Attr, DirEntry, EntryKind, Filesystem};
 use super::tree::InodeNo;
 
-/// Read-ahead the kernel may do on its own, per file (it asks in requests of at most
-/// `max_read`).
-const KERNEL_READAHEAD_BYTES: u32 = CHUNK_LEN as u32;
+/// Read-ahead the kernel may do on its own, per file: it asks in requests of at most
+/// `max_read` (one chunk), so a window of several keeps that many requests in flight
+/// for a sequential reader, answered in parallel.
+pub(super) const KERNEL_READAHEAD_BYTES: u32 = 4 * CHUNK_LEN as u32;
 
 /// Background (read-ahead) requests the kernel may have in flight to us at once.
 const MAX_BACKGROUND_REQUESTS: u16 = 64;

@@ -655,8 +655,9 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
     out
 }
 
-/// Lets the kernel's own read-ahead on the mount reach one full `max_read` request
-/// (its default is 128 KiB). Best effort: needs root, and the mount works without it.
+/// Lets the kernel's own read-ahead on the mount reach what the FUSE session allows
+/// (several `max_read` requests; its default is 128 KiB). Best effort: needs root, and
+/// the mount works without it.
 fn tune_kernel_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = fs::metadata(mountpoint) else {
@@ -665,7 +666,8 @@ fn tune_kernel_readahead(mountpoint: &Path) {
     let dev = meta.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    if let Err(e) = fs::write(&knob, format!("{}", MAX_READ_BYTES / 1024)) {
+    let kb = super::fuse::KERNEL_READAHEAD_BYTES / 1024;
+    if let Err(e) = fs::write(&knob, format!("{kb}")) {
         tracing::debug!(%knob, error = %e, "could not raise the kernel read-ahead");
     }
 }

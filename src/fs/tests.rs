@@ -196,7 +196,7 @@ fn hostile_paths_stay_inside_their_torrent_directory() {
         ]
     );
     for n in tree.nodes().filter(|n| n.ino != InodeNo::ROOT) {
-        assert!(!n.name.is_empty() && n.name != "." && n.name != "..");
+        assert!(!n.name.is_empty() && &*n.name != "." && &*n.name != "..");
         assert!(!n.name.contains('/') && !n.name.contains('\0'));
     }
 }

@@ -27,6 +27,7 @@
 //!   torrent (immutable) entries are listed by name.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::model::{FileIndex, TorrentId};
 
@@ -54,8 +55,9 @@ pub struct FileRef {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dir {
-    /// Children by name; sorted, so `readdir` offsets are stable within one tree.
-    pub children: BTreeMap<String, InodeNo>,
+    /// Children by name; sorted, so `readdir` offsets are stable within one tree. A
+    /// name is shared with the child's node: one allocation per entry of the library.
+    pub children: BTreeMap<Arc<str>, InodeNo>,
     /// How many children are directories (for `nlink`).
     pub subdirs: u32,
 }
@@ -71,7 +73,7 @@ pub struct Node {
     pub ino: InodeNo,
     /// The root is its own parent.
     pub parent: InodeNo,
-    pub name: String,
+    pub name: Arc<str>,
     /// Unix seconds.
     pub mtime: i64,
     pub kind: NodeKind,
@@ -111,7 +113,13 @@ pub struct Change {
 /// The nodes one torrent owns.
 #[derive(Debug)]
 struct Subtree {
-    entry: TorrentEntry,
+    /// A hash of the entry it was built from: an upsert of the same entry changes
+    /// nothing. (Not the entry itself: its file list would double the tree's memory.)
+    fingerprint: [u8; 32],
+    /// The name the torrent asked for (untrusted), and when it was added.
+    name: String,
+    added_at: i64,
+    info_hash: String,
     dir: InodeNo,
     /// Every inode of the torrent, its directory included.
     inodes: Vec<InodeNo>,
@@ -149,7 +157,7 @@ impl Tree {
             Node {
                 ino: InodeNo::ROOT,
                 parent: InodeNo::ROOT,
-                name: String::new(),
+                name: Arc::from(""),
                 mtime: 0,
                 kind: NodeKind::Dir(Dir::default()),
                 torrent: None,
@@ -181,11 +189,11 @@ impl Tree {
         let mut change = Change::default();
         let mut keep_name = None;
         if let Some(old) = self.torrents.get(&t.id) {
-            if old.entry == *t {
+            if old.fingerprint == fingerprint(t) {
                 return None;
             }
-            let same_base = old.entry.name == t.name;
-            let old_name = self.nodes.get(&old.dir).map(|n| n.name.clone());
+            let same_base = old.name == t.name;
+            let old_name = self.nodes.get(&old.dir).map(|n| n.name.to_string());
             change = self.remove(t.id).unwrap_or_default();
             if same_base {
                 // Same name asked for: the torrent keeps the one it shows.
@@ -208,10 +216,10 @@ impl Tree {
     /// Removes torrent `id` and all its nodes. `None` when it is not in the tree.
     pub fn remove(&mut self, id: TorrentId) -> Option<Change> {
         let sub = self.torrents.remove(&id)?;
-        let name = self.nodes.get(&sub.dir).map(|n| n.name.clone());
+        let name = self.nodes.get(&sub.dir).map(|n| n.name.to_string());
         if let Some(NodeKind::Dir(root)) = self.nodes.get_mut(&InodeNo::ROOT).map(|n| &mut n.kind) {
             if let Some(name) = &name {
-                root.children.remove(name);
+                root.children.remove(name.as_str());
             }
             root.subdirs = root.subdirs.saturating_sub(1);
         }
@@ -220,7 +228,7 @@ impl Tree {
             self.nodes.remove(ino);
         }
         self.file_bytes = self.file_bytes.saturating_sub(sub.file_bytes);
-        if self.get(InodeNo::ROOT).map(|r| r.mtime) == Some(sub.entry.added_at) {
+        if self.get(InodeNo::ROOT).map(|r| r.mtime) == Some(sub.added_at) {
             self.touch_root();
         }
         Some(Change {
@@ -240,9 +248,9 @@ impl Tree {
         self.torrents.len()
     }
 
-    /// The entry torrent `id` is shown from.
-    pub fn entry(&self, id: TorrentId) -> Option<&TorrentEntry> {
-        self.torrents.get(&id).map(|s| &s.entry)
+    /// The info hash of torrent `id` (hex), if it is shown.
+    pub fn info_hash(&self, id: TorrentId) -> Option<&str> {
+        self.torrents.get(&id).map(|s| s.info_hash.as_str())
     }
 
     /// The torrent an inode belongs to (`None` for the root and unknown inodes).
@@ -288,7 +296,7 @@ impl Tree {
                     .range(from..)
                     .filter_map(|(cookie, ino)| {
                         let n = self.get(*ino)?;
-                        Some((cookie + 1, n.name.as_str(), n))
+                        Some((cookie + 1, &*n.name, n))
                     })
                     .take(max),
             );
@@ -300,7 +308,7 @@ impl Tree {
                     .skip(skip)
                     .enumerate()
                     .filter_map(|(i, (name, ino))| {
-                        Some((from + i as u64 + 1, name.as_str(), self.get(*ino)?))
+                        Some((from + i as u64 + 1, &**name, self.get(*ino)?))
                     })
                     .take(max),
             );
@@ -324,7 +332,7 @@ impl Tree {
         let mut out = Vec::new();
         let mut cur = self.get(ino)?;
         while cur.ino != InodeNo::ROOT {
-            out.push(cur.name.clone());
+            out.push(cur.name.to_string());
             cur = self.get(cur.parent)?;
         }
         out.reverse();
@@ -342,7 +350,7 @@ impl Tree {
         let mtime = self
             .torrents
             .values()
-            .map(|s| s.entry.added_at)
+            .map(|s| s.added_at)
             .max()
             .unwrap_or(0);
         if let Some(root) = self.nodes.get_mut(&InodeNo::ROOT) {
@@ -394,7 +402,10 @@ impl Tree {
         self.torrents.insert(
             t.id,
             Subtree {
-                entry: t.clone(),
+                fingerprint: fingerprint(t),
+                name: t.name.clone(),
+                added_at: t.added_at,
+                info_hash: t.info_hash.clone(),
                 dir: tdir,
                 inodes,
                 file_bytes,
@@ -403,6 +414,32 @@ impl Tree {
         );
         name
     }
+}
+
+/// A hash of everything in `t` that the subtree is built from.
+fn fingerprint(t: &TorrentEntry) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    // Strings length-prefixed, so that no two entries hash the same bytes.
+    let text = |h: &mut blake3::Hasher, s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    h.update(&t.id.0.to_le_bytes());
+    text(&mut h, &t.name);
+    h.update(&t.added_at.to_le_bytes());
+    text(&mut h, &t.info_hash);
+    h.update(&(t.files.len() as u64).to_le_bytes());
+    for f in &t.files {
+        h.update(&(f.path.len() as u64).to_le_bytes());
+        for c in &f.path {
+            text(&mut h, c);
+        }
+        h.update(&f.stream_offset.to_le_bytes());
+        h.update(&f.len.to_le_bytes());
+        h.update(&[u8::from(f.pad)]);
+        h.update(&f.mtime.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 /// Adds one torrent's nodes to the tree's node map.
@@ -509,6 +546,7 @@ impl Builder<'_> {
     }
 
     fn attach(&mut self, parent: InodeNo, ino: InodeNo, name: String, mtime: i64, kind: NodeKind) {
+        let name: Arc<str> = name.into();
         let is_dir = matches!(kind, NodeKind::Dir(_));
         if let Some(NodeKind::Dir(d)) = self.nodes.get_mut(&parent).map(|p| &mut p.kind) {
             d.children.insert(name.clone(), ino);
@@ -574,7 +612,7 @@ impl Builder<'_> {
                     Node {
                         ino: InodeNo(ino),
                         parent: InodeNo::ROOT,
-                        name: String::new(),
+                        name: Arc::from(""),
                         mtime: 0,
                         kind: NodeKind::Dir(Dir::default()),
                         torrent: Some(self.torrent),

@@ -89,6 +89,18 @@ pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<
     }
 }
 
+/// Asks the kernel to start reading a chunk file into the page cache (a read of it is
+/// coming). Advice only: errors are ignored.
+pub fn will_need(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = File::open(path) {
+        // SAFETY: posix_fadvise on a file descriptor we own; advice only, no memory.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+        }
+    }
+}
+
 /// Opens a chunk file that must exist, with its current stamp.
 pub fn open_stamped(path: &Path) -> io::Result<(File, FileStamp)> {
     let file = File::open(path)?;

@@ -274,15 +274,23 @@ impl Store {
         }
     }
 
-    /// Brings an evicted chunk back into the cache ahead of a read (read-ahead, peers'
-    /// request patterns). Does nothing for chunks that are local or not in the remote.
+    /// Brings a chunk closer ahead of a read (read-ahead, peers' request patterns): an
+    /// evicted one back from the remote, a local one into the page cache (the kernel
+    /// starts reading its file now, so the read finds it there). Does nothing for
+    /// chunks that are not complete.
     pub async fn prefetch_chunk(self: &Arc<Self>, key: ChunkKey) -> Result<(), StoreError> {
         if self.hot_get(key).is_some() {
             return Ok(());
         }
         let (uid, len) = match self.plan(key)? {
             Plan::Fetch { uid, len } => (uid, len),
-            _ => return Ok(()),
+            Plan::Local { _pin, .. } => {
+                if let Some(uid) = self.lock().torrents.get(&key.torrent).map(|t| t.uid) {
+                    files::will_need(&self.chunk_file(&uid, key.index));
+                }
+                return Ok(());
+            }
+            Plan::Sparse(_) => return Ok(()),
         };
         self.fetch_key(key, uid, len)
             .await
