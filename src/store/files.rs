@@ -89,6 +89,15 @@ pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<
     }
 }
 
+/// Reads the first `len` bytes of a file opened at its start (fewer if it is shorter)
+/// straight into a new buffer's spare room: no zero-filling a chunk's worth first.
+pub fn read_whole(file: &File, len: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(len).read_to_end(&mut data)?;
+    Ok(data)
+}
+
 /// Asks the kernel to start reading a chunk file into the page cache (a read of it is
 /// coming). Advice only: errors are ignored.
 pub fn will_need(path: &Path) {

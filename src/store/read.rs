@@ -191,10 +191,9 @@ impl Store {
                             .map_err(|e| StoreError::io(&path, e))?;
                         return Ok(());
                     }
-                    let mut data = vec![0u8; len as usize];
-                    files::read_file_at(&file, 0, &mut data)
-                        .map_err(|e| StoreError::io(&path, e))?;
-                    if *blake3::hash(&data).as_bytes() != hash {
+                    let data =
+                        files::read_whole(&file, len).map_err(|e| StoreError::io(&path, e))?;
+                    if data.len() as u64 != len || *blake3::hash(&data).as_bytes() != hash {
                         drop(_pin);
                         if !self.chunk_damaged(key, "chunk file does not match its hash") {
                             return Err(StoreError::Revoked(key));
