@@ -89,12 +89,15 @@ pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<
     }
 }
 
-/// Reads the first `len` bytes of a file opened at its start (fewer if it is shorter)
-/// straight into a new buffer's spare room: no zero-filling a chunk's worth first.
+/// Reads the first `len` bytes of a file opened at its start straight into a new
+/// buffer's spare room (no zero-filling a chunk's worth first). Bytes past the end of a
+/// shorter file are zeros, as in a sparse file: pad bytes are never written.
 pub fn read_whole(file: &File, len: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(len).read_to_end(&mut data)?;
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    let mut data = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut data)?;
+    data.resize(len, 0);
     Ok(data)
 }
 
@@ -192,5 +195,17 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         f.set_modified(mtime).unwrap();
         assert_ne!(open_stamped(&p).unwrap().1, before);
+    }
+
+    #[test]
+    fn a_whole_read_is_zero_past_a_short_file_and_stops_at_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        std::fs::write(&path, b"abcdef").unwrap();
+        // A chunk whose tail is pad bytes, never written: the file is shorter.
+        let f = File::open(&path).unwrap();
+        assert_eq!(read_whole(&f, 9).unwrap(), b"abcdef\0\0\0");
+        let f = File::open(&path).unwrap();
+        assert_eq!(read_whole(&f, 4).unwrap(), b"abcd");
     }
 }
