@@ -304,10 +304,6 @@ impl Content for StoreContent {
         }
     }
 
-    fn is_complete(&self, t: TorrentId) -> bool {
-        self.store.is_complete(t)
-    }
-
     fn progress(&self, t: TorrentId) -> Option<Progress> {
         let total_bytes = self.store.geometry(t)?.total_len();
         let s = self.store.torrent_stats(t)?;

@@ -163,10 +163,6 @@ pub trait Content: Send + Sync + 'static {
     /// a file on open). Must not block.
     fn prefetch(&self, t: TorrentId, range: Range<u64>);
 
-    /// Whether every byte of the torrent is present locally. Lets the fs keep the
-    /// kernel page cache across opens.
-    fn is_complete(&self, t: TorrentId) -> bool;
-
     /// The torrent's progress, for the mount's `user.bae.*` extended attributes.
     /// `None` when unknown.
     fn progress(&self, _t: TorrentId) -> Option<Progress> {

@@ -114,9 +114,6 @@ pub struct DirEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opened {
     pub fh: u64,
-    /// Whether the kernel may keep pages cached from earlier opens (always: see the
-    /// module comment).
-    pub keep_cache: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,10 +379,7 @@ impl Filesystem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, handle);
-        Ok(Opened {
-            fh,
-            keep_cache: true,
-        })
+        Ok(Opened { fh })
     }
 
     /// Up to `size` bytes of the open file `fh` from `offset`; fewer only at the end of

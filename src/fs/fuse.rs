@@ -209,7 +209,8 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         match self.fs.open(InodeNo(ino), flags) {
-            Ok(o) => reply.opened(o.fh, if o.keep_cache { FOPEN_KEEP_CACHE } else { 0 }),
+            // The kernel keeps pages across opens (see the filesystem's module comment).
+            Ok(o) => reply.opened(o.fh, FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e.errno()),
         }
     }

@@ -28,7 +28,6 @@ struct MemState {
     sinks: Subscribers,
     torrents: Vec<(TorrentEntry, Bytes)>,
     behaviour: HashMap<TorrentId, Behaviour>,
-    complete: bool,
     prefetches: Vec<(TorrentId, Range<u64>)>,
     reads: Vec<(TorrentId, Range<u64>)>,
 }
@@ -93,9 +92,6 @@ impl Content for MemContent {
     }
     fn prefetch(&self, t: TorrentId, range: Range<u64>) {
         self.state.lock().unwrap().prefetches.push((t, range));
-    }
-    fn is_complete(&self, _t: TorrentId) -> bool {
-        self.state.lock().unwrap().complete
     }
 }
 
@@ -431,15 +427,6 @@ async fn open_prefetches_both_ends_and_sequential_reads_prefetch_ahead() {
     // A random read asks for nothing ahead.
     fs.read(fh, 15 * MIB as i64, 4096).await.unwrap();
     assert!(content.take_prefetches().is_empty());
-}
-
-#[test]
-fn the_kernel_keeps_pages_across_opens_while_downloading_too() {
-    let (content, fs) = fs_over(vec![torrent(1, "A", &[(&["f"], 3)])]);
-    let f = resolve(&fs, "A/f");
-    assert!(fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
-    content.state.lock().unwrap().complete = true;
-    assert!(fs.open(f.ino, libc::O_RDONLY).unwrap().keep_cache);
 }
 
 #[test]

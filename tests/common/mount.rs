@@ -230,10 +230,6 @@ impl Content for DiskContent {
     fn prefetch(&self, t: TorrentId, range: Range<u64>) {
         self.prefetches.lock().unwrap().push((t, range));
     }
-
-    fn is_complete(&self, _t: TorrentId) -> bool {
-        true
-    }
 }
 
 /// A mount in a fresh temporary directory, unmounted on drop even if the test panics:
