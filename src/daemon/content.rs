@@ -108,9 +108,7 @@ impl StoreContent {
         let mut present = HashSet::with_capacity(torrents.len());
         for r in torrents.iter().filter(|r| r.geometry.is_some()) {
             present.insert(r.id);
-            if ev.shown.get(&r.id) != Some(&r.name) {
-                self.announce(&mut ev, r);
-            }
+            self.announce_if_changed(&mut ev, r);
         }
         let gone: Vec<TorrentId> = ev
             .shown
@@ -127,9 +125,15 @@ impl StoreContent {
     /// [`StoreContent::sync`] for one torrent that is in the catalog: announced when new
     /// or renamed (or once its layout is known).
     pub fn refresh(&self, r: &TorrentRecord) {
-        let mut ev = self.events();
-        if r.geometry.is_some() && ev.shown.get(&r.id) != Some(&r.name) {
-            self.announce(&mut ev, r);
+        if r.geometry.is_some() {
+            self.announce_if_changed(&mut self.events(), r);
+        }
+    }
+
+    /// Announces `r` unless the mount already shows it under this name.
+    fn announce_if_changed(&self, ev: &mut Events, r: &TorrentRecord) {
+        if ev.shown.get(&r.id) != Some(&r.name) {
+            self.announce(ev, r);
         }
     }
 

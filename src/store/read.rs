@@ -29,6 +29,7 @@ enum Plan {
     /// A complete chunk with a local file.
     Local {
         _pin: PinGuard,
+        uid: [u8; 16],
         hash: [u8; 32],
         len: u64,
         checked: Option<FileStamp>,
@@ -174,6 +175,7 @@ impl Store {
                     hash,
                     len,
                     checked,
+                    ..
                 } => {
                     let (file, stamp) = match files::open_stamped(&path) {
                         Ok(f) => f,
@@ -243,6 +245,7 @@ impl Store {
                 let (len, checked) = (c.len, c.checked);
                 Ok(Plan::Local {
                     _pin: pin(&mut st),
+                    uid,
                     hash,
                     len,
                     checked,
@@ -283,10 +286,8 @@ impl Store {
         }
         let (uid, len) = match self.plan(key)? {
             Plan::Fetch { uid, len } => (uid, len),
-            Plan::Local { _pin, .. } => {
-                if let Some(uid) = self.lock().torrents.get(&key.torrent).map(|t| t.uid) {
-                    files::will_need(&self.chunk_file(&uid, key.index));
-                }
+            Plan::Local { _pin, uid, .. } => {
+                files::will_need(&self.chunk_file(&uid, key.index));
                 return Ok(());
             }
             Plan::Sparse(_) => return Ok(()),
