@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use common::bae::Bae;
 use common::chaos::{
-    checked_read, chunks, compare_all, complete_and_uploaded, full_mode, heavy_lock,
+    checked_read, chunks, compare_all, complete_and_uploaded, failed_reads, full_mode, heavy_lock,
     integrity_check, lost_chunks, object_file, panics, query, read_range, remount, run_bounded,
     seed, tail, targets, torrent_status, wait_status, LoopFs, ReadStats, Readers, Target, Verdict,
     UPLOADED,
@@ -420,13 +420,11 @@ fn faults_between_bae_and_s3() {
         "every EIO came within read_timeout_secs (+1 s)",
         st.longest_eio <= bound,
         || {
-            let log = bae.log();
-            let failed: Vec<&str> = log.lines().filter(|l| l.contains("read failed")).collect();
             format!(
                 "longest EIO after {:.1} s: {}; bae's last failed reads:\n{}",
                 st.longest_eio.as_secs_f64(),
                 st.longest_eio_what,
-                failed[failed.len().saturating_sub(8)..].join("\n")
+                failed_reads(&bae.log(), 8)
             )
         },
     );
@@ -895,7 +893,12 @@ fn full_cache_filesystem() {
     reads_right(&mut v, &st);
     let bad = compare_all(&targets);
     v.check("every file right in the end", bad.is_empty(), || {
-        bad.join("; ")
+        format!(
+            "{}; the readers' longest EIO: {}; bae's last failed reads:\n{}",
+            bad.join("; "),
+            st.longest_eio_what,
+            failed_reads(&bae.log(), 8)
+        )
     });
     let lost = lost_chunks(&bae.home);
     v.check(

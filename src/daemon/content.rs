@@ -308,6 +308,10 @@ impl Content for StoreContent {
         }
     }
 
+    fn readable_now(&self, t: TorrentId, range: Range<u64>) -> bool {
+        self.store.readable_now(t, range)
+    }
+
     fn progress(&self, t: TorrentId) -> Option<Progress> {
         let total_bytes = self.store.geometry(t)?.total_len();
         let s = self.store.torrent_stats(t)?;

@@ -159,6 +159,13 @@ pub trait Content: Send + Sync + 'static {
     /// yet, remote fetch); the implementation bounds the wait.
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError>;
 
+    /// Whether [`Content::read`] of `range` would answer now, without waiting for a
+    /// download or a fetch. Lets the filesystem retry at once a range that failed a
+    /// moment ago and has arrived since.
+    fn readable_now(&self, _t: TorrentId, _range: Range<u64>) -> bool {
+        false
+    }
+
     /// Hint: these stream bytes will be wanted soon (read-ahead; first and last chunk of
     /// a file on open). Must not block.
     fn prefetch(&self, t: TorrentId, range: Range<u64>);

@@ -17,7 +17,8 @@
 //!   that waited on the same pages (locked by the first one's request) reads them
 //!   again through its own handle. Those retries fail at once with the same error
 //!   instead of waiting a second full timeout, so a reader waits at most the configured
-//!   timeout. Failures that come fast (not found, integrity) are not remembered.
+//!   timeout, unless the range has arrived since. Failures that come fast (not found,
+//!   integrity) are not remembered.
 //! - The kernel may keep a file's pages across opens whether or not its torrent is
 //!   complete: a page only ever holds verified bytes, and an inode number names one
 //!   content (see [`tree`](super::tree)). Dropping them at each open would also make
@@ -394,7 +395,9 @@ impl Filesystem {
         }
         let end = offset.saturating_add(u64::from(size)).min(file.len_bytes);
         let range = file.stream_offset + offset..file.stream_offset + end;
-        if let Some(e) = self.failures().covering(file.torrent, &range) {
+        let failed = self.failures().covering(file.torrent, &range);
+        if let Some(e) = failed.filter(|_| !self.content.readable_now(file.torrent, range.clone()))
+        {
             tracing::debug!(torrent = %file.torrent, ?range, error = %e, "retry of a read that just failed");
             return Err(FsError::Content(e));
         }

@@ -26,6 +26,8 @@ enum Behaviour {
 #[derive(Default)]
 struct MemState {
     sinks: Subscribers,
+    /// Torrents whose reads would answer at once (`Content::readable_now`).
+    ready: std::collections::HashSet<TorrentId>,
     torrents: Vec<(TorrentEntry, Bytes)>,
     behaviour: HashMap<TorrentId, Behaviour>,
     prefetches: Vec<(TorrentId, Range<u64>)>,
@@ -92,6 +94,9 @@ impl Content for MemContent {
     }
     fn prefetch(&self, t: TorrentId, range: Range<u64>) {
         self.state.lock().unwrap().prefetches.push((t, range));
+    }
+    fn readable_now(&self, t: TorrentId, _range: Range<u64>) -> bool {
+        self.state.lock().unwrap().ready.contains(&t)
     }
 }
 
@@ -521,6 +526,26 @@ async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
         fs.read(other, 100, 50).await.unwrap(),
         stream.slice(100..150)
     );
+}
+
+#[tokio::test]
+async fn a_failed_range_that_has_arrived_since_reads_at_once() {
+    let content = Arc::new(MemContent::default());
+    let (entry, stream) = torrent(1, "A", &[(&["f"], 300)]);
+    content.set(vec![(entry, stream.clone())]);
+    content.behave(TorrentId(1), Behaviour::Hang);
+    let config = FsConfig {
+        read_timeout: Some(Duration::from_millis(50)),
+        ..FsConfig::default()
+    };
+    let fs = Filesystem::new(content.clone(), config);
+    let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(fs.read(fh, 0, 200).await.unwrap_err().errno(), libc::EIO);
+    // The download (or fetch) finished right after: no stale error for the rest of the
+    // memory's life.
+    content.behave(TorrentId(1), Behaviour::Serve);
+    content.state.lock().unwrap().ready.insert(TorrentId(1));
+    assert_eq!(fs.read(fh, 0, 200).await.unwrap(), stream.slice(0..200));
 }
 
 #[tokio::test]

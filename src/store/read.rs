@@ -102,6 +102,33 @@ impl Store {
             .collect())
     }
 
+    /// Whether every byte of a stream range can be read without waiting: its pieces are
+    /// verified and its chunks are in the local cache (or just fetched, in memory).
+    pub fn readable_now(&self, id: TorrentId, range: std::ops::Range<u64>) -> bool {
+        let elsewhere: Vec<u32> = {
+            let st = self.lock();
+            let Some(t) = st.torrents.get(&id) else {
+                return false;
+            };
+            let g = t.geometry;
+            if range.start >= range.end || range.end > g.total_len() {
+                return false;
+            }
+            let (first, last) = (range.start / g.piece_len(), (range.end - 1) / g.piece_len());
+            if !(first as u32..=last as u32).all(|p| t.verified.contains(p)) {
+                return false;
+            }
+            let (first, last) = (range.start / CHUNK_LEN, (range.end - 1) / CHUNK_LEN);
+            (first as u32..=last as u32)
+                .filter(|&c| !t.present(c))
+                .collect()
+        };
+        let hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        elsewhere
+            .iter()
+            .all(|&c| hot.contains(&ChunkKey::new(id, c)))
+    }
+
     /// A receiver that changes whenever pieces are verified (for readers that wait).
     pub fn watch_verified(&self) -> tokio::sync::watch::Receiver<u64> {
         self.verified_tx.subscribe()

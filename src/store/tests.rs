@@ -167,6 +167,31 @@ fn blocks_become_complete_chunks_and_read_back() {
 }
 
 #[test]
+fn a_range_is_readable_now_only_when_verified_and_local() {
+    let total = 4 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    assert!(!f.store.readable_now(f.id, 0..100));
+    f.download(0..2);
+    assert!(f.store.readable_now(f.id, 0..2 * PIECE));
+    // One byte of a piece not downloaded yet, past the end, empty, unknown torrent.
+    assert!(!f.store.readable_now(f.id, 0..2 * PIECE + 1));
+    assert!(!f.store.readable_now(f.id, total - 1..total + 1));
+    assert!(!f.store.readable_now(f.id, 5..5));
+    assert!(!f.store.readable_now(TorrentId(99), 0..100));
+    f.download(2..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&src);
+    assert!(f.store.readable_now(f.id, 0..total));
+    // Evicted: verified but in the remote, so a read would wait for a fetch.
+    f.store.evict_all();
+    assert!(!f.store.readable_now(f.id, 0..100));
+    assert_eq!(&f.read(0..100).unwrap()[..], &f.data[..100]);
+    assert!(f.store.readable_now(f.id, 0..100));
+    assert!(!f.store.readable_now(f.id, 0..CHUNK_LEN + 1));
+}
+
+#[test]
 fn out_of_range_and_unknown_torrent_are_errors() {
     let f = fixture(CHUNK_LEN);
     assert!(matches!(

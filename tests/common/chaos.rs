@@ -409,6 +409,17 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The last `n` lines of a daemon log that tell of a failed filesystem read.
+pub fn failed_reads(log: &str, n: usize) -> String {
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("read failed") || l.contains("read timed out") || l.contains("just failed")
+        })
+        .collect();
+    failed[failed.len().saturating_sub(n)..].join("\n")
+}
+
 /// `sqlite3 DB 'PRAGMA integrity_check'` (the real CLI, as a user would check).
 pub fn integrity_check(db: &Path) -> String {
     match Command::new("sqlite3")
