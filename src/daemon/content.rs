@@ -194,6 +194,36 @@ impl StoreContent {
         tokio::time::Instant::from_std(read_deadline(Instant::now(), since, self.read_timeout))
     }
 
+    /// Asks for the pieces of `range` not downloaded yet and brings its evicted chunks
+    /// back from the remote (see [`Store::prefetch_chunk`] for `next`).
+    fn prefetch_chunks(&self, t: TorrentId, range: Range<u64>, next: bool) {
+        let missing = match self.store.missing_pieces(t, range.clone()) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        if !missing.is_empty() {
+            self.want_pieces(t, &missing, READAHEAD_DEADLINE_MS);
+        }
+        // Verified chunks that were evicted come back from the remote in parallel,
+        // their fetches started in order.
+        let first = range.start / CHUNK_LEN;
+        let last = range.end.saturating_sub(1) / CHUNK_LEN;
+        for c in first..=last {
+            let key = ChunkKey::new(t, c as u32);
+            match self.store.prefetch_chunk(key, next) {
+                Ok(Some(fetch)) => {
+                    self.store.runtime().spawn(async move {
+                        if let Err(e) = fetch.await {
+                            tracing::debug!(chunk = %key, error = %e, "prefetch failed");
+                        }
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(chunk = %key, error = %e, "prefetch failed"),
+            }
+        }
+    }
+
     async fn read_waiting(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
         let mut verified = self.store.watch_verified();
         let mut asked = false;
@@ -286,26 +316,11 @@ impl Content for StoreContent {
     }
 
     fn prefetch(&self, t: TorrentId, range: Range<u64>) {
-        let missing = match self.store.missing_pieces(t, range.clone()) {
-            Ok(m) => m,
-            Err(_) => return,
-        };
-        if !missing.is_empty() {
-            self.want_pieces(t, &missing, READAHEAD_DEADLINE_MS);
-        }
-        // Verified chunks that were evicted come back from the remote in parallel.
-        let store = self.store.clone();
-        let first = range.start / CHUNK_LEN;
-        let last = range.end.saturating_sub(1) / CHUNK_LEN;
-        for c in first..=last {
-            let store = store.clone();
-            let key = ChunkKey::new(t, c as u32);
-            store.runtime().clone().spawn(async move {
-                if let Err(e) = store.prefetch_chunk(key).await {
-                    tracing::debug!(chunk = %key, error = %e, "prefetch failed");
-                }
-            });
-        }
+        self.prefetch_chunks(t, range, false);
+    }
+
+    fn prefetch_next(&self, t: TorrentId, range: Range<u64>) {
+        self.prefetch_chunks(t, range, true);
     }
 
     fn readable_now(&self, t: TorrentId, range: Range<u64>) -> bool {

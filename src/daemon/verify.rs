@@ -218,7 +218,10 @@ async fn run_job(
         }
         Job::Remote(c) => {
             let r = match store.remote_chunk(ChunkKey::new(t, c)) {
-                Some(remote) => source.fetch(&remote).await.map(|_| ()),
+                Some(remote) => match source.fetch(&remote).await {
+                    Ok(data) => remote.check(&data),
+                    Err(e) => Err(e),
+                },
                 // No longer uploaded (removed meanwhile): nothing to check.
                 None => Ok(()),
             };

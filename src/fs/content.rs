@@ -159,6 +159,12 @@ pub trait Content: Send + Sync + 'static {
     /// yet, remote fetch); the implementation bounds the wait.
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError>;
 
+    /// Hint: these stream bytes will be read next (a file's head when it is opened):
+    /// worth bringing before other prefetched bytes.
+    fn prefetch_next(&self, t: TorrentId, range: Range<u64>) {
+        self.prefetch(t, range)
+    }
+
     /// Whether [`Content::read`] of `range` would answer now, without waiting for a
     /// download or a fetch. Lets the filesystem retry at once a range that failed a
     /// moment ago and has arrived since.

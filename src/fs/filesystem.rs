@@ -362,7 +362,7 @@ impl Filesystem {
         let len = file.len_bytes;
         if len > 0 {
             let head = file.stream_offset..file.stream_offset + len.min(OPEN_PREFETCH_BYTES);
-            self.content.prefetch(file.torrent, head);
+            self.content.prefetch_next(file.torrent, head);
             if len > OPEN_PREFETCH_BYTES {
                 let tail_start = (len - OPEN_PREFETCH_BYTES).max(OPEN_PREFETCH_BYTES);
                 self.content.prefetch(

@@ -344,7 +344,20 @@ pub fn open(key: &Key, aad: &[u8], object: &[u8]) -> Result<Vec<u8>, CryptoError
 
 /// Opens a sealed object in its own buffer, avoiding a copy of the plaintext.
 pub fn open_in_place(key: &Key, aad: &[u8], mut object: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
-    parse(&object)?;
+    let plain = open_within(key, aad, &mut object)?;
+    object.truncate(plain.end);
+    object.drain(..plain.start);
+    Ok(object)
+}
+
+/// Decrypts `object` where it lies and returns where the plaintext is in it (for a
+/// caller that slices it out instead of moving it).
+pub fn open_within(
+    key: &Key,
+    aad: &[u8],
+    object: &mut [u8],
+) -> Result<std::ops::Range<usize>, CryptoError> {
+    parse(object)?;
     let body_end = object.len() - TAG_LEN_BYTES;
     let mut nonce = [0u8; NONCE_LEN_BYTES];
     nonce.copy_from_slice(&object[MAGIC.len() + 1..HEADER_LEN_BYTES]);
@@ -357,9 +370,7 @@ pub fn open_in_place(key: &Key, aad: &[u8], mut object: Vec<u8>) -> Result<Vec<u
             &tag,
         )
         .map_err(|_| CryptoError::Authentication)?;
-    object.truncate(body_end);
-    object.drain(..HEADER_LEN_BYTES);
-    Ok(object)
+    Ok(HEADER_LEN_BYTES..body_end)
 }
 
 /// Opens an object bound to `identity`.
@@ -404,6 +415,9 @@ mod tests {
         assert_eq!(sealed.len(), plain.len() + OVERHEAD_BYTES);
         assert_eq!(&sealed[..4], b"BAE\x01");
         assert_eq!(open_object(&key, &chunk(3), &sealed).unwrap(), plain);
+        let mut within = sealed.clone();
+        let r = open_within(&key, &chunk(3).aad(), &mut within).unwrap();
+        assert_eq!(&within[r], &plain[..]);
         assert_eq!(open_in_place(&key, &chunk(3).aad(), sealed).unwrap(), plain);
     }
 

@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 pub const TMP_SUFFIX: &str = ".tmp";
 
 /// What identifies one version of a file: any write, truncation or replacement (even
@@ -79,6 +81,18 @@ pub fn read_file_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> 
     Ok(())
 }
 
+/// `len` bytes from `offset` in an open file, read straight into a new buffer (no
+/// zero-filling first); bytes past its end are zeros.
+pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut data = Vec::with_capacity(len);
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.take(len as u64).read_to_end(&mut data)?;
+    data.resize(len, 0);
+    Ok(Bytes::from(data))
+}
+
 /// Fills `buf` from `offset` in the chunk file (zeros past its end); `false` when the
 /// file does not exist (nothing was read).
 pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
@@ -120,9 +134,10 @@ pub fn open_stamped(path: &Path) -> io::Result<(File, FileStamp)> {
     Ok((file, stamp))
 }
 
-/// Replaces the chunk file atomically and durably (temp file, fsync, rename): a reader
-/// never sees a half-written chunk fetched from the remote, and a crash leaves either
-/// the old state or the whole new file. Returns the new file's stamp.
+/// Replaces the chunk file atomically (temp file, rename): a reader never sees a
+/// half-written chunk fetched from the remote. Not synced: such a chunk is safe in the
+/// remote, and after a crash every chunk file is hashed before its first use, so a torn
+/// one is fetched again. Returns the new file's stamp.
 pub fn write_whole(path: &Path, data: &[u8]) -> io::Result<FileStamp> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
@@ -133,7 +148,6 @@ pub fn write_whole(path: &Path, data: &[u8]) -> io::Result<FileStamp> {
     let result = (|| {
         let f = File::create(&tmp)?;
         f.write_all_at(data, 0)?;
-        f.sync_data()?;
         std::fs::rename(&tmp, path)?;
         Ok(FileStamp::of(&f.metadata()?))
     })();

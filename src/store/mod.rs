@@ -130,11 +130,25 @@ pub struct RemoteChunk {
     pub object_id: String,
 }
 
+impl RemoteChunk {
+    /// Whether fetched bytes are this chunk: its recorded length and hash.
+    pub fn check(&self, data: &[u8]) -> Result<(), FetchError> {
+        if data.len() as u64 != self.len || *blake3::hash(data).as_bytes() != self.hash {
+            return Err(FetchError::Integrity(format!(
+                "chunk {} does not match its recorded length and hash",
+                self.key
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Where evicted chunks come back from (the tiering fetcher: remote GET, decrypt,
-/// verify). Returns the chunk's verified plaintext.
+/// authenticate). Returns the chunk's plaintext; the store checks it against the
+/// chunk's recorded length and hash before anyone sees it.
 #[async_trait]
 pub trait ChunkSource: Send + Sync + 'static {
-    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Vec<u8>, FetchError>;
+    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError>;
 }
 
 /// Per-torrent counters for `status`.
@@ -178,6 +192,14 @@ struct Counters {
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
 
+/// A remote fetch running (or, for one ahead of the readers, waiting its turn).
+struct Inflight {
+    since: Instant,
+    fetch: SharedFetch,
+    /// Tells a fetch ahead that a reader now waits for it: it goes at once.
+    wanted: Arc<tokio::sync::Notify>,
+}
+
 /// Chunks kept in memory after a fetch (verified plaintext). Small: it exists so a
 /// read or a peer's run of block requests is served even when the disk cache is full
 /// of pinned chunks and the fetched file is evicted at once.
@@ -191,7 +213,9 @@ pub struct Store {
     limit_bytes: AtomicU64,
     source: OnceLock<Arc<dyn ChunkSource>>,
     /// Fetches running now, with when each began.
-    inflight: Mutex<HashMap<ChunkKey, (Instant, SharedFetch)>>,
+    inflight: Mutex<HashMap<ChunkKey, Inflight>>,
+    /// Fetches for a reader that waits, running now: fetches ahead hold back for them.
+    demand_fetches: tokio::sync::watch::Sender<usize>,
     hot: Mutex<lru::LruCache<ChunkKey, Bytes>>,
     /// Pieces verified in memory, waiting for the committer to make them durable.
     pending: Mutex<Vec<(TorrentId, u32)>>,
@@ -263,6 +287,7 @@ impl Store {
             limit_bytes: limit_bytes.into(),
             source: OnceLock::new(),
             inflight: Mutex::new(HashMap::new()),
+            demand_fetches: tokio::sync::watch::Sender::new(0),
             hot: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(HOT_CHUNKS).unwrap_or(std::num::NonZeroUsize::MIN),
             )),

@@ -20,7 +20,54 @@ use futures::future::FutureExt;
 use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId, CHUNK_LEN};
 
 use super::files::{self, FileStamp};
-use super::{FetchError, PinGuard, RemoteChunk, SharedFetch, Store, StoreError};
+use super::{FetchError, Inflight, PinGuard, RemoteChunk, SharedFetch, Store, StoreError};
+
+/// Longest a fetch ahead of the readers waits for fetches that readers wait on (long in
+/// unit tests, so that they can tell this bound from a reader's call).
+#[cfg(not(test))]
+const AHEAD_MAX_WAIT: Duration = Duration::from_millis(50);
+#[cfg(test)]
+const AHEAD_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether a reader waits for a fetch or it is ahead of the readers (prefetch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Urgency {
+    Demand,
+    Ahead,
+}
+
+/// Counts a demand fetch as running while it lives.
+struct DemandFetch(Arc<Store>);
+
+impl DemandFetch {
+    fn start(store: &Arc<Store>) -> Self {
+        store.demand_fetches.send_modify(|n| *n += 1);
+        DemandFetch(Arc::clone(store))
+    }
+}
+
+impl Drop for DemandFetch {
+    fn drop(&mut self) {
+        self.0
+            .demand_fetches
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Where one chunk's part of a read comes from (see [`Store::span`]).
+enum Span {
+    /// Exactly the part's bytes, verified, in memory.
+    Memory(Bytes),
+    /// A chunk file to read the part from as it is (checked since it was last written,
+    /// or a partial chunk's sparse bytes); zeros past its end. Pinned while read.
+    File {
+        file: std::fs::File,
+        path: std::path::PathBuf,
+        _pin: Option<PinGuard>,
+    },
+    /// Nothing stored: zeros.
+    Zeros,
+}
 
 /// What to do for one chunk of a read, decided under the state lock.
 enum Plan {
@@ -51,7 +98,7 @@ impl Store {
         // A peer's request is worthless after this long; it also bounds how long a
         // session shutdown can wait for a read stuck on the remote.
         const PEER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-        let read = self.read_into(id, stream_offset, buf, false);
+        let read = self.read_into(id, stream_offset, buf);
         self.rt
             .clone()
             .block_on(async { tokio::time::timeout(PEER_READ_TIMEOUT, read).await })
@@ -65,21 +112,56 @@ impl Store {
 
     /// Reads verified stream bytes (for the filesystem). Fails with `NotVerified` when a
     /// piece of the range is not downloaded yet (or was revoked by a damaged chunk).
+    /// A range inside one chunk held in memory is a slice of it, not a copy.
     pub async fn read_verified(
         self: &Arc<Self>,
         id: TorrentId,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, StoreError> {
-        let len = range.end.saturating_sub(range.start) as usize;
-        let mut buf = vec![0u8; len];
-        match self.read_into(id, range.start, &mut buf, true).await {
-            Ok(()) => Ok(Bytes::from(buf)),
+        match self.read_parts(id, range.clone()).await {
+            Ok(mut parts) if parts.len() == 1 => Ok(parts.pop().unwrap_or_default()),
+            Ok(parts) => {
+                let mut out = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in parts {
+                    out.extend_from_slice(&p);
+                }
+                Ok(out.freeze())
+            }
             Err(StoreError::Revoked(_)) => Err(StoreError::NotVerified {
                 torrent: id,
                 missing: self.missing_pieces(id, range)?,
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// The verified bytes of `range`, one part per chunk it spans.
+    async fn read_parts(
+        self: &Arc<Self>,
+        id: TorrentId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let (uid, geometry) = self.torrent_geometry(id, range.start, range.end)?;
+        let missing = self.missing_pieces(id, range.clone())?;
+        if !missing.is_empty() {
+            return Err(StoreError::NotVerified {
+                torrent: id,
+                missing,
+            });
+        }
+        // The chunks of a read spanning several come (from the remote) in parallel.
+        let parts = geometry.chunk_spans(range).map(|span| async move {
+            let key = ChunkKey::new(id, span.chunk.0);
+            let (offset, len) = (span.offset_in_chunk, span.len as usize);
+            Ok(match self.span(key, &uid, offset, len).await? {
+                Span::Memory(b) => b,
+                Span::File { file, path, .. } => {
+                    files::read_vec_at(&file, offset, len).map_err(|e| StoreError::io(&path, e))?
+                }
+                Span::Zeros => Bytes::from(vec![0u8; len]),
+            })
+        });
+        futures::future::try_join_all(parts).await
     }
 
     /// Pieces overlapping a stream range that are not verified yet.
@@ -134,73 +216,75 @@ impl Store {
         self.verified_tx.subscribe()
     }
 
+    /// Raw stream bytes into `buf` (see [`Store::read_raw_blocking`]).
     async fn read_into(
         self: &Arc<Self>,
         id: TorrentId,
         stream_offset: u64,
         buf: &mut [u8],
-        verified_only: bool,
     ) -> Result<(), StoreError> {
         let end = stream_offset + buf.len() as u64;
         let (uid, geometry) = self.torrent_geometry(id, stream_offset, end)?;
-        if verified_only {
-            let missing = self.missing_pieces(id, stream_offset..end)?;
-            if !missing.is_empty() {
-                return Err(StoreError::NotVerified {
-                    torrent: id,
-                    missing,
-                });
-            }
-        }
         for span in geometry.chunk_spans(stream_offset..end) {
-            let key = ChunkKey {
-                torrent: id,
-                index: span.chunk,
-            };
+            let key = ChunkKey::new(id, span.chunk.0);
             let lo = (span.stream_offset - stream_offset) as usize;
             let out = &mut buf[lo..lo + span.len as usize];
-            self.read_span(key, &uid, span.offset_in_chunk, out).await?;
+            match self
+                .span(key, &uid, span.offset_in_chunk, out.len())
+                .await?
+            {
+                Span::Memory(b) => out.copy_from_slice(&b),
+                Span::File { file, path, .. } => {
+                    files::read_file_at(&file, span.offset_in_chunk, out)
+                        .map_err(|e| StoreError::io(&path, e))?
+                }
+                Span::Zeros => out.fill(0),
+            }
         }
         Ok(())
     }
 
-    /// Fills `out` with the bytes of chunk `key` from `offset`.
-    async fn read_span(
+    /// Where the `len` bytes of chunk `key` from `offset` are to be read: memory (a
+    /// fetched chunk, or one just hashed), an open file whose bytes may be used as they
+    /// are, or nothing stored (a partial chunk's bytes never written).
+    async fn span(
         self: &Arc<Self>,
         key: ChunkKey,
         uid: &[u8; 16],
         offset: u64,
-        out: &mut [u8],
-    ) -> Result<(), StoreError> {
+        len: usize,
+    ) -> Result<Span, StoreError> {
         if let Some(bytes) = self.hot_get(key) {
-            copy_from(&bytes, offset, out);
-            return Ok(());
+            return Ok(Span::Memory(slice_of(&bytes, offset, len)));
         }
         // At most two rounds: a damaged local copy is dropped once, then the chunk is
         // fetched (or reported revoked).
         for _ in 0..2 {
             let path = self.chunk_file(uid, key.index);
             match self.plan(key)? {
-                Plan::Sparse(_pin) => {
-                    match files::read_at_existing(&path, offset, out) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            // No file: fine for bytes never written, a loss if any
-                            // piece over this chunk was verified.
+                Plan::Sparse(pin) => {
+                    return match std::fs::File::open(&path) {
+                        Ok(file) => Ok(Span::File {
+                            file,
+                            path,
+                            _pin: pin,
+                        }),
+                        // No file: fine for bytes never written, a loss if any piece
+                        // over this chunk was verified.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             if self.has_verified_pieces(key) {
                                 self.chunk_damaged(key, "chunk file is missing");
                                 return Err(StoreError::Revoked(key));
                             }
-                            out.fill(0);
+                            Ok(Span::Zeros)
                         }
-                        Err(e) => return Err(StoreError::io(&path, e)),
-                    }
-                    return Ok(());
+                        Err(e) => Err(StoreError::io(&path, e)),
+                    };
                 }
                 Plan::Local {
                     _pin,
                     hash,
-                    len,
+                    len: chunk_len,
                     checked,
                     ..
                 } => {
@@ -216,12 +300,14 @@ impl Store {
                         Err(e) => return Err(StoreError::io(&path, e)),
                     };
                     if checked == Some(stamp) {
-                        files::read_file_at(&file, offset, out)
-                            .map_err(|e| StoreError::io(&path, e))?;
-                        return Ok(());
+                        return Ok(Span::File {
+                            file,
+                            path,
+                            _pin: Some(_pin),
+                        });
                     }
-                    let data =
-                        files::read_whole(&file, len).map_err(|e| StoreError::io(&path, e))?;
+                    let data = files::read_whole(&file, chunk_len)
+                        .map_err(|e| StoreError::io(&path, e))?;
                     if *blake3::hash(&data).as_bytes() != hash {
                         drop(_pin);
                         if !self.chunk_damaged(key, "chunk file does not match its hash") {
@@ -230,16 +316,20 @@ impl Store {
                         continue;
                     }
                     self.mark_checked(key, hash, stamp);
-                    copy_from(&data, offset, out);
-                    return Ok(());
+                    // The rest of a sequential read of this chunk comes from memory.
+                    let data = Bytes::from(data);
+                    self.hot_put(key, data.clone());
+                    return Ok(Span::Memory(slice_of(&data, offset, len)));
                 }
-                Plan::Fetch { uid, len } => {
+                Plan::Fetch {
+                    uid,
+                    len: chunk_len,
+                } => {
                     let bytes = self
-                        .fetch_key(key, uid, len)
+                        .fetch_key(key, uid, chunk_len, Urgency::Demand)
                         .await
                         .map_err(|error| StoreError::Fetch { key, error })?;
-                    copy_from(&bytes, offset, out);
-                    return Ok(());
+                    return Ok(Span::Memory(slice_of(&bytes, offset, len)));
                 }
             }
         }
@@ -306,23 +396,40 @@ impl Store {
     /// Brings a chunk closer ahead of a read (read-ahead, peers' request patterns): an
     /// evicted one back from the remote, a local one into the page cache (the kernel
     /// starts reading its file now, so the read finds it there). Does nothing for
-    /// chunks that are not complete.
-    pub async fn prefetch_chunk(self: &Arc<Self>, key: ChunkKey) -> Result<(), StoreError> {
+    /// chunks that are not complete. A chunk to be read `next` (a file's head on open)
+    /// is fetched as if a reader waited: other fetches ahead hold back for it.
+    /// The fetch starts before this returns (so fetches asked for in turn start in
+    /// that order); the future returned, if any, is its outcome.
+    pub fn prefetch_chunk(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        next: bool,
+    ) -> Result<Option<impl std::future::Future<Output = Result<(), StoreError>>>, StoreError> {
         if self.hot_get(key).is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let (uid, len) = match self.plan(key)? {
             Plan::Fetch { uid, len } => (uid, len),
             Plan::Local { _pin, uid, .. } => {
                 files::will_need(&self.chunk_file(&uid, key.index));
-                return Ok(());
+                return Ok(None);
             }
-            Plan::Sparse(_) => return Ok(()),
+            Plan::Sparse(_) => return Ok(None),
         };
-        self.fetch_key(key, uid, len)
-            .await
-            .map(|_| ())
-            .map_err(|error| StoreError::Fetch { key, error })
+        let urgency = if next {
+            Urgency::Demand
+        } else {
+            Urgency::Ahead
+        };
+        let fetch = self
+            .fetch_start(key, uid, len, urgency)
+            .map_err(|error| StoreError::Fetch { key, error })?;
+        Ok(Some(async move {
+            fetch
+                .await
+                .map(|_| ())
+                .map_err(|error| StoreError::Fetch { key, error })
+        }))
     }
 
     /// When the oldest remote fetch running for a chunk of `range` began, if any.
@@ -334,7 +441,7 @@ impl Store {
         let first = (range.start / CHUNK_LEN) as u32;
         let last = ((range.end - 1) / CHUNK_LEN) as u32;
         (first..=last)
-            .filter_map(|c| inflight.get(&ChunkKey::new(id, c)).map(|(at, _)| *at))
+            .filter_map(|c| inflight.get(&ChunkKey::new(id, c)).map(|f| f.since))
             .min()
     }
 
@@ -351,6 +458,13 @@ impl Store {
         })
     }
 
+    fn hot_put(&self, key: ChunkKey, bytes: Bytes) {
+        self.hot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, bytes);
+    }
+
     fn hot_get(&self, key: ChunkKey) -> Option<Bytes> {
         self.hot
             .lock()
@@ -365,21 +479,36 @@ impl Store {
         key: ChunkKey,
         uid: [u8; 16],
         len: u64,
+        urgency: Urgency,
     ) -> Result<Bytes, FetchError> {
+        self.fetch_start(key, uid, len, urgency)?.await
+    }
+
+    /// Joins the fetch of `key` running now, or starts one.
+    fn fetch_start(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: [u8; 16],
+        len: u64,
+        urgency: Urgency,
+    ) -> Result<SharedFetch, FetchError> {
         let running = self
             .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .map(|(_, f)| f.clone());
-        if let Some(f) = running {
-            return f.await;
+            .map(|f| (f.fetch.clone(), f.wanted.clone()));
+        if let Some((f, wanted)) = running {
+            if urgency == Urgency::Demand {
+                wanted.notify_one();
+            }
+            return Ok(f);
         }
         // Taken before the identity is read: a change after it keeps this fetch's bytes
         // out of the cache (they still serve this read: they are the bytes it asked for).
         let epoch = self.remote_epoch.load(Ordering::SeqCst);
         let remote = self.remote_identity(key, uid, len)?;
-        self.fetch_shared(remote, epoch).await
+        Ok(self.fetch_shared(remote, epoch, urgency))
     }
 
     /// An uploaded chunk's identity from the catalog (not kept in memory: see cache).
@@ -410,20 +539,36 @@ impl Store {
         }
     }
 
-    fn fetch_shared(self: &Arc<Self>, chunk: RemoteChunk, epoch: u64) -> SharedFetch {
+    fn fetch_shared(
+        self: &Arc<Self>,
+        chunk: RemoteChunk,
+        epoch: u64,
+        urgency: Urgency,
+    ) -> SharedFetch {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, f)) = inflight.get(&chunk.key) {
-            return f.clone();
+        if let Some(f) = inflight.get(&chunk.key) {
+            if urgency == Urgency::Demand {
+                f.wanted.notify_one();
+            }
+            return f.fetch.clone();
         }
         let key = chunk.key;
         let store = Arc::clone(self);
+        let wanted = Arc::new(tokio::sync::Notify::new());
+        let go = wanted.clone();
+        // Counted before the task runs: a fetch ahead asked for just after must see it.
+        let demand = (urgency == Urgency::Demand).then(|| DemandFetch::start(self));
         let task = self.rt.spawn(async move {
+            if demand.is_none() {
+                store.await_turn(&go).await;
+            }
             let r = store.fetch_one(&chunk, epoch).await;
             store
                 .inflight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&chunk.key);
+            drop(demand);
             r
         });
         let fut = async move {
@@ -432,8 +577,28 @@ impl Store {
         }
         .boxed()
         .shared();
-        inflight.insert(key, (Instant::now(), fut.clone()));
+        inflight.insert(
+            key,
+            Inflight {
+                since: Instant::now(),
+                fetch: fut.clone(),
+                wanted,
+            },
+        );
         fut
+    }
+
+    /// A fetch ahead of the readers waits while fetches for waiting readers run (they
+    /// share the link and the cores), until a reader wants it too, or for a bounded time
+    /// so that a steady stream of demand cannot starve it.
+    async fn await_turn(&self, wanted: &tokio::sync::Notify) {
+        let mut demand = self.demand_fetches.subscribe();
+        let idle = demand.wait_for(|&n| n == 0);
+        tokio::select! {
+            _ = idle => {}
+            _ = wanted.notified() => {}
+            _ = tokio::time::sleep(AHEAD_MAX_WAIT) => {}
+        }
     }
 
     async fn fetch_one(
@@ -455,19 +620,14 @@ impl Store {
                 return Err(e);
             }
         };
-        if data.len() as u64 != chunk.len || *blake3::hash(&data).as_bytes() != chunk.hash {
+        if let Err(e) = chunk.check(&data) {
+            tracing::error!(chunk = %chunk.key, "remote chunk does not match its recorded hash");
             c.remote_integrity_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(FetchError::Integrity(format!(
-                "chunk {} does not match its recorded length and hash",
-                chunk.key
-            )));
+            return Err(e);
         }
         c.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-        let bytes = Bytes::from(data);
-        self.hot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(chunk.key, bytes.clone());
+        let bytes = data;
+        self.hot_put(chunk.key, bytes.clone());
         // The readers are served from memory now; the cache copy is written behind them.
         let store = Arc::clone(self);
         let (chunk, b) = (chunk.clone(), bytes.clone());
@@ -656,10 +816,16 @@ impl Store {
     }
 }
 
-fn copy_from(chunk: &[u8], offset: u64, out: &mut [u8]) {
+/// `len` bytes of a chunk held in memory from `offset`: a slice when the chunk holds
+/// them all (always, for a chunk of the length recorded), zero-padded otherwise.
+fn slice_of(chunk: &Bytes, offset: u64, len: usize) -> Bytes {
     let start = (offset as usize).min(chunk.len());
-    let end = (start + out.len()).min(chunk.len());
-    let n = end - start;
-    out[..n].copy_from_slice(&chunk[start..end]);
-    out[n..].fill(0);
+    let end = (start + len).min(chunk.len());
+    if end - start == len {
+        return chunk.slice(start..end);
+    }
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&chunk[start..end]);
+    out.resize(len, 0);
+    Bytes::from(out)
 }

@@ -16,7 +16,7 @@ struct MemSource {
 
 #[async_trait]
 impl ChunkSource for MemSource {
-    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Vec<u8>, FetchError> {
+    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.chunks
@@ -24,6 +24,7 @@ impl ChunkSource for MemSource {
             .unwrap()
             .get(&chunk.key)
             .cloned()
+            .map(Bytes::from)
             .ok_or(FetchError::NotFound)
     }
 }
@@ -275,8 +276,8 @@ fn altered_remote_chunk_is_an_error_not_data() {
     struct Liar;
     #[async_trait]
     impl ChunkSource for Liar {
-        async fn fetch(&self, _c: &RemoteChunk) -> Result<Vec<u8>, FetchError> {
-            Ok(vec![0; 10])
+        async fn fetch(&self, _c: &RemoteChunk) -> Result<Bytes, FetchError> {
+            Ok(Bytes::from(vec![0; 10]))
         }
     }
     let f = fixture(CHUNK_LEN);
@@ -461,15 +462,44 @@ fn a_fetched_chunk_serves_its_read_even_when_the_cache_is_full_of_pinned_chunks(
     assert_eq!(src.fetches.load(Ordering::SeqCst), 2, "one fetch per chunk");
 }
 
-/// A source that holds every fetch until released.
+/// A source that holds every fetch until released, noting the chunks asked for.
 struct Held {
     inner: Arc<MemSource>,
     release: tokio::sync::Semaphore,
+    started: Mutex<Vec<u32>>,
+}
+
+impl Held {
+    fn new(inner: Arc<MemSource>) -> Arc<Held> {
+        Arc::new(Held {
+            inner,
+            release: tokio::sync::Semaphore::new(0),
+            started: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn started(&self) -> Vec<u32> {
+        self.started.lock().unwrap().clone()
+    }
+
+    fn wait_started(&self, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.started.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {:?} started",
+                self.started()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.started()
+    }
 }
 
 #[async_trait]
 impl ChunkSource for Held {
-    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Vec<u8>, FetchError> {
+    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
+        self.started.lock().unwrap().push(chunk.key.index.0);
         let _go = self.release.acquire().await;
         self.inner.fetch(chunk).await
     }
@@ -480,17 +510,15 @@ fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
     let total = 2 * CHUNK_LEN;
     let f = fixture(total);
     let mem = Arc::new(MemSource::default());
-    let held = Arc::new(Held {
-        inner: mem.clone(),
-        release: tokio::sync::Semaphore::new(0),
-    });
+    let held = Held::new(mem.clone());
     f.store.set_source(held.clone());
     f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
     f.upload_all(&mem);
     f.store.evict_all();
     let before = Instant::now();
     let (store, key) = (f.store.clone(), ChunkKey::new(f.id, 1));
-    let fetch = f.rt.spawn(async move { store.prefetch_chunk(key).await });
+    let fetch =
+        f.rt.spawn(store.prefetch_chunk(key, false).unwrap().unwrap());
     let second = CHUNK_LEN..total;
     let deadline = Instant::now() + Duration::from_secs(10);
     while f.store.fetching_since(f.id, second.clone()).is_none() {
@@ -506,6 +534,49 @@ fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
     held.release.add_permits(1);
     f.rt.block_on(fetch).unwrap().unwrap();
     assert_eq!(f.store.fetching_since(f.id, second), None);
+}
+
+#[test]
+fn fetches_ahead_of_readers_wait_for_those_readers_wait_on() {
+    let total = 4 * CHUNK_LEN;
+    let f = fixture(total);
+    let mem = Arc::new(MemSource::default());
+    let held = Held::new(mem.clone());
+    f.store.set_source(held.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&mem);
+    f.store.evict_all();
+    let key = |c| ChunkKey::new(f.id, c);
+    // A file's head on open (to be read next) goes first; the rest of the read-ahead
+    // asked for at the same moment holds back.
+    let head =
+        f.rt.spawn(f.store.prefetch_chunk(key(0), true).unwrap().unwrap());
+    let ahead =
+        f.rt.spawn(f.store.prefetch_chunk(key(1), false).unwrap().unwrap());
+    let later =
+        f.rt.spawn(f.store.prefetch_chunk(key(2), false).unwrap().unwrap());
+    assert_eq!(held.wait_started(1), vec![0]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(held.started(), vec![0], "a fetch ahead did not wait");
+    // A reader now waits for chunk 1: its fetch goes at once.
+    let store = f.store.clone();
+    let id = f.id;
+    let read =
+        f.rt.spawn(async move { store.read_verified(id, CHUNK_LEN..CHUNK_LEN + 10).await });
+    assert_eq!(held.wait_started(2), vec![0, 1]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(held.started(), vec![0, 1], "chunk 2 did not wait");
+    // And none waits for longer than the bound, however long the demand takes.
+    assert_eq!(held.wait_started(3), vec![0, 1, 2]);
+    held.release.add_permits(3);
+    f.rt.block_on(head).unwrap().unwrap();
+    f.rt.block_on(ahead).unwrap().unwrap();
+    f.rt.block_on(later).unwrap().unwrap();
+    let got = f.rt.block_on(read).unwrap().unwrap();
+    assert_eq!(
+        &got[..],
+        &f.data[CHUNK_LEN as usize..CHUNK_LEN as usize + 10]
+    );
 }
 
 /// Every chunk's recorded state (a partial chunk has no row).
