@@ -492,8 +492,9 @@ async fn the_read_timeout_backstop_ends_a_hung_read_with_eio() {
     assert_eq!(fs.read(fh, 0, 10).await.unwrap_err().errno(), libc::EIO);
 }
 
-#[tokio::test]
-async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
+/// A file "A/f" whose first 200 bytes were just read and timed out: the content, the
+/// filesystem, the file's bytes and the open handle.
+async fn after_a_read_timed_out() -> (Arc<MemContent>, Filesystem, Bytes, u64) {
     let content = Arc::new(MemContent::default());
     let (entry, stream) = torrent(1, "A", &[(&["f"], 300)]);
     content.set(vec![(entry, stream.clone())]);
@@ -505,6 +506,12 @@ async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
     let fs = Filesystem::new(content.clone(), config);
     let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
     assert_eq!(fs.read(fh, 0, 200).await.unwrap_err().errno(), libc::EIO);
+    (content, fs, stream, fh)
+}
+
+#[tokio::test]
+async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
+    let (content, fs, stream, fh) = after_a_read_timed_out().await;
     let asked = content.state.lock().unwrap().reads.len();
     // The data would now come, but the kernel's retry of part of the failed range gets
     // the failure without asking the content (and so without a second wait).
@@ -530,17 +537,7 @@ async fn the_retry_of_a_read_that_timed_out_fails_at_once() {
 
 #[tokio::test]
 async fn a_failed_range_that_has_arrived_since_reads_at_once() {
-    let content = Arc::new(MemContent::default());
-    let (entry, stream) = torrent(1, "A", &[(&["f"], 300)]);
-    content.set(vec![(entry, stream.clone())]);
-    content.behave(TorrentId(1), Behaviour::Hang);
-    let config = FsConfig {
-        read_timeout: Some(Duration::from_millis(50)),
-        ..FsConfig::default()
-    };
-    let fs = Filesystem::new(content.clone(), config);
-    let fh = fs.open(resolve(&fs, "A/f").ino, libc::O_RDONLY).unwrap().fh;
-    assert_eq!(fs.read(fh, 0, 200).await.unwrap_err().errno(), libc::EIO);
+    let (content, fs, stream, fh) = after_a_read_timed_out().await;
     // The download (or fetch) finished right after: no stale error for the rest of the
     // memory's life.
     content.behave(TorrentId(1), Behaviour::Serve);

@@ -325,10 +325,11 @@ impl Store {
                     uid,
                     len: chunk_len,
                 } => {
-                    let bytes = self
-                        .fetch_key(key, uid, chunk_len, Urgency::Demand)
-                        .await
-                        .map_err(|error| StoreError::Fetch { key, error })?;
+                    let bytes = match self.fetch_start(key, uid, chunk_len, Urgency::Demand) {
+                        Ok(fetch) => fetch.await,
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|error| StoreError::Fetch { key, error })?;
                     return Ok(Span::Memory(slice_of(&bytes, offset, len)));
                 }
             }
@@ -473,18 +474,8 @@ impl Store {
             .cloned()
     }
 
-    /// Fetches an uploaded chunk that is not local, once for all who want it now.
-    async fn fetch_key(
-        self: &Arc<Self>,
-        key: ChunkKey,
-        uid: [u8; 16],
-        len: u64,
-        urgency: Urgency,
-    ) -> Result<Bytes, FetchError> {
-        self.fetch_start(key, uid, len, urgency)?.await
-    }
-
-    /// Joins the fetch of `key` running now, or starts one.
+    /// Joins the fetch of uploaded chunk `key` running now, or starts one: one fetch
+    /// for all who want the chunk now.
     fn fetch_start(
         self: &Arc<Self>,
         key: ChunkKey,

@@ -505,16 +505,26 @@ impl ChunkSource for Held {
     }
 }
 
-#[test]
-fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
-    let total = 2 * CHUNK_LEN;
+/// A complete torrent of `total` bytes, uploaded and evicted, fetched back through the
+/// source `wrap` makes of the chunks.
+fn evicted_behind<S: ChunkSource>(
+    wrap: impl FnOnce(Arc<MemSource>) -> Arc<S>,
+    total: u64,
+) -> (Fixture, Arc<S>) {
     let f = fixture(total);
     let mem = Arc::new(MemSource::default());
-    let held = Held::new(mem.clone());
-    f.store.set_source(held.clone());
+    let source = wrap(mem.clone());
+    f.store.set_source(source.clone());
     f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
     f.upload_all(&mem);
     f.store.evict_all();
+    (f, source)
+}
+
+#[test]
+fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
+    let total = 2 * CHUNK_LEN;
+    let (f, held) = evicted_behind(Held::new, total);
     let before = Instant::now();
     let (store, key) = (f.store.clone(), ChunkKey::new(f.id, 1));
     let fetch =
@@ -539,13 +549,7 @@ fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
 #[test]
 fn fetches_ahead_of_readers_wait_for_those_readers_wait_on() {
     let total = 4 * CHUNK_LEN;
-    let f = fixture(total);
-    let mem = Arc::new(MemSource::default());
-    let held = Held::new(mem.clone());
-    f.store.set_source(held.clone());
-    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
-    f.upload_all(&mem);
-    f.store.evict_all();
+    let (f, held) = evicted_behind(Held::new, total);
     let key = |c| ChunkKey::new(f.id, c);
     // A file's head on open (to be read next) goes first; the rest of the read-ahead
     // asked for at the same moment holds back.
