@@ -325,11 +325,10 @@ impl Store {
                     uid,
                     len: chunk_len,
                 } => {
-                    let bytes = match self.fetch_start(key, uid, chunk_len, Urgency::Demand) {
-                        Ok(fetch) => fetch.await,
-                        Err(e) => Err(e),
-                    }
-                    .map_err(|error| StoreError::Fetch { key, error })?;
+                    let bytes = self
+                        .fetch_start(key, uid, chunk_len, Urgency::Demand)
+                        .await
+                        .map_err(|error| StoreError::Fetch { key, error })?;
                     return Ok(Span::Memory(slice_of(&bytes, offset, len)));
                 }
             }
@@ -422,9 +421,7 @@ impl Store {
         } else {
             Urgency::Ahead
         };
-        let fetch = self
-            .fetch_start(key, uid, len, urgency)
-            .map_err(|error| StoreError::Fetch { key, error })?;
+        let fetch = self.fetch_start(key, uid, len, urgency);
         Ok(Some(async move {
             fetch
                 .await
@@ -482,24 +479,54 @@ impl Store {
         uid: [u8; 16],
         len: u64,
         urgency: Urgency,
-    ) -> Result<SharedFetch, FetchError> {
-        let running = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .map(|f| (f.fetch.clone(), f.wanted.clone()));
-        if let Some((f, wanted)) = running {
+    ) -> SharedFetch {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = inflight.get(&key) {
             if urgency == Urgency::Demand {
-                wanted.notify_one();
+                f.wanted.notify_one();
             }
-            return Ok(f);
+            return f.fetch.clone();
         }
         // Taken before the identity is read: a change after it keeps this fetch's bytes
         // out of the cache (they still serve this read: they are the bytes it asked for).
         let epoch = self.remote_epoch.load(Ordering::SeqCst);
-        let remote = self.remote_identity(key, uid, len)?;
-        Ok(self.fetch_shared(remote, epoch, urgency))
+        let store = Arc::clone(self);
+        let wanted = Arc::new(tokio::sync::Notify::new());
+        let go = wanted.clone();
+        // Counted before the task runs: a fetch ahead asked for just after must see it.
+        let demand = (urgency == Urgency::Demand).then(|| DemandFetch::start(self));
+        let task = self.rt.spawn(async move {
+            if demand.is_none() {
+                store.await_turn(&go).await;
+            }
+            // The identity is looked up here, not in the caller (a FUSE request).
+            let r = match store.remote_identity(key, uid, len) {
+                Ok(chunk) => store.fetch_one(&chunk, epoch).await,
+                Err(e) => Err(e),
+            };
+            store
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            drop(demand);
+            r
+        });
+        let fut = async move {
+            task.await
+                .unwrap_or_else(|e| Err(FetchError::Unavailable(format!("fetch task: {e}"))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(
+            key,
+            Inflight {
+                since: Instant::now(),
+                fetch: fut.clone(),
+                wanted,
+            },
+        );
+        fut
     }
 
     /// An uploaded chunk's identity from the catalog (not kept in memory: see cache).
@@ -528,55 +555,6 @@ impl Store {
             },
             _ => Err(FetchError::NotFound),
         }
-    }
-
-    fn fetch_shared(
-        self: &Arc<Self>,
-        chunk: RemoteChunk,
-        epoch: u64,
-        urgency: Urgency,
-    ) -> SharedFetch {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = inflight.get(&chunk.key) {
-            if urgency == Urgency::Demand {
-                f.wanted.notify_one();
-            }
-            return f.fetch.clone();
-        }
-        let key = chunk.key;
-        let store = Arc::clone(self);
-        let wanted = Arc::new(tokio::sync::Notify::new());
-        let go = wanted.clone();
-        // Counted before the task runs: a fetch ahead asked for just after must see it.
-        let demand = (urgency == Urgency::Demand).then(|| DemandFetch::start(self));
-        let task = self.rt.spawn(async move {
-            if demand.is_none() {
-                store.await_turn(&go).await;
-            }
-            let r = store.fetch_one(&chunk, epoch).await;
-            store
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&chunk.key);
-            drop(demand);
-            r
-        });
-        let fut = async move {
-            task.await
-                .unwrap_or_else(|e| Err(FetchError::Unavailable(format!("fetch task: {e}"))))
-        }
-        .boxed()
-        .shared();
-        inflight.insert(
-            key,
-            Inflight {
-                since: Instant::now(),
-                fetch: fut.clone(),
-                wanted,
-            },
-        );
-        fut
     }
 
     /// A fetch ahead of the readers waits while fetches for waiting readers run (they
