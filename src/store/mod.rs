@@ -25,8 +25,8 @@
 //! immutable); a chunk is `Complete` in the catalog only when every piece overlapping it
 //! is recorded there, after its bytes were fsynced.
 //!
-//! Lock order: `commit_lock` → `state` → (`hot` | `uploads` | `pending`); `inflight` is
-//! never held while taking `state`. No lock is held across an await or a remote call.
+//! Lock order: `commit_lock` → `state` → (`hot` | `uploads` | `pending`); `inflight` and
+//! `checking` are never held while taking `state`. No lock is held across an await or a remote call.
 
 mod cache;
 mod commit;
@@ -205,6 +205,10 @@ struct Inflight {
 /// of pinned chunks and the fetched file is evicted at once.
 const HOT_CHUNKS: usize = 16;
 
+/// Local chunks hashed ahead of a reader at once (the machine's cores are shared with
+/// the reader, the kernel and libtorrent).
+const CHECKS_AHEAD: usize = 2;
+
 pub struct Store {
     root: PathBuf,
     catalog: Arc<Catalog>,
@@ -214,6 +218,11 @@ pub struct Store {
     source: OnceLock<Arc<dyn ChunkSource>>,
     /// Fetches running now, with when each began.
     inflight: Mutex<HashMap<ChunkKey, Inflight>>,
+    /// First-use checks of local chunks running ahead of their readers (who wait for
+    /// them instead of hashing the chunk a second time).
+    checking: Mutex<HashMap<ChunkKey, Shared<BoxFuture<'static, ()>>>>,
+    /// At most this many checks ahead at once, in the order asked (the nearest first).
+    check_slots: Arc<tokio::sync::Semaphore>,
     /// Fetches for a reader that waits, running now: fetches ahead hold back for them.
     demand_fetches: tokio::sync::watch::Sender<usize>,
     hot: Mutex<lru::LruCache<ChunkKey, Bytes>>,
@@ -287,6 +296,8 @@ impl Store {
             limit_bytes: limit_bytes.into(),
             source: OnceLock::new(),
             inflight: Mutex::new(HashMap::new()),
+            checking: Mutex::new(HashMap::new()),
+            check_slots: Arc::new(tokio::sync::Semaphore::new(CHECKS_AHEAD)),
             demand_fetches: tokio::sync::watch::Sender::new(0),
             hot: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(HOT_CHUNKS).unwrap_or(std::num::NonZeroUsize::MIN),

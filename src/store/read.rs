@@ -254,6 +254,15 @@ impl Store {
         offset: u64,
         len: usize,
     ) -> Result<Span, StoreError> {
+        let check = self
+            .checking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(check) = check {
+            check.await;
+        }
         if let Some(bytes) = self.hot_get(key) {
             return Ok(Span::Memory(slice_of(&bytes, offset, len)));
         }
@@ -306,19 +315,14 @@ impl Store {
                             _pin: Some(_pin),
                         });
                     }
-                    let data = files::read_whole(&file, chunk_len)
-                        .map_err(|e| StoreError::io(&path, e))?;
-                    if *blake3::hash(&data).as_bytes() != hash {
+                    let Some(data) = self.check_whole(key, &path, &file, stamp, hash, chunk_len)?
+                    else {
                         drop(_pin);
                         if !self.chunk_damaged(key, "chunk file does not match its hash") {
                             return Err(StoreError::Revoked(key));
                         }
                         continue;
-                    }
-                    self.mark_checked(key, hash, stamp);
-                    // The rest of a sequential read of this chunk comes from memory.
-                    let data = Bytes::from(data);
-                    self.hot_put(key, data.clone());
+                    };
                     return Ok(Span::Memory(slice_of(&data, offset, len)));
                 }
                 Plan::Fetch {
@@ -334,6 +338,85 @@ impl Store {
             }
         }
         Err(StoreError::Lost(key))
+    }
+
+    /// Hashes a complete chunk's whole file against its recorded hash. If it matches,
+    /// the file is marked checked and its bytes are kept in memory for the rest of their
+    /// read, and returned; `None` if it does not match.
+    fn check_whole(
+        &self,
+        key: ChunkKey,
+        path: &std::path::Path,
+        file: &std::fs::File,
+        stamp: FileStamp,
+        hash: [u8; 32],
+        len: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let data = files::read_whole(file, len).map_err(|e| StoreError::io(path, e))?;
+        if *blake3::hash(&data).as_bytes() != hash {
+            return Ok(None);
+        }
+        self.mark_checked(key, hash, stamp);
+        let data = Bytes::from(data);
+        self.hot_put(key, data.clone());
+        Ok(Some(data))
+    }
+
+    /// Starts the first-use check of a local chunk ahead of its reader (see
+    /// [`Store::prefetch_chunk`]), unless one is running.
+    fn check_ahead(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: [u8; 16],
+        pin: PinGuard,
+        hash: [u8; 32],
+        len: u64,
+    ) {
+        let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+        if checking.contains_key(&key) {
+            return;
+        }
+        let (store, slots) = (Arc::clone(self), Arc::clone(&self.check_slots));
+        let task = self.rt.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let s = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || {
+                let path = s.chunk_file(&uid, key.index);
+                let damage = match files::open_stamped(&path) {
+                    Ok((file, stamp)) => match s.check_whole(key, &path, &file, stamp, hash, len) {
+                        Ok(Some(_)) => None,
+                        Ok(None) => Some("chunk file does not match its hash"),
+                        Err(e) => {
+                            tracing::debug!(chunk = %key, error = %e, "check ahead failed");
+                            None
+                        }
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Some("chunk file is missing")
+                    }
+                    Err(e) => {
+                        tracing::debug!(chunk = %key, error = %e, "check ahead failed");
+                        None
+                    }
+                };
+                drop(pin);
+                if let Some(why) = damage {
+                    s.chunk_damaged(key, why);
+                }
+            })
+            .await;
+            store
+                .checking
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+        let done = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        checking.insert(key, done);
     }
 
     fn plan(self: &Arc<Self>, key: ChunkKey) -> Result<Plan, StoreError> {
@@ -395,7 +478,9 @@ impl Store {
 
     /// Brings a chunk closer ahead of a read (read-ahead, peers' request patterns): an
     /// evicted one back from the remote, a local one into the page cache (the kernel
-    /// starts reading its file now, so the read finds it there). Does nothing for
+    /// starts reading its file now, so the read finds it there), or into memory, hashed,
+    /// if it was not hashed since it was loaded (a reader then finds it checked and in
+    /// memory, or waits for the check instead of hashing it again). Does nothing for
     /// chunks that are not complete. A chunk to be read `next` (a file's head on open)
     /// is fetched as if a reader waited: other fetches ahead hold back for it.
     /// The fetch starts before this returns (so fetches asked for in turn start in
@@ -410,6 +495,17 @@ impl Store {
         }
         let (uid, len) = match self.plan(key)? {
             Plan::Fetch { uid, len } => (uid, len),
+            // Not hashed since it was loaded: hash it now, off the reader's path.
+            Plan::Local {
+                _pin,
+                uid,
+                hash,
+                len,
+                checked: None,
+            } => {
+                self.check_ahead(key, uid, _pin, hash, len);
+                return Ok(None);
+            }
             Plan::Local { _pin, uid, .. } => {
                 files::will_need(&self.chunk_file(&uid, key.index));
                 return Ok(None);
@@ -463,7 +559,7 @@ impl Store {
             .put(key, bytes);
     }
 
-    fn hot_get(&self, key: ChunkKey) -> Option<Bytes> {
+    pub(super) fn hot_get(&self, key: ChunkKey) -> Option<Bytes> {
         self.hot
             .lock()
             .unwrap_or_else(|e| e.into_inner())

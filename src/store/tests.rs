@@ -193,6 +193,44 @@ fn a_range_is_readable_now_only_when_verified_and_local() {
 }
 
 #[test]
+fn after_a_restart_read_ahead_hashes_local_chunks_before_their_reader() {
+    let total = 3 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&src);
+    f.store.shutdown().unwrap();
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    // Damaged while the daemon was down, same length.
+    std::fs::write(f.root.join(&uid).join("1"), vec![3u8; CHUNK_LEN as usize]).unwrap();
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    store.register_torrent(f.id).unwrap();
+    store.set_source(src.clone());
+    let key = |c| ChunkKey::new(f.id, c);
+    for c in 0..3 {
+        assert!(store.prefetch_chunk(key(c), false).unwrap().is_none());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.checking.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the checks never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Good chunks are hashed and in memory before anyone reads; the damaged one was
+    // found without a read, and is fetched again when read.
+    assert!(store.hot_get(key(0)).is_some() && store.hot_get(key(2)).is_some());
+    assert!(store.hot_get(key(1)).is_none());
+    assert_eq!(store.integrity_stats().damaged_local_chunks, 1);
+    let s = store.clone();
+    let got = f
+        .rt
+        .block_on(async move { s.read_verified(f.id, 0..total).await })
+        .unwrap();
+    assert_eq!(&got[..], &f.data[..]);
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[test]
 fn out_of_range_and_unknown_torrent_are_errors() {
     let f = fixture(CHUNK_LEN);
     assert!(matches!(
