@@ -29,7 +29,7 @@ pub fn full_mode() -> bool {
 
 /// A seed for this run: `BAE_CHAOS_SEED` to replay one, else the clock.
 pub fn seed() -> u64 {
-    std::env::var("BAE_CHAOS_SEED")
+    let seed = std::env::var("BAE_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -37,7 +37,10 @@ pub fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(7)
-        })
+        });
+    // Shown with a failing test's output, so that the run can be replayed.
+    println!("BAE_CHAOS_SEED={seed}");
+    seed
 }
 
 /// The guarantees one scenario checked: every failure is kept, and `finish` prints one
