@@ -222,10 +222,9 @@ fn after_a_restart_read_ahead_hashes_local_chunks_before_their_reader() {
     assert!(store.hot_get(key(1)).is_none());
     assert_eq!(store.integrity_stats().damaged_local_chunks, 1);
     let s = store.clone();
-    let got = f
-        .rt
-        .block_on(async move { s.read_verified(f.id, 0..total).await })
-        .unwrap();
+    let got =
+        f.rt.block_on(async move { s.read_verified(f.id, 0..total).await })
+            .unwrap();
     assert_eq!(&got[..], &f.data[..]);
     assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
 }
