@@ -33,6 +33,7 @@ class Ctx:
         self.s3_server_bin = args.s3_server
         self.work = args.work
         self.runs = args.runs
+        self.skip = {x for x in args.skip.split(",") if x}
         self.figures = []
         os.makedirs(self.work, exist_ok=True)
         self.data = os.path.join(self.work, "data")
@@ -52,7 +53,8 @@ class Ctx:
 
     def order(self, run, contenders):
         """Alternates who goes first: run i starts with contender i."""
-        k = run % len(contenders)
+        contenders = [x for x in contenders if x not in self.skip]
+        k = run % len(contenders) if contenders else 0
         return contenders[k:] + contenders[:k]
 
     def bae(self, name, **kw):
@@ -629,12 +631,22 @@ class S3Peers:
         self.s3fs_proc = c.spawn(
             ["s3fs", "s3fs", self.s3fs_mnt, "-f", "-o", f"url={self.url}",
              "-o", "use_path_request_style", "-o", f"passwd_file={self.passwd}",
-             "-o", "ro", "-o", "endpoint=us-east-1"],
+             "-o", "ro", "-o", "endpoint=us-east-1", "-o", "connect_timeout=5",
+             "-o", "readwrite_timeout=15", "-o", "retries=2"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         c.wait_mounted(self.s3fs_mnt, 60, self.s3fs_proc)
-        # s3fs answers before its first listing works: wait for the album to show.
+        # s3fs answers before its first listing works: wait for the album to show. Each
+        # look in a child that can be killed: an s3fs that hangs blocks its caller in the
+        # kernel (seen once with s3fs 1.90, for minutes).
         deadline = time.monotonic() + 30
-        while not os.path.exists(os.path.join(self.s3fs_mnt, "album", self.ctx.tracks[-1])):
+        track = os.path.join(self.s3fs_mnt, "album", self.ctx.tracks[-1])
+        while True:
+            try:
+                if subprocess.run(["stat", track], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=10).returncode == 0:
+                    break
+            except subprocess.TimeoutExpired:
+                pass
             if time.monotonic() > deadline:
                 raise RuntimeError("s3fs mounted but the album does not show")
             time.sleep(0.1)
@@ -727,10 +739,17 @@ def mode_remote(ctx):
                         finish(who)
                         continue
                     t = attempt(ttfb, who, lambda: 1000 * c.first_byte(os.path.join(d, last)))
-                    if who == BAE:
-                        b.evict_all(name)
-                    else:
-                        d = cold(who)
+                    try:
+                        if who == BAE:
+                            b.evict_all(name)
+                        else:
+                            d = cold(who)
+                    except Exception as e:
+                        for f in (seq, rnd):
+                            f.fail(who, str(e))
+                        c.log(f"   {who}: {e}")
+                        finish(who)
+                        continue
                     c.drop_caches()
 
                     def one():
@@ -890,6 +909,8 @@ def main():
                     help="downloads: only the bounded-cache case (issue 11)")
     ap.add_argument("--libs", default=None,
                     help="library: comma-separated sizes (1tb,10tb,50tb,20k)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated contenders to leave out (e.g. btfs,aria2c)")
     ap.add_argument("--bae", required=True)
     ap.add_argument("--s3-server", required=True)
     ap.add_argument("--fault-proxy", default=None,

@@ -310,6 +310,17 @@ class Bae:
 
     def remove(self):
         self.stop()
+        # BAE_BENCH_LOGS=DIR keeps each run's daemon log (run with BAE_LOG=debug to see why
+        # a figure is what it is).
+        keep = os.environ.get("BAE_BENCH_LOGS")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            src = os.path.join(self.home, "daemon.log")
+            dst = os.path.join(keep, f"{os.path.basename(self.dir)}-{time.time():.0f}.log")
+            try:
+                shutil.copyfile(src, dst)
+            except OSError:
+                pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -60,6 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 continue;
             }
         };
+        // As real object stores do: without it the tail segment of a response waits for
+        // the client's delayed ACK (40 ms on Linux) behind Nagle's algorithm.
+        if let Err(e) = socket.set_nodelay(true) {
+            eprintln!("s3_server: TCP_NODELAY: {e}");
+        }
         let conn = http
             .serve_connection(TokioIo::new(socket), service.clone())
             .into_owned();
