@@ -2,9 +2,10 @@
 """Stock libtorrent (python3-libtorrent, default disk storage) as the benchmark's peer:
 127.0.0.1 only, TCP only, DHT/LSD/UPnP/NAT-PMP off.
 
-usage: ltpeer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC]
+usage: ltpeer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC] [--no-announce]
        ltpeer.py leech TORRENT SAVE_DIR HOST:PORT
-seed:  prints "PORT <n>" once seeding, then "UP <bytes> <monotonic s>" whenever its
+seed:  (a limit of 0 is none; --no-announce: to no tracker, for seeding behind a relay
+       that announces itself) prints "PORT <n>" once seeding, then "UP <bytes> <monotonic s>" whenever its
        payload upload total changes (every 50 ms at most); runs until killed.
 leech: prints "DONE <seconds from add to every piece verified>" and exits 0.
 Default settings otherwise: this is the reference a user gets out of the box.
@@ -22,11 +23,13 @@ from peer import session  # noqa: E402
 
 
 def main():
-    mode, torrent, save = sys.argv[1], sys.argv[2], sys.argv[3]
+    argv = [a for a in sys.argv if a != "--no-announce"]
+    quiet = len(argv) != len(sys.argv)
+    mode, torrent, save = argv[1], argv[2], argv[3]
     ses = session()
-    if mode == "seed" and len(sys.argv) > 4:
+    if mode == "seed" and len(argv) > 4 and int(argv[4]) > 0:
         # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
-        limit = int(sys.argv[4])
+        limit = int(argv[4])
         ses.apply_settings({"upload_rate_limit": limit})
         local = ses.get_peer_class(lt.session.local_peer_class_id)
         local["upload_limit"] = limit
@@ -37,10 +40,13 @@ def main():
     params.save_path = save
     params.flags &= ~lt.torrent_flags.auto_managed
     params.flags &= ~lt.torrent_flags.paused
+    if quiet:
+        params.trackers = []
+        params.flags |= lt.torrent_flags.override_trackers
     t0 = time.monotonic()
     h = ses.add_torrent(params)
     if mode == "leech":
-        host, port = sys.argv[4].rsplit(":", 1)
+        host, port = argv[4].rsplit(":", 1)
         h.connect_peer((host, int(port)))
         last_dial = time.monotonic()
         while True:

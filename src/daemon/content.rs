@@ -227,11 +227,21 @@ impl StoreContent {
     async fn read_waiting(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
         let mut verified = self.store.watch_verified();
         let mut asked = false;
+        let mut waited: Option<Instant> = None;
         loop {
             verified.borrow_and_update();
             match self.store.read_verified(t, range.clone()).await {
-                Ok(b) => return Ok(b),
+                Ok(b) => {
+                    if let Some(since) = waited {
+                        tracing::debug!(torrent = %t, ?range, waited_ms = since.elapsed().as_millis() as u64, "read's pieces arrived");
+                    }
+                    return Ok(b);
+                }
                 Err(StoreError::NotVerified { missing, .. }) => {
+                    if waited.is_none() {
+                        tracing::debug!(torrent = %t, ?range, pieces = ?missing, "read waits for pieces");
+                        waited = Some(Instant::now());
+                    }
                     if !asked {
                         super::metrics::read_waited_for_pieces();
                         self.want_pieces(t, &missing, URGENT_DEADLINE_MS);

@@ -577,6 +577,7 @@ fn alert_loop(inner: &Inner, stop: &AtomicBool, events: &Sender<Event>) {
             }
         }
         for (t, pieces) in &verified {
+            tracing::trace!(torrent = %t, ?pieces, "pieces finished");
             inner.disk.storage().pieces_verified(*t, pieces);
         }
         for a in alerts {
