@@ -11,6 +11,7 @@ pub mod cli;
 pub mod daemon;
 pub mod fs;
 pub mod model;
+pub mod nowait;
 pub mod remote;
 pub mod store;
 pub mod tiering;

@@ -2,13 +2,15 @@
 //!
 //! Each kernel operation is one call into the filesystem and one reply; errors become
 //! errnos through [`FsError::errno`]. Metadata operations are answered on the FUSE
-//! dispatch thread (they only touch memory). Reads are spawned onto a tokio runtime and
-//! answered from the task, so a read waiting for data never stalls the dispatch loop
-//! or any other read. Every operation that would change anything gets `EROFS`.
+//! dispatch thread (they only touch memory). A small read is polled once there and
+//! answered at once if its bytes are at hand; every other read is spawned onto a tokio
+//! runtime and answered from the task, so a read waiting for data never stalls the
+//! dispatch loop or any other read. Every operation that would change anything gets `EROFS`.
 
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::consts::{
@@ -37,6 +39,18 @@ const MAX_BACKGROUND_REQUESTS: u16 = 64;
 
 /// Directory entries fetched from the filesystem per step while filling a reply.
 const READDIR_BATCH: usize = 128;
+
+/// Reads up to this size are tried on the dispatch thread first (see `read`). Larger
+/// ones, sequential reads of whole chunks, are copied into the reply on a worker, in
+/// parallel with the next request.
+const INLINE_READ_MAX_BYTES: u32 = 64 * 1024;
+
+fn answer_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData) {
+    match result {
+        Ok(bytes) => reply.data(&bytes),
+        Err(e) => reply.error(e.errno()),
+    }
+}
 
 /// Feeds entries of directory `ino` from `offset` to `add` until it reports the reply
 /// buffer full (returns true) or the directory ends.
@@ -227,14 +241,25 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = Arc::clone(&self.fs);
-        // If the runtime is gone the task is dropped, and so is `reply`: fuser then
-        // answers EIO, so the reader never hangs.
-        self.runtime.spawn(async move {
-            match crate::daemon::metrics::fuse_read(fs.read(fh, offset, size)).await {
-                Ok(bytes) => reply.data(&bytes),
-                Err(e) => reply.error(e.errno()),
+        let mut read =
+            Box::pin(
+                async move { crate::daemon::metrics::fuse_read(fs.read(fh, offset, size)).await },
+            );
+        // A small read of bytes already at hand (a random read of a cached chunk) is
+        // answered here: handing it to a worker and back costs more than the read. What
+        // would block (disk, hashing) yields instead and goes on in a task.
+        if size <= INLINE_READ_MAX_BYTES {
+            let _in_runtime = self.runtime.enter();
+            if let Poll::Ready(r) = crate::nowait::poll_once(read.as_mut()) {
+                answer_read(r, reply);
+                return;
             }
-        });
+        }
+        // Not ready: the task polls it again, with a waker that works. If the runtime is
+        // gone the task is dropped, and so is `reply`: fuser then answers EIO, so the
+        // reader never hangs.
+        self.runtime
+            .spawn(async move { answer_read(read.await, reply) });
     }
 
     fn flush(

@@ -93,6 +93,45 @@ pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
     Ok(Bytes::from(data))
 }
 
+/// Like [`read_vec_at`], but only from the page cache (`RWF_NOWAIT`): `None` when
+/// some of the bytes would have to come from the disk.
+pub fn read_vec_at_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    let file_len = file.metadata()?.len();
+    let want = len.min(file_len.saturating_sub(offset) as usize);
+    let mut data: Vec<u8> = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < want {
+        let iov = libc::iovec {
+            // SAFETY (of the call below): the iovec is the vector's spare capacity from
+            // `done`, at least `want - done` bytes; the kernel writes at most that.
+            iov_base: data.spare_capacity_mut()[..want - done].as_mut_ptr().cast(),
+            iov_len: want - done,
+        };
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: one valid iovec (see above) and an fd that lives as long as `file`.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            // Shorter than its length said a moment ago: let the blocking read decide.
+            return Ok(None);
+        }
+        done += n as usize;
+        // SAFETY: the kernel initialised `n` more bytes after the first `done - n`.
+        unsafe { data.set_len(done) };
+    }
+    data.resize(len, 0);
+    Ok(Some(Bytes::from(data)))
+}
+
 /// Fills `buf` from `offset` in the chunk file (zeros past its end); `false` when the
 /// file does not exist (nothing was read).
 pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<bool> {

@@ -156,7 +156,20 @@ impl Store {
             Ok(match self.span(key, &uid, offset, len).await? {
                 Span::Memory(b) => b,
                 Span::File { file, path, .. } => {
-                    files::read_vec_at(&file, offset, len).map_err(|e| StoreError::io(&path, e))?
+                    // A poll that must not block reads only what the page cache holds.
+                    let cached = if crate::nowait::active() {
+                        files::read_vec_at_cached(&file, offset, len).unwrap_or(None)
+                    } else {
+                        None
+                    };
+                    match cached {
+                        Some(b) => b,
+                        None => {
+                            crate::nowait::yield_once().await;
+                            files::read_vec_at(&file, offset, len)
+                                .map_err(|e| StoreError::io(&path, e))?
+                        }
+                    }
                 }
                 Span::Zeros => Bytes::from(vec![0u8; len]),
             })
@@ -315,6 +328,8 @@ impl Store {
                             _pin: Some(_pin),
                         });
                     }
+                    // Hashing a whole chunk blocks: not under a poll that must not.
+                    crate::nowait::yield_once().await;
                     let Some(data) = self.check_whole(key, &path, &file, stamp, hash, chunk_len)?
                     else {
                         drop(_pin);
