@@ -207,7 +207,8 @@ def mode_downloads(ctx):
             c.stop(seeder)
     seed_figures(ctx, last_torrent, *last_seeder)
     c.stop(tracker)
-    bounded_figures(ctx)
+    if not ctx.args.no_bounded:
+        bounded_figures(ctx)
 
 
 SEALED_CHUNK = MiB + 32  # a 1 MiB chunk sealed: header (magic, version, nonce) and tag
@@ -918,6 +919,8 @@ def main():
                     help="library: also 20,000 albums of 1 GB (long)")
     ap.add_argument("--bounded-only", action="store_true",
                     help="downloads: only the bounded-cache case (issue 11)")
+    ap.add_argument("--no-bounded", action="store_true",
+                    help="downloads: leave the bounded-cache case out")
     ap.add_argument("--libs", default=None,
                     help="library: comma-separated sizes (1tb,10tb,50tb,20k)")
     ap.add_argument("--skip", default="",
