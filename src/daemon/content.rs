@@ -194,15 +194,23 @@ impl StoreContent {
         tokio::time::Instant::from_std(read_deadline(Instant::now(), since, self.read_timeout))
     }
 
-    /// Asks for the pieces of `range` not downloaded yet and brings its evicted chunks
-    /// back from the remote (see [`Store::prefetch_chunk`] for `next`).
-    fn prefetch_chunks(&self, t: TorrentId, range: Range<u64>, next: bool) {
+    /// Asks for the pieces of `range` not downloaded yet (with `swarm`) and brings its
+    /// evicted chunks back from the remote (see [`Store::prefetch_chunk`] for `next`).
+    fn prefetch_chunks(&self, t: TorrentId, range: Range<u64>, next: bool, swarm: bool) {
         let missing = match self.store.missing_pieces(t, range.clone()) {
             Ok(m) => m,
             Err(_) => return,
         };
-        if !missing.is_empty() {
-            self.want_pieces(t, &missing, READAHEAD_DEADLINE_MS);
+        if swarm && !missing.is_empty() {
+            // What is read next (a file's head, on open) is asked for as if its reader
+            // already waited: libtorrent requests by deadline, and a head queued behind
+            // the tail's pieces asked for at the same moment comes a link's queue later.
+            let deadline = if next {
+                URGENT_DEADLINE_MS
+            } else {
+                READAHEAD_DEADLINE_MS
+            };
+            self.want_pieces(t, &missing, deadline);
         }
         // Verified chunks that were evicted come back from the remote in parallel,
         // their fetches started in order.
@@ -326,11 +334,18 @@ impl Content for StoreContent {
     }
 
     fn prefetch(&self, t: TorrentId, range: Range<u64>) {
-        self.prefetch_chunks(t, range, false);
+        self.prefetch_chunks(t, range, false, true);
+    }
+
+    fn prefetch_stored(&self, t: TorrentId, range: Range<u64>) {
+        // Pieces asked for with a deadline all get libtorrent's top priority, and its
+        // picker takes those in random order: a tail asked for on open came before the
+        // head the reader waits on (0.55 s instead of 0.15 s over a 4 MB/s link).
+        self.prefetch_chunks(t, range, false, false);
     }
 
     fn prefetch_next(&self, t: TorrentId, range: Range<u64>) {
-        self.prefetch_chunks(t, range, true);
+        self.prefetch_chunks(t, range, true, true);
     }
 
     fn readable_now(&self, t: TorrentId, range: Range<u64>) -> bool {

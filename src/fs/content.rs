@@ -165,6 +165,13 @@ pub trait Content: Send + Sync + 'static {
         self.prefetch(t, range)
     }
 
+    /// Hint: these stream bytes may be wanted (a file's tail on open, where tags live),
+    /// if they are at hand somewhere cheap (the remote): not worth competing with the
+    /// head for a slow download.
+    fn prefetch_stored(&self, t: TorrentId, range: Range<u64>) {
+        self.prefetch(t, range)
+    }
+
     /// Whether [`Content::read`] of `range` would answer now, without waiting for a
     /// download or a fetch. Lets the filesystem retry at once a range that failed a
     /// moment ago and has arrived since.

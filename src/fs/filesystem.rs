@@ -365,7 +365,7 @@ impl Filesystem {
             self.content.prefetch_next(file.torrent, head);
             if len > OPEN_PREFETCH_BYTES {
                 let tail_start = (len - OPEN_PREFETCH_BYTES).max(OPEN_PREFETCH_BYTES);
-                self.content.prefetch(
+                self.content.prefetch_stored(
                     file.torrent,
                     file.stream_offset + tail_start..file.stream_offset + len,
                 );
