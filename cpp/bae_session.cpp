@@ -165,9 +165,6 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     // four pieces at random, ignoring the deadlines a waiting read has set (measured:
     // 0.7 s instead of 0.14 s for the first piece over a 4 MB/s link).
     pack.set_int(lt::settings_pack::initial_picker_threshold, 0);
-    // Peers given with `add --peer` are dialled on the next tick: 500 ms (the default)
-    // would be a floor under the first byte of a track opened right after `add`.
-    pack.set_int(lt::settings_pack::tick_interval, 100);
 
     lt::session_params params(std::move(pack));
     DiskHandle const* rust = &*disk_;
