@@ -42,8 +42,17 @@ pub struct StoreContent {
 #[derive(Default)]
 struct Events {
     sinks: Subscribers,
-    /// Torrents announced as shown, with the name they were announced under.
-    shown: HashMap<TorrentId, String>,
+    /// Torrents announced as shown, with a [`name_tag`] of the name they were announced
+    /// under (a tag, not the name: this map has an entry per torrent of the library).
+    shown: HashMap<TorrentId, u64>,
+}
+
+/// A 64-bit hash of a torrent's name, to tell a rename from the name already shown.
+fn name_tag(name: &str) -> u64 {
+    let d = blake3::hash(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// Deadline libtorrent gets for a piece a reader is waiting on right now.
@@ -132,7 +141,7 @@ impl StoreContent {
 
     /// Announces `r` unless the mount already shows it under this name.
     fn announce_if_changed(&self, ev: &mut Events, r: &TorrentRecord) {
-        if ev.shown.get(&r.id) != Some(&r.name) {
+        if ev.shown.get(&r.id) != Some(&name_tag(&r.name)) {
             self.announce(ev, r);
         }
     }
@@ -140,7 +149,7 @@ impl StoreContent {
     fn announce(&self, ev: &mut Events, r: &TorrentRecord) {
         match self.entry_of(r) {
             Ok(entry) => {
-                ev.shown.insert(r.id, r.name.clone());
+                ev.shown.insert(r.id, name_tag(&r.name));
                 ev.sinks.publish(ContentEvent::Upsert(entry));
             }
             Err(e) => tracing::warn!(torrent = %r.id, error = %e, "cannot list files"),
@@ -297,24 +306,27 @@ fn content_err(e: StoreError) -> ContentError {
 impl Content for StoreContent {
     fn subscribe(&self, sink: Arc<dyn ContentSink>) {
         let mut ev = self.events();
-        let mut entries = Vec::new();
-        let mut shown = HashMap::new();
-        match self.catalog.torrents() {
-            Ok(torrents) => {
-                for r in torrents.iter().filter(|r| r.geometry.is_some()) {
-                    match self.entry_of(r) {
-                        Ok(e) => {
-                            shown.insert(r.id, r.name.clone());
-                            entries.push(e);
-                        }
-                        Err(e) => tracing::warn!(torrent = %r.id, error = %e, "cannot list files"),
-                    }
+        let torrents = self.catalog.torrents().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list torrents for the mount");
+            Vec::new()
+        });
+        let mut shown = HashMap::with_capacity(torrents.len());
+        // In id order (the catalog lists them so), each entry built as it is replayed.
+        let entries = torrents
+            .iter()
+            .filter(|r| r.geometry.is_some())
+            .filter_map(|r| match self.entry_of(r) {
+                Ok(e) => {
+                    shown.insert(r.id, name_tag(&r.name));
+                    Some(e)
                 }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list torrents for the mount"),
-        }
-        ev.shown = shown;
+                Err(e) => {
+                    tracing::warn!(torrent = %r.id, error = %e, "cannot list files");
+                    None
+                }
+            });
         ev.sinks.subscribe(sink, entries);
+        ev.shown = shown;
     }
 
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {

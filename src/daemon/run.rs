@@ -379,6 +379,8 @@ impl Daemon {
                 runtime: Some(rt.handle().clone()),
                 max_readahead_bytes: u64::from(config.readahead_chunks) * crate::model::CHUNK_LEN,
                 fsname,
+                // On the library's disk: the tree's pages are reclaimable there.
+                tree_dir: Some(self.lib.home.clone()),
                 ..MountOptions::default()
             },
         )?)

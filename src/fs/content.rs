@@ -111,14 +111,13 @@ pub struct Subscribers {
 }
 
 impl Subscribers {
-    /// Replays `current` to `sink` in `TorrentId` order, then registers it.
+    /// Replays `current` (given in `TorrentId` order) to `sink`, then registers it.
+    /// One entry at a time: a library's worth of file lists is never in memory at once.
     pub fn subscribe(
         &self,
         sink: Arc<dyn ContentSink>,
         current: impl IntoIterator<Item = TorrentEntry>,
     ) {
-        let mut current: Vec<TorrentEntry> = current.into_iter().collect();
-        current.sort_by_key(|t| t.id);
         for t in current {
             if !sink.apply(ContentEvent::Upsert(t)) {
                 return;

@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
@@ -62,6 +63,9 @@ pub struct FsConfig {
     /// Permission bits of files and of directories.
     pub file_perm: u16,
     pub dir_perm: u16,
+    /// Where the tree keeps its records (an unlinked file; see
+    /// [`image`](super::image)); `None` keeps them on the heap.
+    pub tree_dir: Option<PathBuf>,
 }
 
 /// Default attribute and entry TTL. Long: every change of the tree is pushed to the
@@ -80,6 +84,7 @@ impl Default for FsConfig {
             gid,
             file_perm: 0o444,
             dir_perm: 0o555,
+            tree_dir: None,
         }
     }
 }
@@ -273,7 +278,10 @@ impl std::fmt::Debug for Filesystem {
 impl Filesystem {
     pub fn new(content: Arc<dyn Content>, config: FsConfig) -> Self {
         let shared = Arc::new(Shared {
-            tree: RwLock::new(Tree::new()),
+            tree: RwLock::new(match &config.tree_dir {
+                Some(dir) => Tree::in_dir(dir),
+                None => Tree::new(),
+            }),
             invalidator: Mutex::new(None),
         });
         content.subscribe(Arc::new(Sink(Arc::downgrade(&shared))));
@@ -357,7 +365,7 @@ impl Filesystem {
         let file = {
             let tree = self.tree();
             let node = tree.get(ino).ok_or(FsError::NotFound)?;
-            *node.as_file().ok_or(FsError::IsDir)?
+            node.as_file().ok_or(FsError::IsDir)?
         };
         let len = file.len_bytes;
         if len > 0 {
@@ -511,7 +519,7 @@ impl Filesystem {
             .ok_or(FsError::BadHandle(fh))
     }
 
-    fn attr_of(&self, node: &Node) -> Attr {
+    fn attr_of(&self, node: Node<'_>) -> Attr {
         let (kind, size_bytes, perm, nlink) = match &node.kind {
             NodeKind::Dir(d) => (EntryKind::Dir, 0, self.config.dir_perm, 2 + d.subdirs),
             NodeKind::File(f) => (EntryKind::File, f.len_bytes, self.config.file_perm, 1),

@@ -1,7 +1,8 @@
 //! The read-only FUSE mount: root → one directory per torrent → its files.
 //!
 //! - [`content`]: the [`Content`] trait, the only way the fs sees torrent data.
-//! - [`names`] and [`tree`]: untrusted torrent names turned into a safe, stable tree.
+//! - [`names`] and [`tree`]: untrusted torrent names turned into a safe, stable tree,
+//!   each torrent's subtree a flat record (`record`) kept out of the heap (`image`).
 //! - [`filesystem`]: every supported operation as plain, kernel-free logic.
 //! - [`readahead`]: sequential-reader detection and the read-ahead window.
 //! - [`fuse`]: the thin `fuser` adapter; reads answered off the dispatch thread.
@@ -14,9 +15,11 @@ pub mod content;
 mod error;
 pub mod filesystem;
 pub mod fuse;
+mod image;
 mod mount;
 pub mod names;
 pub mod readahead;
+mod record;
 pub mod tree;
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct MountOptions {
     pub runtime: Option<tokio::runtime::Handle>,
     /// How long [`mount`] waits for the kernel to start answering on the mount.
     pub ready_timeout: Duration,
+    /// Where the tree keeps its records, see [`FsConfig::tree_dir`].
+    pub tree_dir: Option<PathBuf>,
 }
 
 impl Default for MountOptions {
@@ -103,6 +105,7 @@ impl Default for MountOptions {
             max_readahead_bytes: fs.max_readahead_bytes,
             runtime: None,
             ready_timeout: Duration::from_secs(10),
+            tree_dir: None,
         }
     }
 }
@@ -140,6 +143,7 @@ pub fn mount(
         gid: options.permissions.gid.unwrap_or(defaults.gid),
         file_perm,
         dir_perm,
+        tree_dir: options.tree_dir.clone(),
     };
     let fs = Arc::new(Filesystem::new(content, config));
 

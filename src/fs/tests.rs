@@ -72,7 +72,8 @@ impl MemContent {
 impl Content for MemContent {
     fn subscribe(&self, sink: Arc<dyn ContentSink>) {
         let s = self.state.lock().unwrap();
-        let current: Vec<TorrentEntry> = s.torrents.iter().map(|(t, _)| t.clone()).collect();
+        let mut current: Vec<TorrentEntry> = s.torrents.iter().map(|(t, _)| t.clone()).collect();
+        current.sort_by_key(|t| t.id);
         s.sinks.subscribe(sink, current);
     }
     async fn read(&self, t: TorrentId, range: Range<u64>) -> Result<Bytes, ContentError> {
@@ -206,7 +207,7 @@ fn hostile_paths_stay_inside_their_torrent_directory() {
         ]
     );
     for n in tree.nodes().filter(|n| n.ino != InodeNo::ROOT) {
-        assert!(!n.name.is_empty() && &*n.name != "." && &*n.name != "..");
+        assert!(!n.name.is_empty() && n.name != "." && n.name != "..");
         assert!(!n.name.contains('/') && !n.name.contains('\0'));
     }
 }
@@ -283,13 +284,13 @@ proptest::proptest! {
         let shown = tree.nodes().filter(|n| n.as_file().is_some()).count();
         proptest::prop_assert_eq!(shown, spec.len());
         let root = tree.get(InodeNo::ROOT).unwrap().as_dir().unwrap();
-        proptest::prop_assert_eq!(root.children.len(), 1);
+        proptest::prop_assert_eq!(root.entries, 1);
         for n in tree.nodes().filter(|n| n.ino != InodeNo::ROOT) {
             let path = tree.path_of(n.ino).unwrap();
             proptest::prop_assert_eq!(path[0].as_str(), "torrent 9");
             proptest::prop_assert!(path.iter().all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('/')));
-            let parent = tree.get(n.parent).unwrap().as_dir().unwrap();
-            proptest::prop_assert_eq!(parent.children.get(&n.name), Some(&n.ino));
+            proptest::prop_assert!(tree.get(n.parent).unwrap().as_dir().is_some());
+            proptest::prop_assert_eq!(tree.lookup(n.parent, n.name).ok().map(|c| c.ino), Some(n.ino));
         }
     }
 }
@@ -655,7 +656,7 @@ fn adding_and_removing_torrents_touches_only_them() {
     assert_eq!(paths(&tree), paths(&built));
     assert_eq!(tree.inode_count(), built.inode_count());
     let root = tree.get(InodeNo::ROOT).unwrap().as_dir().unwrap();
-    assert_eq!((root.children.len(), root.subdirs), (2, 2));
+    assert_eq!((root.entries, root.subdirs), (2, 2));
     assert_eq!(
         tree.torrent_of(paths(&tree)["A/x/1.flac"]),
         Some(TorrentId(1))
@@ -754,4 +755,54 @@ fn root_listing_offsets_survive_changes() {
         .map(|e| e.1.to_string())
         .collect();
     assert_eq!(rest, ["T3", "T4", "T5", "T6", "T7"]);
+}
+
+#[test]
+fn a_tree_in_a_file_is_the_tree_on_the_heap_through_removals_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<TorrentEntry> = (1..=40)
+        .map(|i| {
+            torrent(
+                i,
+                &format!("Album {}", i % 7),
+                &[
+                    (&["CD1", "01.flac"], 10),
+                    (&["CD1", "02.flac"], 20),
+                    (&["cover.jpg"], 3),
+                ],
+            )
+            .0
+        })
+        .collect();
+    let mut mapped = Tree::in_dir(dir.path());
+    mapped.set_compact_at(1);
+    let mut heap = Tree::new();
+    for t in &all {
+        mapped.upsert(t);
+        heap.upsert(t);
+    }
+    assert_eq!(paths(&mapped), paths(&heap));
+    // Removing most of them makes the file mostly garbage: the records are copied into
+    // a fresh file, and what is left reads the same.
+    let mut compactions = 0;
+    for id in 1..=30 {
+        assert_eq!(mapped.remove(TorrentId(id)), heap.remove(TorrentId(id)));
+        compactions += usize::from(mapped.garbage_bytes() == 0);
+    }
+    assert!(
+        compactions > 0,
+        "garbage above live, and the threshold, compacts"
+    );
+    let after = paths(&mapped);
+    assert_eq!(after, paths(&heap));
+    assert_eq!(after.len(), 10 * 5, "10 albums of dir, CD1 and 3 files");
+    assert_eq!(mapped.file_bytes(), 10 * 33);
+    assert_eq!(mapped.inode_count(), heap.inode_count());
+    // Ids 3, 10, 17, 24, 31, 38 asked for "Album 3": the last got the sixth name.
+    let n = mapped.lookup(InodeNo::ROOT, "Album 3 (6)").unwrap();
+    let cd = mapped.lookup(n.ino, "CD1").unwrap();
+    let f = mapped.lookup(cd.ino, "02.flac").unwrap().as_file().unwrap();
+    assert_eq!((f.len_bytes, f.torrent), (20, TorrentId(38)));
+    // Nothing of it has a name in the directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

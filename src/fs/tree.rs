@@ -1,9 +1,12 @@
-//! The directory tree the mount shows, kept in memory and changed one torrent at a time.
+//! The directory tree the mount shows, changed one torrent at a time.
 //!
 //! Shape: root → one directory per torrent (sanitised name) → the torrent's non-pad
-//! files at their sanitised paths. Each torrent is a subtree of its own: adding,
-//! replacing or removing a torrent touches only its nodes and one root entry, never
-//! the rest of the library.
+//! files at their sanitised paths. Each torrent is a subtree of its own, built once
+//! into an immutable [`record`](super::record) kept in the [`image`](super::image),
+//! outside the heap: what the tree holds in memory is a few dozen bytes per torrent,
+//! whatever its files. Adding, replacing or removing a torrent touches only its record
+//! and one root entry, never the rest of the library, and no lookup waits on anything
+//! but memory (or the page cache).
 //!
 //! Invariants:
 //! - Every name is safe (see [`names`](super::names)); a file can only be reached
@@ -15,25 +18,30 @@
 //!   long as it is in the tree (a newcomer takes the lowest free suffix, a removal
 //!   renames no one). [`Tree::build`] adds in `TorrentId` order, so after a restart
 //!   the older torrent has the plain name.
-//! - Inode numbers are a pure function of identity, not of insertion order: a hash of
-//!   (torrent id, info hash, file index) for files, (torrent id, info hash, sanitised
-//!   path) for directories, re-hashed with a salt on the (astronomically rare)
-//!   collision. So they are the same after a change, a removal and re-adding, or a
-//!   restart, and a number never names other bytes (an id the catalog gives again to
-//!   another torrent comes with another info hash): the kernel may keep file pages.
-//! - Root listing offsets are stable across changes: root entries are listed in the
-//!   order they were added, each with a cookie that is never reused, so a listing that
-//!   spans a change neither repeats nor skips a torrent that did not change. Inside a
-//!   torrent (immutable) entries are listed by name.
+//! - Inode numbers are a pure function of identity, not of insertion order: the high
+//!   bits are a hash of the torrent (id, info hash), the low [`LOCAL_BITS`] its node's
+//!   local id (see [`record`](super::record): derived from the file index, or the
+//!   directory's path), the torrent part re-hashed with a salt on the (rare) collision.
+//!   So they are the same after a change, a removal and re-adding, or a restart, and a
+//!   number never names other bytes (an id the catalog gives again to another torrent
+//!   comes with another info hash): the kernel may keep file pages.
+//! - Root listing offsets are stable across changes: root entries are listed by torrent
+//!   id (the order they were added: the catalog's ids grow), the id being the cookie,
+//!   so a listing that spans a change neither repeats nor skips a torrent that did not
+//!   change. Inside a torrent (immutable) entries are listed by name.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::path::Path;
 
 use crate::model::{FileIndex, TorrentId};
 
 use super::content::TorrentEntry;
 use super::error::FsError;
-use super::names::{sanitize_component, sanitize_path, with_suffix};
+use super::image::{Blob, Image};
+use super::names::{sanitize_component, with_suffix};
+use super::record::{encode, RawKind, RawNode, Record, LOCAL_BITS, NO_POS};
 
 /// A FUSE inode number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,27 +61,27 @@ pub struct FileRef {
     pub len_bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dir {
-    /// Children by name; sorted, so `readdir` offsets are stable within one tree. A
-    /// name is shared with the child's node: one allocation per entry of the library.
-    pub children: BTreeMap<Arc<str>, InodeNo>,
-    /// How many children are directories (for `nlink`).
+    /// How many children it has.
+    pub entries: u32,
+    /// How many of them are directories (for `nlink`).
     pub subdirs: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     Dir(Dir),
     File(FileRef),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Node {
+/// One inode, as read from the tree (borrowing its name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node<'a> {
     pub ino: InodeNo,
     /// The root is its own parent.
     pub parent: InodeNo,
-    pub name: Arc<str>,
+    pub name: &'a str,
     /// Unix seconds.
     pub mtime: i64,
     pub kind: NodeKind,
@@ -81,16 +89,16 @@ pub struct Node {
     pub torrent: Option<TorrentId>,
 }
 
-impl Node {
-    pub fn as_dir(&self) -> Option<&Dir> {
-        match &self.kind {
+impl Node<'_> {
+    pub fn as_dir(&self) -> Option<Dir> {
+        match self.kind {
             NodeKind::Dir(d) => Some(d),
             NodeKind::File(_) => None,
         }
     }
 
-    pub fn as_file(&self) -> Option<&FileRef> {
-        match &self.kind {
+    pub fn as_file(&self) -> Option<FileRef> {
+        match self.kind {
             NodeKind::File(f) => Some(f),
             NodeKind::Dir(_) => None,
         }
@@ -110,33 +118,28 @@ pub struct Change {
     pub stale: Vec<InodeNo>,
 }
 
-/// The nodes one torrent owns.
+/// What the tree keeps in memory of one torrent (24 bytes); the rest is its record.
 #[derive(Debug)]
 struct Subtree {
-    /// A hash of the entry it was built from: an upsert of the same entry changes
-    /// nothing. (Not the entry itself: its file list would double the tree's memory.)
-    fingerprint: [u8; 32],
-    /// The name the torrent asked for (untrusted), and when it was added.
-    name: String,
-    added_at: i64,
-    info_hash: String,
-    dir: InodeNo,
-    /// Every inode of the torrent, its directory included.
-    inodes: Vec<InodeNo>,
-    file_bytes: u64,
-    /// The root listing cookie of its directory.
-    cookie: u64,
+    /// The high bits of its inode numbers.
+    key: u64,
+    record: Blob,
 }
 
 /// All torrents as directories and files.
 #[derive(Debug)]
 pub struct Tree {
-    nodes: HashMap<InodeNo, Node>,
-    torrents: HashMap<TorrentId, Subtree>,
-    /// Root entries by listing cookie (see the module comment).
-    root_order: BTreeMap<u64, InodeNo>,
-    next_cookie: u64,
+    image: Image,
+    /// By id, which is also the root listing order (see the module comment).
+    torrents: BTreeMap<TorrentId, Subtree>,
+    by_key: HashMap<u64, TorrentId>,
+    /// Root entries by a hash of their name (the names are in the records). Two shown
+    /// names never share a hash: a name whose hash is taken counts as taken.
+    root_names: HashMap<u64, TorrentId>,
+    hasher: RandomState,
     file_bytes: u64,
+    inodes: u64,
+    root_mtime: i64,
 }
 
 impl Default for Tree {
@@ -148,27 +151,32 @@ impl Default for Tree {
 /// Listing offsets 0 and 1 are `.` and `..`; root cookies start after them.
 const FIRST_ROOT_COOKIE: u64 = 2;
 
+/// Torrent keys have this many bits: an inode number stays below 2^63 (some tools
+/// treat them as signed).
+const KEY_BITS: u32 = 63 - LOCAL_BITS;
+
 impl Tree {
-    /// An empty tree: the root alone.
+    /// An empty tree (the root alone) whose records live on the heap.
     pub fn new() -> Tree {
-        let mut nodes = HashMap::new();
-        nodes.insert(
-            InodeNo::ROOT,
-            Node {
-                ino: InodeNo::ROOT,
-                parent: InodeNo::ROOT,
-                name: Arc::from(""),
-                mtime: 0,
-                kind: NodeKind::Dir(Dir::default()),
-                torrent: None,
-            },
-        );
+        Tree::with_image(Image::heap())
+    }
+
+    /// An empty tree whose records live in an unlinked file in `dir` (see
+    /// [`image`](super::image)).
+    pub fn in_dir(dir: &Path) -> Tree {
+        Tree::with_image(Image::in_dir(dir))
+    }
+
+    fn with_image(image: Image) -> Tree {
         Tree {
-            nodes,
-            torrents: HashMap::new(),
-            root_order: BTreeMap::new(),
-            next_cookie: FIRST_ROOT_COOKIE,
+            image,
+            torrents: BTreeMap::new(),
+            by_key: HashMap::new(),
+            root_names: HashMap::new(),
+            hasher: RandomState::new(),
             file_bytes: 0,
+            inodes: 1,
+            root_mtime: 0,
         }
     }
 
@@ -183,17 +191,33 @@ impl Tree {
         tree
     }
 
+    fn record<'a>(&'a self, sub: &'a Subtree) -> Option<Record<'a>> {
+        Record::parse(self.image.get(&sub.record))
+    }
+
     /// Adds torrent `t`, or replaces it if its entry changed (a magnet's metadata
     /// arrived, a rename). `None` when the tree already shows exactly this entry.
     pub fn upsert(&mut self, t: &TorrentEntry) -> Option<Change> {
+        if t.id.0 < 0 {
+            // Catalog ids are SQLite rowids, positive: the listing order relies on it.
+            tracing::warn!(torrent = %t.id, "a negative torrent id cannot be shown");
+            return None;
+        }
+        let fp = fingerprint(t);
         let mut change = Change::default();
         let mut keep_name = None;
         if let Some(old) = self.torrents.get(&t.id) {
-            if old.fingerprint == fingerprint(t) {
+            let (same_entry, same_base, old_name) = match self.record(old) {
+                Some(r) => (
+                    r.fingerprint() == fp,
+                    r.asked_name() == t.name,
+                    r.node(0).map(|n| r.name(&n).to_string()),
+                ),
+                None => (false, false, None),
+            };
+            if same_entry {
                 return None;
             }
-            let same_base = old.name == t.name;
-            let old_name = self.nodes.get(&old.dir).map(|n| n.name.to_string());
             change = self.remove(t.id).unwrap_or_default();
             if same_base {
                 // Same name asked for: the torrent keeps the one it shows.
@@ -203,38 +227,49 @@ impl Tree {
                 }
             }
         }
-        let name = self.insert(t, keep_name);
+        let name = self.insert(t, &fp, keep_name);
         if !change.removed.contains(&name) {
             change.added.push(name);
         }
-        if let Some(root) = self.nodes.get_mut(&InodeNo::ROOT) {
-            root.mtime = root.mtime.max(t.added_at);
-        }
+        self.root_mtime = self.root_mtime.max(t.added_at);
+        self.compact_if_worth_it();
         Some(change)
     }
 
     /// Removes torrent `id` and all its nodes. `None` when it is not in the tree.
     pub fn remove(&mut self, id: TorrentId) -> Option<Change> {
         let sub = self.torrents.remove(&id)?;
-        let name = self.nodes.get(&sub.dir).map(|n| n.name.to_string());
-        if let Some(NodeKind::Dir(root)) = self.nodes.get_mut(&InodeNo::ROOT).map(|n| &mut n.kind) {
-            if let Some(name) = &name {
-                root.children.remove(name.as_str());
+        let (mut name, mut stale, mut added_at, mut file_bytes) = (None, Vec::new(), 0, 0u64);
+        if let Some(r) = self.record(&sub) {
+            if let Some(n) = r.node(0) {
+                name = Some(r.name(&n).to_string());
+                added_at = n.mtime;
             }
-            root.subdirs = root.subdirs.saturating_sub(1);
+            for n in (0..r.node_count()).filter_map(|p| r.node(p)) {
+                if let RawKind::File { len, .. } = n.kind {
+                    file_bytes = file_bytes.saturating_add(len);
+                }
+                stale.push(ino(sub.key, n.local));
+            }
         }
-        self.root_order.remove(&sub.cookie);
-        for ino in &sub.inodes {
-            self.nodes.remove(ino);
+        if let Some(shown) = &name {
+            let h = self.hasher.hash_one(shown.as_str());
+            if self.root_names.get(&h) == Some(&id) {
+                self.root_names.remove(&h);
+            }
         }
-        self.file_bytes = self.file_bytes.saturating_sub(sub.file_bytes);
-        if self.get(InodeNo::ROOT).map(|r| r.mtime) == Some(sub.added_at) {
+        self.by_key.remove(&sub.key);
+        self.inodes = self.inodes.saturating_sub(stale.len() as u64);
+        self.file_bytes = self.file_bytes.saturating_sub(file_bytes);
+        self.image.release(sub.record);
+        if self.root_mtime == added_at {
             self.touch_root();
         }
+        self.compact_if_worth_it();
         Some(Change {
             removed: name.into_iter().collect(),
             added: Vec::new(),
-            stale: sub.inodes,
+            stale,
         })
     }
 
@@ -250,7 +285,7 @@ impl Tree {
 
     /// The info hash of torrent `id` (hex), if it is shown.
     pub fn info_hash(&self, id: TorrentId) -> Option<&str> {
-        self.torrents.get(&id).map(|s| s.info_hash.as_str())
+        self.record(self.torrents.get(&id)?).map(|r| r.info_hash())
     }
 
     /// The torrent an inode belongs to (`None` for the root and unknown inodes).
@@ -258,19 +293,91 @@ impl Tree {
         self.get(ino)?.torrent
     }
 
-    pub fn get(&self, ino: InodeNo) -> Option<&Node> {
-        self.nodes.get(&ino)
+    fn root(&self) -> Node<'_> {
+        let n = self.torrents.len() as u32;
+        Node {
+            ino: InodeNo::ROOT,
+            parent: InodeNo::ROOT,
+            name: "",
+            mtime: self.root_mtime,
+            kind: NodeKind::Dir(Dir {
+                entries: n,
+                subdirs: n,
+            }),
+            torrent: None,
+        }
+    }
+
+    /// Node `n` of torrent `id`'s record `r`.
+    fn view<'a>(&self, id: TorrentId, key: u64, r: &Record<'a>, n: &RawNode) -> Node<'a> {
+        let parent = match n.parent {
+            NO_POS => InodeNo::ROOT,
+            p => r.node(p).map_or(InodeNo::ROOT, |pn| ino(key, pn.local)),
+        };
+        let kind = match n.kind {
+            RawKind::Dir {
+                entries, subdirs, ..
+            } => NodeKind::Dir(Dir { entries, subdirs }),
+            RawKind::File {
+                index,
+                stream_offset,
+                len,
+            } => NodeKind::File(FileRef {
+                torrent: id,
+                index: FileIndex(index),
+                stream_offset,
+                len_bytes: len,
+            }),
+        };
+        Node {
+            ino: ino(key, n.local),
+            parent,
+            name: r.name(n),
+            mtime: n.mtime,
+            kind,
+            torrent: Some(id),
+        }
+    }
+
+    /// The torrent, its record and the node an inode is.
+    fn locate(&self, ino: InodeNo) -> Option<(TorrentId, &Subtree, Record<'_>, RawNode)> {
+        let id = *self.by_key.get(&(ino.0 >> LOCAL_BITS))?;
+        let sub = self.torrents.get(&id)?;
+        let r = self.record(sub)?;
+        let local = (ino.0 & ((1 << LOCAL_BITS) - 1)) as u32;
+        let n = r.node(r.pos_of(local)?)?;
+        Some((id, sub, r, n))
+    }
+
+    pub fn get(&self, ino: InodeNo) -> Option<Node<'_>> {
+        if ino == InodeNo::ROOT {
+            return Some(self.root());
+        }
+        let (id, sub, r, n) = self.locate(ino)?;
+        Some(self.view(id, sub.key, &r, &n))
+    }
+
+    /// The torrent shown in the root as `name`.
+    fn root_entry(&self, name: &str) -> Option<(TorrentId, &Subtree, Record<'_>, RawNode)> {
+        let id = *self.root_names.get(&self.hasher.hash_one(name))?;
+        let sub = self.torrents.get(&id)?;
+        let r = self.record(sub)?;
+        let n = r.node(0)?;
+        (r.name(&n) == name).then_some((id, sub, r, n))
     }
 
     /// The child `name` of directory `parent`.
-    pub fn lookup(&self, parent: InodeNo, name: &str) -> Result<&Node, FsError> {
-        let dir = self
-            .get(parent)
-            .ok_or(FsError::NotFound)?
-            .as_dir()
-            .ok_or(FsError::NotDir)?;
-        let ino = dir.children.get(name).ok_or(FsError::NotFound)?;
-        self.get(*ino).ok_or(FsError::NotFound)
+    pub fn lookup(&self, parent: InodeNo, name: &str) -> Result<Node<'_>, FsError> {
+        if parent == InodeNo::ROOT {
+            let (id, sub, r, n) = self.root_entry(name).ok_or(FsError::NotFound)?;
+            return Ok(self.view(id, sub.key, &r, &n));
+        }
+        let (id, sub, r, dir) = self.locate(parent).ok_or(FsError::NotFound)?;
+        if !matches!(dir.kind, RawKind::Dir { .. }) {
+            return Err(FsError::NotDir);
+        }
+        let n = r.child(&dir, name).ok_or(FsError::NotFound)?;
+        Ok(self.view(id, sub.key, &r, &n))
     }
 
     /// Up to `max` entries of directory `ino` from listing offset `offset` on: `.`,
@@ -281,34 +388,46 @@ impl Tree {
         ino: InodeNo,
         offset: u64,
         max: usize,
-    ) -> Result<Vec<(u64, &str, &Node)>, FsError> {
+    ) -> Result<Vec<(u64, &str, Node<'_>)>, FsError> {
         let node = self.get(ino).ok_or(FsError::NotFound)?;
-        let dir = node.as_dir().ok_or(FsError::NotDir)?;
+        if node.as_dir().is_none() {
+            return Err(FsError::NotDir);
+        }
         let parent = self.get(node.parent).ok_or(FsError::NotFound)?;
-        let mut out: Vec<(u64, &str, &Node)> = [(1, ".", node), (2, "..", parent)]
+        let mut out: Vec<(u64, &str, Node<'_>)> = [(1, ".", node), (2, "..", parent)]
             .into_iter()
             .skip(usize::try_from(offset.min(2)).unwrap_or(2))
             .collect();
         let from = offset.max(FIRST_ROOT_COOKIE);
         if ino == InodeNo::ROOT {
+            // The cookie of a root entry is its torrent id (never negative) past the
+            // first cookie.
+            let first = i64::try_from(from - FIRST_ROOT_COOKIE).unwrap_or(i64::MAX);
             out.extend(
-                self.root_order
-                    .range(from..)
-                    .filter_map(|(cookie, ino)| {
-                        let n = self.get(*ino)?;
-                        Some((cookie + 1, &*n.name, n))
+                self.torrents
+                    .range(TorrentId(first)..)
+                    .filter_map(|(id, sub)| {
+                        let r = self.record(sub)?;
+                        let n = self.view(*id, sub.key, &r, &r.node(0)?);
+                        let cookie = u64::try_from(id.0).ok()? + FIRST_ROOT_COOKIE;
+                        Some((cookie + 1, n.name, n))
                     })
                     .take(max),
             );
         } else {
-            let skip = usize::try_from(from - FIRST_ROOT_COOKIE).map_err(|_| FsError::NotFound)?;
+            let (id, sub, r, dir) = self.locate(ino).ok_or(FsError::NotFound)?;
+            let skip = u32::try_from(from - FIRST_ROOT_COOKIE).map_err(|_| FsError::NotFound)?;
+            let children = dir.children();
+            let start = children.start.saturating_add(skip).min(children.end);
             out.extend(
-                dir.children
-                    .iter()
-                    .skip(skip)
-                    .enumerate()
-                    .filter_map(|(i, (name, ino))| {
-                        Some((from + i as u64 + 1, &**name, self.get(*ino)?))
+                (start..children.end)
+                    .filter_map(|p| {
+                        let n = self.view(id, sub.key, &r, &r.node(p)?);
+                        Some((
+                            FIRST_ROOT_COOKIE + u64::from(p - children.start) + 1,
+                            n.name,
+                            n,
+                        ))
                     })
                     .take(max),
             );
@@ -319,7 +438,7 @@ impl Tree {
 
     /// Number of inodes, the root included.
     pub fn inode_count(&self) -> u64 {
-        self.nodes.len() as u64
+        self.inodes
     }
 
     /// Sum of the sizes of all shown files.
@@ -340,80 +459,117 @@ impl Tree {
     }
 
     /// Every inode, for tests and diagnostics.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+    pub fn nodes(&self) -> impl Iterator<Item = Node<'_>> {
+        std::iter::once(self.root()).chain(self.torrents.iter().flat_map(move |(id, sub)| {
+            let r = self.record(sub);
+            (0..r.map_or(0, |r| r.node_count())).filter_map(move |p| {
+                let r = r?;
+                Some(self.view(*id, sub.key, &r, &r.node(p)?))
+            })
+        }))
     }
 
     /// Recomputes the root's mtime, the newest torrent's `added_at`: one pass over the
     /// torrents, only when the newest one went.
     fn touch_root(&mut self) {
-        let mtime = self
+        self.root_mtime = self
             .torrents
             .values()
-            .map(|s| s.added_at)
+            .filter_map(|s| self.record(s)?.node(0))
+            .map(|n| n.mtime)
             .max()
             .unwrap_or(0);
-        if let Some(root) = self.nodes.get_mut(&InodeNo::ROOT) {
-            root.mtime = mtime;
+    }
+
+    /// A key for torrent `t` no other shown torrent has (see the module comment).
+    fn key_for(&self, t: &TorrentEntry) -> u64 {
+        let mut salt: u32 = 0;
+        loop {
+            let mut h = blake3::Hasher::new();
+            h.update(&salt.to_le_bytes());
+            // An info hash is hex: the '#' after it cannot be part of it.
+            h.update(t.info_hash.as_bytes());
+            h.update(b"#T");
+            h.update(&t.id.0.to_le_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+            let key = u64::from_le_bytes(first) >> (64 - KEY_BITS);
+            // Key 0 would put inode numbers under the root's.
+            if key != 0 && !self.by_key.contains_key(&key) {
+                return key;
+            }
+            salt += 1;
         }
     }
 
     /// Builds torrent `t`'s subtree under the root, as `name` if given (known free),
     /// else its sanitised name or the lowest free ` (n)` form of it. Returns the name.
-    fn insert(&mut self, t: &TorrentEntry, name: Option<String>) -> String {
-        let mut b = Builder {
-            torrent: t.id,
-            content: &t.info_hash,
-            nodes: &mut self.nodes,
-            inodes: Vec::new(),
-            file_bytes: 0,
-        };
-        let tdir = b.alloc(Identity::TorrentDir(t.id));
-        let name = match name {
-            Some(n) => {
-                b.attach(
-                    InodeNo::ROOT,
-                    tdir,
-                    n.clone(),
-                    t.added_at,
-                    Dir::default().into(),
-                );
-                n
+    fn insert(&mut self, t: &TorrentEntry, fp: &[u8; 32], name: Option<String>) -> String {
+        let name = name.unwrap_or_else(|| {
+            let base = sanitize_component(&t.name).unwrap_or_else(|| format!("torrent {}", t.id.0));
+            let mut name = base.clone();
+            let mut n = 2;
+            while self
+                .root_names
+                .contains_key(&self.hasher.hash_one(name.as_str()))
+            {
+                name = with_suffix(&base, n, false);
+                n += 1;
             }
-            None => {
-                let base =
-                    sanitize_component(&t.name).unwrap_or_else(|| format!("torrent {}", t.id.0));
-                b.attach_unique(
-                    InodeNo::ROOT,
-                    tdir,
-                    &base,
-                    false,
-                    t.added_at,
-                    Dir::default().into(),
-                )
-            }
+            name
+        });
+        let encoded = encode(t, &name, fp);
+        if encoded.skipped > 0 {
+            tracing::warn!(torrent = %t.id, files = encoded.skipped, "files past the four millionth of a torrent are not shown");
+        }
+        let nodes = Record::parse(&encoded.bytes).map_or(0, |r| r.node_count());
+        let Some(record) = self.image.put(encoded.bytes) else {
+            tracing::warn!(torrent = %t.id, "too many files to show");
+            return name;
         };
-        b.add_files(t, tdir);
-        let (inodes, file_bytes) = (b.inodes, b.file_bytes);
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        self.root_order.insert(cookie, tdir);
-        self.file_bytes = self.file_bytes.saturating_add(file_bytes);
-        self.torrents.insert(
-            t.id,
-            Subtree {
-                fingerprint: fingerprint(t),
-                name: t.name.clone(),
-                added_at: t.added_at,
-                info_hash: t.info_hash.clone(),
-                dir: tdir,
-                inodes,
-                file_bytes,
-                cookie,
-            },
-        );
+        let key = self.key_for(t);
+        self.root_names
+            .insert(self.hasher.hash_one(name.as_str()), t.id);
+        self.by_key.insert(key, t.id);
+        self.file_bytes = self.file_bytes.saturating_add(encoded.file_bytes);
+        self.inodes += u64::from(nodes);
+        self.torrents.insert(t.id, Subtree { key, record });
         name
     }
+
+    /// Lowers the image's compaction threshold, so tests can reach it.
+    #[cfg(test)]
+    pub fn set_compact_at(&mut self, bytes: u64) {
+        self.image.set_compact_at(bytes);
+    }
+
+    /// Bytes of removed records still in the image.
+    #[cfg(test)]
+    pub fn garbage_bytes(&self) -> u64 {
+        self.image.garbage_bytes()
+    }
+
+    /// Copies the live records into a fresh image once removed ones dominate it.
+    fn compact_if_worth_it(&mut self) {
+        if !self.image.needs_compaction() {
+            return;
+        }
+        let mut fresh = self.image.fresh();
+        for sub in self.torrents.values_mut() {
+            let bytes = self.image.get(&sub.record).to_vec();
+            // It fitted before, so it fits again.
+            if let Some(b) = fresh.put(bytes) {
+                sub.record = b;
+            }
+        }
+        tracing::debug!(live = fresh.live_bytes(), "mount tree's file compacted");
+        self.image = fresh;
+    }
+}
+
+/// Inode number of local id `local` of the torrent with key `key`.
+fn ino(key: u64, local: u32) -> InodeNo {
+    InodeNo((key << LOCAL_BITS) | u64::from(local))
 }
 
 /// A hash of everything in `t` that the subtree is built from.
@@ -440,193 +596,4 @@ fn fingerprint(t: &TorrentEntry) -> [u8; 32] {
         h.update(&f.mtime.to_le_bytes());
     }
     *h.finalize().as_bytes()
-}
-
-/// Adds one torrent's nodes to the tree's node map.
-struct Builder<'a> {
-    torrent: TorrentId,
-    /// What the torrent's bytes are (its info hash): part of every inode's identity.
-    content: &'a str,
-    nodes: &'a mut HashMap<InodeNo, Node>,
-    /// The inodes added so far.
-    inodes: Vec<InodeNo>,
-    file_bytes: u64,
-}
-
-/// What an inode number is derived from.
-enum Identity<'a> {
-    TorrentDir(TorrentId),
-    Dir(TorrentId, &'a [String]),
-    File(TorrentId, FileIndex),
-}
-
-impl Builder<'_> {
-    fn add_files(&mut self, t: &TorrentEntry, tdir: InodeNo) {
-        let files: Vec<(FileIndex, Vec<String>, &super::content::FileEntry)> = t
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !f.pad)
-            .map(|(i, f)| {
-                let index = FileIndex(u32::try_from(i).unwrap_or(u32::MAX));
-                let mut comps = sanitize_path(&f.path);
-                if comps.is_empty() {
-                    comps.push(format!("file {i}"));
-                }
-                (index, comps, f)
-            })
-            .collect();
-
-        // Directories first: a name wanted by a directory always goes to the directory.
-        let mut dirs: HashMap<Vec<String>, InodeNo> = HashMap::new();
-        dirs.insert(Vec::new(), tdir);
-        for (_, comps, _) in &files {
-            for depth in 1..comps.len() {
-                let prefix = &comps[..depth];
-                if dirs.contains_key(prefix) {
-                    continue;
-                }
-                let parent = dirs[&comps[..depth - 1]];
-                let ino = self.alloc(Identity::Dir(t.id, prefix));
-                self.attach(
-                    parent,
-                    ino,
-                    prefix[depth - 1].clone(),
-                    t.added_at,
-                    Dir::default().into(),
-                );
-                dirs.insert(prefix.to_vec(), ino);
-            }
-        }
-
-        for (index, comps, f) in files {
-            let parent = dirs[&comps[..comps.len() - 1]];
-            let ino = self.alloc(Identity::File(t.id, index));
-            let file = FileRef {
-                torrent: t.id,
-                index,
-                stream_offset: f.stream_offset,
-                len_bytes: f.len,
-            };
-            let mtime = if f.mtime != 0 { f.mtime } else { t.added_at };
-            let name = &comps[comps.len() - 1];
-            self.attach_unique(parent, ino, name, true, mtime, NodeKind::File(file));
-            self.file_bytes = self.file_bytes.saturating_add(f.len);
-        }
-    }
-
-    /// Adds `ino` under `parent` as `base`, or `base (2)`, `base (3)`… if taken.
-    /// Returns the name it got.
-    fn attach_unique(
-        &mut self,
-        parent: InodeNo,
-        ino: InodeNo,
-        base: &str,
-        keep_ext: bool,
-        mtime: i64,
-        kind: NodeKind,
-    ) -> String {
-        let mut name = base.to_string();
-        let mut n = 2;
-        while self.child(parent, &name).is_some() {
-            name = with_suffix(base, n, keep_ext);
-            n += 1;
-        }
-        self.attach(parent, ino, name.clone(), mtime, kind);
-        name
-    }
-
-    fn child(&self, parent: InodeNo, name: &str) -> Option<InodeNo> {
-        self.nodes
-            .get(&parent)?
-            .as_dir()?
-            .children
-            .get(name)
-            .copied()
-    }
-
-    fn attach(&mut self, parent: InodeNo, ino: InodeNo, name: String, mtime: i64, kind: NodeKind) {
-        let name: Arc<str> = name.into();
-        let is_dir = matches!(kind, NodeKind::Dir(_));
-        if let Some(NodeKind::Dir(d)) = self.nodes.get_mut(&parent).map(|p| &mut p.kind) {
-            d.children.insert(name.clone(), ino);
-            if is_dir {
-                d.subdirs += 1;
-            }
-        }
-        self.nodes.insert(
-            ino,
-            Node {
-                ino,
-                parent,
-                name,
-                mtime,
-                kind,
-                torrent: Some(self.torrent),
-            },
-        );
-    }
-
-    /// A fresh inode number derived from `id` (see the module comment).
-    fn alloc(&mut self, id: Identity<'_>) -> InodeNo {
-        let mut key = Vec::with_capacity(128);
-        // An info hash is hex: the '#' after it cannot be part of it.
-        key.extend_from_slice(self.content.as_bytes());
-        key.push(b'#');
-        match id {
-            Identity::TorrentDir(t) => {
-                key.push(b'T');
-                key.extend_from_slice(&t.0.to_le_bytes());
-            }
-            Identity::Dir(t, path) => {
-                key.push(b'D');
-                key.extend_from_slice(&t.0.to_le_bytes());
-                for c in path {
-                    // Components never contain '/', so this encoding is unambiguous.
-                    key.push(b'/');
-                    key.extend_from_slice(c.as_bytes());
-                }
-            }
-            Identity::File(t, i) => {
-                key.push(b'F');
-                key.extend_from_slice(&t.0.to_le_bytes());
-                key.extend_from_slice(&i.0.to_le_bytes());
-            }
-        }
-        let mut salt: u32 = 0;
-        loop {
-            let mut h = blake3::Hasher::new();
-            h.update(&salt.to_le_bytes());
-            h.update(&key);
-            let digest = h.finalize();
-            let mut first = [0u8; 8];
-            first.copy_from_slice(&digest.as_bytes()[..8]);
-            // 63 bits: some tools treat inode numbers as signed.
-            let ino = u64::from_le_bytes(first) >> 1;
-            // Taken inodes are the node map's keys; a placeholder reserves this one
-            // until `attach` fills it in.
-            if ino > InodeNo::ROOT.0 && !self.nodes.contains_key(&InodeNo(ino)) {
-                self.inodes.push(InodeNo(ino));
-                self.nodes.insert(
-                    InodeNo(ino),
-                    Node {
-                        ino: InodeNo(ino),
-                        parent: InodeNo::ROOT,
-                        name: Arc::from(""),
-                        mtime: 0,
-                        kind: NodeKind::Dir(Dir::default()),
-                        torrent: Some(self.torrent),
-                    },
-                );
-                return InodeNo(ino);
-            }
-            salt += 1;
-        }
-    }
-}
-
-impl From<Dir> for NodeKind {
-    fn from(d: Dir) -> Self {
-        NodeKind::Dir(d)
-    }
 }

@@ -13,7 +13,7 @@ pub struct BitSet {
     len: u32,
     count: u32,
     /// `None` means every bit equals `full` (no allocation for a complete torrent).
-    words: Option<Vec<u64>>,
+    words: Option<Box<[u64]>>,
     full: bool,
 }
 
@@ -84,11 +84,11 @@ impl BitSet {
         }
     }
 
-    fn words_mut(&mut self) -> &mut Vec<u64> {
+    fn words_mut(&mut self) -> &mut [u64] {
         let (len, full) = (self.len, self.full);
         self.words.get_or_insert_with(|| {
             let fill = if full { u64::MAX } else { 0 };
-            vec![fill; len.div_ceil(64) as usize]
+            vec![fill; len.div_ceil(64) as usize].into_boxed_slice()
         })
     }
 
@@ -138,7 +138,7 @@ pub struct ChunkStates {
     complete: u32,
     uploaded: u32,
     /// `None`: every chunk is in `uniform`.
-    packed: Option<Vec<u8>>,
+    packed: Option<Box<[u8]>>,
     uniform: ChunkState,
 }
 
@@ -201,7 +201,7 @@ impl ChunkStates {
         let (len, uniform) = (self.len, code(self.uniform));
         let packed = self.packed.get_or_insert_with(|| {
             let byte = uniform * 0b0101_0101;
-            vec![byte; len.div_ceil(4) as usize]
+            vec![byte; len.div_ceil(4) as usize].into_boxed_slice()
         });
         let shift = (i % 4) * 2;
         let b = &mut packed[(i / 4) as usize];

@@ -51,12 +51,63 @@ pub struct ChunkEntry {
     pub checked: Option<FileStamp>,
 }
 
+/// A torrent's local chunks: nothing at all (not even an empty map's 48 bytes) when it
+/// has none, as most torrents of a library larger than the cache have not.
+// Boxed on purpose: `None` is 8 bytes where an empty map is 48.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+pub struct LocalChunks(Option<Box<HashMap<u32, LocalChunk>>>);
+
+impl LocalChunks {
+    pub fn get(&self, c: &u32) -> Option<&LocalChunk> {
+        self.0.as_ref()?.get(c)
+    }
+
+    pub fn get_mut(&mut self, c: &u32) -> Option<&mut LocalChunk> {
+        self.0.as_mut()?.get_mut(c)
+    }
+
+    pub fn insert(&mut self, c: u32, local: LocalChunk) {
+        self.0.get_or_insert_with(Box::default).insert(c, local);
+    }
+
+    pub fn remove(&mut self, c: &u32) -> Option<LocalChunk> {
+        let map = self.0.as_mut()?;
+        let out = map.remove(c);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        out
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u32> {
+        self.0.iter().flat_map(|m| m.keys())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u32, &LocalChunk)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl<'a> IntoIterator for &'a LocalChunks {
+    type Item = (&'a u32, &'a LocalChunk);
+    type IntoIter = Box<dyn Iterator<Item = Self::Item> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 #[derive(Debug)]
 pub struct TorrentEntry {
     pub uid: [u8; 16],
     pub geometry: Geometry,
     pub states: ChunkStates,
-    pub local: HashMap<u32, LocalChunk>,
+    pub local: LocalChunks,
     /// Pieces verified (in memory as soon as libtorrent says so; durable after commit).
     pub verified: BitSet,
     /// Pieces recorded in the catalog (a subset of `verified`): the committer decides
@@ -73,7 +124,7 @@ impl TorrentEntry {
             uid,
             geometry,
             states,
-            local: HashMap::new(),
+            local: LocalChunks::default(),
             durable: verified.clone(),
             verified,
             pinned: false,
@@ -111,7 +162,8 @@ impl TorrentEntry {
 
 #[derive(Debug)]
 pub struct CacheState {
-    pub torrents: HashMap<TorrentId, TorrentEntry>,
+    /// Boxed: the map has a slot per torrent of the library, most of them idle.
+    pub torrents: HashMap<TorrentId, Box<TorrentEntry>>,
     lru: LruCache<ChunkKey, ()>,
     read_pins: HashMap<ChunkKey, u32>,
     used_bytes: u64,
@@ -297,7 +349,7 @@ impl CacheState {
 
     pub fn insert_torrent(&mut self, id: TorrentId, entry: TorrentEntry) {
         self.remove_torrent(id);
-        self.torrents.insert(id, entry);
+        self.torrents.insert(id, Box::new(entry));
         for key in self.local_keys(id) {
             let cost = self.cost(key);
             self.add_cost(cost, 1);
@@ -314,7 +366,7 @@ impl CacheState {
             }
             self.read_pins.remove(&key);
         }
-        self.torrents.remove(&id)
+        self.torrents.remove(&id).map(|t| *t)
     }
 
     /// Records that a chunk's local file now exists (or not). Returns false for an
