@@ -12,9 +12,9 @@ use super::ChunkState;
 pub struct BitSet {
     len: u32,
     count: u32,
-    /// `None` means every bit equals `full` (no allocation for a complete torrent).
+    /// `None`: the set is empty or full, as `count` says (no allocation for a complete
+    /// torrent, nor a flag: a library has a set or two per torrent).
     words: Option<Box<[u64]>>,
-    full: bool,
 }
 
 /// Equal as sets, whatever the representation.
@@ -34,7 +34,6 @@ impl BitSet {
             len,
             count: 0,
             words: None,
-            full: false,
         }
     }
 
@@ -43,7 +42,6 @@ impl BitSet {
             len,
             count: len,
             words: None,
-            full: true,
         }
     }
 
@@ -79,13 +77,13 @@ impl BitSet {
             return false;
         }
         match &self.words {
-            None => self.full,
+            None => self.count == self.len,
             Some(w) => w[(i / 64) as usize] >> (i % 64) & 1 == 1,
         }
     }
 
     fn words_mut(&mut self) -> &mut [u64] {
-        let (len, full) = (self.len, self.full);
+        let (len, full) = (self.len, self.count == self.len);
         self.words.get_or_insert_with(|| {
             let fill = if full { u64::MAX } else { 0 };
             vec![fill; len.div_ceil(64) as usize].into_boxed_slice()
@@ -117,7 +115,6 @@ impl BitSet {
     /// Drops the words once the set is uniform again.
     fn compact(&mut self) {
         if self.count == self.len || self.count == 0 {
-            self.full = self.count == self.len && self.len > 0;
             self.words = None;
         }
     }
