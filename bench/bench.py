@@ -88,20 +88,24 @@ def start_tracker():
     return p, f"http://127.0.0.1:{port}/announce"
 
 
-def start_seeder(torrent, save, limit=None):
+def start_seeder(torrent, save, limit=None, announce=True):
     args = [c.PY, os.path.join(c.HERE, "ltpeer.py"), "seed", torrent, save]
-    if limit:
-        args.append(str(limit))
+    if limit or not announce:
+        args.append(str(limit or 0))
+    if not announce:
+        args.append("--no-announce")
     p = c.spawn(args, stdout=subprocess.PIPE, text=True)
     lines = c.PeerLine(p)
     port = int(lines.wait("PORT", timeout=300).split()[1])
     return p, lines, f"127.0.0.1:{port}"
 
 
-def start_slow_link(addr, rate):
-    """A link of `rate` bytes/s in front of the seeder at `addr` (see throttle.py)."""
+def start_slow_link(addr, rate, announce=None, torrent=None):
+    """A link of `rate` bytes/s in front of the seeder at `addr` (see throttle.py); with
+    `announce` it tells that tracker it seeds `torrent`, in the seeder's place."""
     port = addr.rsplit(":", 1)[1]
-    p = c.spawn([c.PY, os.path.join(c.HERE, "throttle.py"), port, str(rate)],
+    extra = [announce, torrent] if announce else []
+    p = c.spawn([c.PY, os.path.join(c.HERE, "throttle.py"), port, str(rate), *extra],
                 stdout=subprocess.PIPE, text=True)
     lines = c.PeerLine(p)
     return p, f"127.0.0.1:{int(lines.wait('PORT', timeout=30).split()[1])}"
@@ -818,7 +822,12 @@ def mode_streaming(ctx):
                      [("abs", "≤", 0.5)])
     frac = ctx.figure("stream_frac", "same: last track read completely at this fraction of "
                       "the whole download's time", "×", "lower", [("abs", "≤", 0.3)])
-    torrent = c.make_torrent(ctx.album, os.path.join(ctx.work, "stream.torrent"), 256 * KiB)
+    # Found through a tracker, as a user's torrent is (and as btfs finds it below): the
+    # first reply makes libtorrent dial at once, where a peer given with --peer waits
+    # for its once-a-second connection round (up to 1 s more; see the README).
+    tracker, announce = start_tracker()
+    torrent = c.make_torrent(ctx.album, os.path.join(ctx.work, "stream.torrent"), 256 * KiB,
+                             tracker=announce)
     whole = ctx.size / STREAM_RATE * 3 + 60
     last = ctx.tracks[-1]
 
@@ -826,12 +835,12 @@ def mode_streaming(ctx):
         b = ctx.bae("stream")
         seeder = link = None
         try:
-            seeder, up, direct = start_seeder(torrent, ctx.data)
-            link, addr = start_slow_link(direct, STREAM_RATE)
+            seeder, up, direct = start_seeder(torrent, ctx.data, announce=False)
+            link, _addr = start_slow_link(direct, STREAM_RATE, announce, torrent)
             b.mount()
             sampler = c.RssSampler(b.pid)
             t0 = time.monotonic()
-            b.run("add", torrent, "--peer", addr)
+            b.run("add", torrent)
             f, x = stream_run(ctx, os.path.join(b.mnt, ctx.album_name), t0, up, last, whole)
             sampler.stop()
             ctx.note_rss(BAE, sampler.peak)
@@ -892,17 +901,20 @@ def mode_streaming(ctx):
             c.stop(p)
             shutil.rmtree(d, ignore_errors=True)
 
-    with c.heavy_lock(tfb.title):
-        for run in range(n):
-            for who in ctx.order(run, [BAE, "btfs"]):
-                try:
-                    f, x = bae_run() if who == BAE else btfs_run()
-                    c.log(f"   run {run + 1} {who}: first byte {f:.3f} s, last track done at "
-                          f"{x:.2f} of the download")
-                except Exception as e:
-                    c.log(f"   run {run + 1} {who}: {e}")
-                    tfb.fail(who, str(e))
-                    frac.fail(who, str(e))
+    try:
+        with c.heavy_lock(tfb.title):
+            for run in range(n):
+                for who in ctx.order(run, [BAE, "btfs"]):
+                    try:
+                        f, x = bae_run() if who == BAE else btfs_run()
+                        c.log(f"   run {run + 1} {who}: first byte {f:.3f} s, last track "
+                              f"done at {x:.2f} of the download")
+                    except Exception as e:
+                        c.log(f"   run {run + 1} {who}: {e}")
+                        tfb.fail(who, str(e))
+                        frac.fail(who, str(e))
+    finally:
+        c.stop(tracker)
 
 
 # ---------------------------------------------------------------- main
