@@ -153,12 +153,7 @@ impl Image {
         Image {
             dir: Some(dir.to_path_buf()),
             file,
-            heap: HashMap::new(),
-            next_heap_key: 0,
-            live: 0,
-            garbage: 0,
-            compact_at: COMPACT_GARBAGE_BYTES,
-            warned: false,
+            ..Image::heap()
         }
     }
 

@@ -445,17 +445,24 @@ pub fn encode(t: &TorrentEntry, dir_name: &str, fingerprint: &[u8; 32]) -> Encod
     }
 }
 
+/// A hasher fed with what torrent `t` is (info hash, id), a `tag` saying what is being
+/// named, and a `salt` for re-hashing on a collision: the root of every inode number.
+pub fn identity_hasher(t: &TorrentEntry, tag: &[u8], salt: u32) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(&salt.to_le_bytes());
+    // An info hash is hex: the '#' of the tag after it cannot be part of it.
+    h.update(t.info_hash.as_bytes());
+    h.update(tag);
+    h.update(&t.id.0.to_le_bytes());
+    h
+}
+
 /// The local id of directory `path` of `t`: [`DIR_BASE`] + a hash of what the torrent
 /// is and the path, re-hashed with a salt while it collides with one already used.
 fn dir_local(t: &TorrentEntry, path: &[String], used: &mut HashSet<u32>) -> u32 {
     let mut salt: u32 = 0;
     loop {
-        let mut h = blake3::Hasher::new();
-        h.update(&salt.to_le_bytes());
-        // An info hash is hex: the '#' after it cannot be part of it.
-        h.update(t.info_hash.as_bytes());
-        h.update(b"#");
-        h.update(&t.id.0.to_le_bytes());
+        let mut h = identity_hasher(t, b"#D", salt);
         for c in path {
             // Components never contain '/', so this encoding is unambiguous.
             h.update(b"/");

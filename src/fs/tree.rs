@@ -41,7 +41,7 @@ use super::content::TorrentEntry;
 use super::error::FsError;
 use super::image::{Blob, Image};
 use super::names::{sanitize_component, with_suffix};
-use super::record::{encode, RawKind, RawNode, Record, LOCAL_BITS, NO_POS};
+use super::record::{encode, identity_hasher, RawKind, RawNode, Record, LOCAL_BITS, NO_POS};
 
 /// A FUSE inode number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -485,12 +485,7 @@ impl Tree {
     fn key_for(&self, t: &TorrentEntry) -> u64 {
         let mut salt: u32 = 0;
         loop {
-            let mut h = blake3::Hasher::new();
-            h.update(&salt.to_le_bytes());
-            // An info hash is hex: the '#' after it cannot be part of it.
-            h.update(t.info_hash.as_bytes());
-            h.update(b"#T");
-            h.update(&t.id.0.to_le_bytes());
+            let h = identity_hasher(t, b"#T", salt);
             let mut first = [0u8; 8];
             first.copy_from_slice(&h.finalize().as_bytes()[..8]);
             let key = u64::from_le_bytes(first) >> (64 - KEY_BITS);
