@@ -222,12 +222,14 @@ impl StoreContent {
             self.want_pieces(t, &missing, deadline);
         }
         // Verified chunks that were evicted come back from the remote in parallel,
-        // their fetches started in order.
+        // their fetches started in order. Only the chunk holding the range's first byte
+        // is read next: a file's head that spills into a second chunk must not share
+        // the disk, the link and the cores with it.
         let first = range.start / CHUNK_LEN;
         let last = range.end.saturating_sub(1) / CHUNK_LEN;
         for c in first..=last {
             let key = ChunkKey::new(t, c as u32);
-            match self.store.prefetch_chunk(key, next) {
+            match self.store.prefetch_chunk(key, next && c == first) {
                 Ok(Some(fetch)) => {
                     self.store.runtime().spawn(async move {
                         if let Err(e) = fetch.await {

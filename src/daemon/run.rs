@@ -144,6 +144,8 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     let daemon = Daemon::start(&rt, lib, &opts, shutdown_tx)?;
     let mount = daemon.mount(&rt, &opts, fsname)?;
     let tasks = daemon.serve(&rt)?;
+    // Loading the library and building the mount's tree freed what they built it from.
+    release_free_heap();
     let pid_file = daemon.lib.home.join("daemon.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, "cannot write {}", pid_file.display());

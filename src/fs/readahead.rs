@@ -1,8 +1,10 @@
 //! Per-open-file detection of sequential reading, and the read-ahead window it earns.
 //!
 //! A reader is sequential when each read starts near where the previous one ended
-//! (within [`SEQUENTIAL_SLACK_BYTES`], because the kernel issues read-ahead requests
-//! concurrently and they may arrive slightly out of order). A sequential reader's
+//! (within a few times the read's own length, at least [`MIN_SLACK_BYTES`] and at most
+//! [`SEQUENTIAL_SLACK_BYTES`], because the kernel issues read-ahead requests
+//! concurrently and they may arrive slightly out of order; small random reads must not
+//! pass for a stream). A sequential reader's
 //! window starts at [`INITIAL_WINDOW_BYTES`] and doubles per read up to the configured
 //! maximum; a jump resets it. Each range is asked for once: the state remembers how far
 //! it has already prefetched. Pure logic, no I/O.
@@ -16,6 +18,10 @@ pub const INITIAL_WINDOW_BYTES: u64 = CHUNK_LEN;
 
 /// How far a read may start from the previous read's end and still count as sequential.
 pub const SEQUENTIAL_SLACK_BYTES: u64 = 2 * CHUNK_LEN;
+
+/// The slack allowed for any read, however small (the kernel's own read-ahead requests
+/// are 128 KiB at least).
+pub const MIN_SLACK_BYTES: u64 = 128 * 1024;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadAhead {
@@ -37,7 +43,11 @@ impl ReadAhead {
         file_len: u64,
         max_window_bytes: u64,
     ) -> Option<Range<u64>> {
-        let sequential = offset.abs_diff(self.next_offset) <= SEQUENTIAL_SLACK_BYTES;
+        let slack = end
+            .saturating_sub(offset)
+            .saturating_mul(4)
+            .clamp(MIN_SLACK_BYTES, SEQUENTIAL_SLACK_BYTES);
+        let sequential = offset.abs_diff(self.next_offset) <= slack;
         if !sequential {
             self.next_offset = end;
             self.window_bytes = 0;
@@ -113,6 +123,25 @@ mod tests {
         ra.on_read(2 * k, 3 * k, len, 16 * MIB);
         ra.on_read(k, 2 * k, len, 16 * MIB);
         assert!(ra.window_bytes >= 4 * INITIAL_WINDOW_BYTES);
+    }
+
+    #[test]
+    fn small_random_reads_near_each_other_are_not_a_stream() {
+        let mut ra = ReadAhead::default();
+        let len = 30 * MIB;
+        let k = 4096;
+        // 4 KiB reads a few hundred KiB apart (fio's random reads in a small file).
+        for at in [
+            10 * MIB,
+            10 * MIB + 600 * 1024,
+            11 * MIB,
+            11 * MIB + 300 * 1024,
+        ] {
+            assert_eq!(ra.on_read(at, at + k, len, 16 * MIB), None, "read at {at}");
+        }
+        // Small reads one after the other are a stream.
+        let at = 11 * MIB + 300 * 1024 + k;
+        assert!(ra.on_read(at, at + k, len, 16 * MIB).is_some());
     }
 
     #[test]

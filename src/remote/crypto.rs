@@ -20,9 +20,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 /// Length of a key in bytes (AES-256).
 pub const KEY_LEN_BYTES: usize = 32;
@@ -71,11 +70,13 @@ pub enum KeyError {
     Exposed { path: PathBuf, mode: u32 },
 }
 
-/// A 256-bit object key with its expanded cipher state.
+/// A 256-bit object key with its expanded cipher state (ring's AES-GCM: the stitched
+/// AES-NI + carry-less multiply code opens a 1 MiB chunk ~4× faster than the portable
+/// crates, and the objects are the same standard AES-256-GCM).
 #[derive(Clone)]
 pub struct Key {
     bytes: [u8; KEY_LEN_BYTES],
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
 }
 
 impl std::fmt::Debug for Key {
@@ -103,7 +104,11 @@ impl Key {
     }
 
     pub fn from_bytes(bytes: [u8; KEY_LEN_BYTES]) -> Key {
-        let cipher = Aes256Gcm::new(&bytes.into());
+        // A 32-byte key is always a valid AES-256 key.
+        let cipher = match UnboundKey::new(&AES_256_GCM, &bytes) {
+            Ok(k) => LessSafeKey::new(k),
+            Err(_) => unreachable!("AES-256-GCM refused a {KEY_LEN_BYTES}-byte key"),
+        };
         Key { bytes, cipher }
     }
 
@@ -300,17 +305,17 @@ pub fn seal(key: &Key, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out.push(OBJECT_VERSION);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    // aes-gcm only fails for plaintexts beyond ~64 GiB, which callers never pass
+    // AES-GCM only fails for plaintexts beyond ~64 GiB, which callers never pass
     // (chunks are 1 MiB, snapshots far below that limit).
-    let tag = match key.cipher.encrypt_in_place_detached(
-        Nonce::from_slice(&nonce),
-        aad,
+    let tag = match key.cipher.seal_in_place_separate_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
         &mut out[HEADER_LEN_BYTES..],
     ) {
         Ok(tag) => tag,
         Err(_) => panic!("AES-GCM plaintext of {} bytes too long", plaintext.len()),
     };
-    out.extend_from_slice(&tag);
+    out.extend_from_slice(tag.as_ref());
     out
 }
 
@@ -336,9 +341,9 @@ fn parse(object: &[u8]) -> Result<(), CryptoError> {
 /// Opens a sealed object, checking it against `aad`.
 pub fn open(key: &Key, aad: &[u8], object: &[u8]) -> Result<Vec<u8>, CryptoError> {
     parse(object)?;
-    let body_end = object.len() - TAG_LEN_BYTES;
-    let mut plain = object[HEADER_LEN_BYTES..body_end].to_vec();
-    decrypt(key, aad, object, &mut plain)?;
+    let mut plain = object[HEADER_LEN_BYTES..].to_vec();
+    let len = decrypt(key, aad, object_nonce(object), &mut plain)?;
+    plain.truncate(len);
     Ok(plain)
 }
 
@@ -358,19 +363,9 @@ pub fn open_within(
     object: &mut [u8],
 ) -> Result<std::ops::Range<usize>, CryptoError> {
     parse(object)?;
-    let body_end = object.len() - TAG_LEN_BYTES;
-    let mut nonce = [0u8; NONCE_LEN_BYTES];
-    nonce.copy_from_slice(&object[MAGIC.len() + 1..HEADER_LEN_BYTES]);
-    let tag = *Tag::from_slice(&object[body_end..]);
-    key.cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
-            aad,
-            &mut object[HEADER_LEN_BYTES..body_end],
-            &tag,
-        )
-        .map_err(|_| CryptoError::Authentication)?;
-    Ok(HEADER_LEN_BYTES..body_end)
+    let nonce = object_nonce(object);
+    let len = decrypt(key, aad, nonce, &mut object[HEADER_LEN_BYTES..])?;
+    Ok(HEADER_LEN_BYTES..HEADER_LEN_BYTES + len)
 }
 
 /// Opens an object bound to `identity`.
@@ -382,11 +377,23 @@ pub fn open_object(
     open(key, &identity.aad(), object)
 }
 
-fn decrypt(key: &Key, aad: &[u8], object: &[u8], buf: &mut [u8]) -> Result<(), CryptoError> {
-    let nonce = Nonce::from_slice(&object[MAGIC.len() + 1..HEADER_LEN_BYTES]);
-    let tag = Tag::from_slice(&object[object.len() - TAG_LEN_BYTES..]);
+/// The nonce of an object whose header was parsed.
+fn object_nonce(object: &[u8]) -> [u8; NONCE_LEN_BYTES] {
+    let mut nonce = [0u8; NONCE_LEN_BYTES];
+    nonce.copy_from_slice(&object[MAGIC.len() + 1..HEADER_LEN_BYTES]);
+    nonce
+}
+
+/// Decrypts `body` (ciphertext ‖ tag) where it lies; the plaintext's length on success.
+fn decrypt(
+    key: &Key,
+    aad: &[u8],
+    nonce: [u8; NONCE_LEN_BYTES],
+    body: &mut [u8],
+) -> Result<usize, CryptoError> {
     key.cipher
-        .decrypt_in_place_detached(nonce, aad, buf, tag)
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
+        .map(|plain| plain.len())
         .map_err(|_| CryptoError::Authentication)
 }
 

@@ -61,7 +61,7 @@ enum Span {
     /// A chunk file to read the part from as it is (checked since it was last written,
     /// or a partial chunk's sparse bytes); zeros past its end. Pinned while read.
     File {
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         path: std::path::PathBuf,
         _pin: Option<PinGuard>,
     },
@@ -287,7 +287,7 @@ impl Store {
                 Plan::Sparse(pin) => {
                     return match std::fs::File::open(&path) {
                         Ok(file) => Ok(Span::File {
-                            file,
+                            file: Arc::new(file),
                             path,
                             _pin: pin,
                         }),
@@ -310,7 +310,7 @@ impl Store {
                     checked,
                     ..
                 } => {
-                    let (file, stamp) = match files::open_stamped(&path) {
+                    let (file, stamp) = match self.open_checked(key, &path, checked) {
                         Ok(f) => f,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             drop(_pin);
@@ -353,6 +353,42 @@ impl Store {
             }
         }
         Err(StoreError::Lost(key))
+    }
+
+    /// Opens a complete chunk's file, or takes it from the open files when its inode is
+    /// still the one last checked (`checked`): the stamp is read from the open file, so a
+    /// write to it shows, and a file replaced on disk is opened afresh. A file is kept
+    /// open only when it needs no check.
+    fn open_checked(
+        &self,
+        key: ChunkKey,
+        path: &std::path::Path,
+        checked: Option<FileStamp>,
+    ) -> std::io::Result<(Arc<std::fs::File>, FileStamp)> {
+        let kept = self
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(file) = kept {
+            if let Ok(meta) = file.metadata() {
+                let stamp = FileStamp::of(&meta);
+                if checked == Some(stamp) {
+                    return Ok((file, stamp));
+                }
+            }
+            self.close_file(key);
+        }
+        let (file, stamp) = files::open_stamped(path)?;
+        let file = Arc::new(file);
+        if checked == Some(stamp) {
+            self.open_files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(key, Arc::clone(&file));
+        }
+        Ok((file, stamp))
     }
 
     /// Hashes a complete chunk's whole file against its recorded hash. If it matches,
@@ -762,6 +798,7 @@ impl Store {
                 return false;
             };
             if c.present {
+                self.close_file(key);
                 let _ = files::remove(&self.chunk_file(&uid, key.index));
                 st.set_present(key, false);
                 self.counters

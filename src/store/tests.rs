@@ -483,6 +483,54 @@ fn a_damaged_complete_chunk_is_revoked_and_an_uploaded_one_fetched_again() {
 }
 
 #[test]
+fn a_chunk_file_kept_open_is_not_trusted_after_a_write_and_is_closed_when_evicted() {
+    use std::os::unix::fs::FileExt;
+    let total = 2 * CHUNK_LEN;
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&src);
+    let key = ChunkKey::new(f.id, 0);
+    let kept = |s: &Store| s.open_files.lock().unwrap().contains(&key);
+    // The first read hashes chunk 0; its file is kept open for the next.
+    assert_eq!(&f.read(0..1000).unwrap()[..], &f.data[..1000]);
+    assert!(kept(&f.store));
+    assert_eq!(&f.read(4096..8192).unwrap()[..], &f.data[4096..8192]);
+    // Altered in place (same inode, same length) while kept open: the change time says
+    // so, and the right bytes come from the remote instead. The pause puts the write in
+    // a later tick of the kernel's coarse clock than the check.
+    std::thread::sleep(Duration::from_millis(20));
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    let path = f.root.join(&uid).join("0");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"altered", 5000)
+        .unwrap();
+    assert_eq!(&f.read(4096..8192).unwrap()[..], &f.data[4096..8192]);
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(f.store.integrity_stats().damaged_local_chunks, 1);
+    // Eviction closes a kept file before deleting it (else its blocks stay allocated).
+    let second = ChunkKey::new(f.id, 1);
+    let at = CHUNK_LEN as usize + 10;
+    assert_eq!(
+        &f.read(at as u64..at as u64 + 10).unwrap()[..],
+        &f.data[at..at + 10]
+    );
+    assert!(f.store.open_files.lock().unwrap().contains(&second));
+    f.store.evict_all();
+    assert!(!f.store.open_files.lock().unwrap().contains(&second));
+    assert!(!f.root.join(&uid).join("1").exists());
+    assert_eq!(
+        &f.read(CHUNK_LEN..total).unwrap()[..],
+        &f.data[CHUNK_LEN as usize..]
+    );
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn a_fetched_chunk_serves_its_read_even_when_the_cache_is_full_of_pinned_chunks() {
     let total = 2 * CHUNK_LEN;
     let f = fixture(total);
