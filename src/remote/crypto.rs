@@ -414,6 +414,50 @@ mod tests {
         (0..100u32).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// The objects are standard AES-256-GCM: test case 16 of the GCM specification
+    /// (McGrew & Viega), laid out as a bae object, opens to its plaintext, and sealing
+    /// with its nonce gives its ciphertext and tag. So objects written by any conforming
+    /// implementation (the `aes-gcm` crate before) open with this one.
+    #[test]
+    fn objects_are_standard_aes_256_gcm() {
+        let h = |s: &str| hex::decode(s).unwrap();
+        let key = Key::from_bytes(
+            h("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+                .try_into()
+                .unwrap(),
+        );
+        let plain = h(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                       1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        );
+        let aad = h("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let nonce = h("cafebabefacedbaddecaf888");
+        let cipher = h(
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                        8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+        );
+        let tag = h("76fc6ece0f4e1768cddf8853bb2d551b");
+        let mut object = b"BAE\x01".to_vec();
+        object.extend_from_slice(&nonce);
+        object.extend_from_slice(&cipher);
+        object.extend_from_slice(&tag);
+        assert_eq!(open(&key, &aad, &object).unwrap(), plain);
+        let mut body = plain.clone();
+        let t = key
+            .cipher
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce.try_into().unwrap()),
+                Aad::from(&aad),
+                &mut body,
+            )
+            .unwrap();
+        assert_eq!(body, cipher);
+        assert_eq!(t.as_ref(), &tag[..]);
+        // One bit of the tag off: refused.
+        *object.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&key, &aad, &object), Err(CryptoError::Authentication));
+    }
+
     #[test]
     fn round_trip() {
         let key = Key::generate();
