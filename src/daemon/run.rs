@@ -144,8 +144,6 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     let daemon = Daemon::start(&rt, lib, &opts, shutdown_tx)?;
     let mount = daemon.mount(&rt, &opts, fsname)?;
     let tasks = daemon.serve(&rt)?;
-    // Loading the library and building the mount's tree freed what they built it from.
-    release_free_heap();
     let pid_file = daemon.lib.home.join("daemon.pid");
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, "cannot write {}", pid_file.display());
@@ -162,6 +160,9 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     };
     tracing::info!(mountpoint = %daemon.mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
     ready();
+    // Loading the library and building the mount's tree freed what they built it from
+    // (after `ready`: a trim of a large heap is not worth a later mount).
+    release_free_heap();
 
     let mount = rt.block_on(wait_for_stop(
         mount,
