@@ -82,20 +82,30 @@ pub fn read_file_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> 
 }
 
 /// `len` bytes from `offset` in an open file, read straight into a new buffer (no
-/// zero-filling first); bytes past its end are zeros.
+/// zero-filling first); bytes past its end are zeros. Positional: the file may be shared
+/// by concurrent readers (kept-open chunk files), so its offset is never used.
 pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut data = Vec::with_capacity(len);
-    let mut f = file;
-    f.seek(SeekFrom::Start(offset))?;
-    f.take(len as u64).read_to_end(&mut data)?;
-    data.resize(len, 0);
-    Ok(Bytes::from(data))
+    match pread_vec(file, offset, len, 0)? {
+        Some(b) => Ok(b),
+        // Without RWF_NOWAIT the kernel never answers EAGAIN for a regular file.
+        None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+    }
 }
 
 /// Like [`read_vec_at`], but only from the page cache (`RWF_NOWAIT`): `None` when
 /// some of the bytes would have to come from the disk.
 pub fn read_vec_at_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    pread_vec(file, offset, len, libc::RWF_NOWAIT)
+}
+
+/// `preadv2` with `flags` into a new buffer's spare room; `None` if the kernel says the
+/// read would block (only with `RWF_NOWAIT`).
+fn pread_vec(
+    file: &File,
+    offset: u64,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<Option<Bytes>> {
     use std::os::fd::AsRawFd;
     let mut data: Vec<u8> = Vec::with_capacity(len);
     let mut done = 0usize;
@@ -109,18 +119,18 @@ pub fn read_vec_at_cached(file: &File, offset: u64, len: usize) -> io::Result<Op
         let at = libc::off_t::try_from(offset + done as u64)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
         // SAFETY: one valid iovec (see above) and an fd that lives as long as `file`.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => Ok(None),
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags != 0 => Ok(None),
                 Some(libc::EINTR) => continue,
                 _ => Err(e),
             };
         }
         if n == 0 {
             // The end of the file (a short read for want of cached pages is EAGAIN when
-            // retried): the rest is zeros, as in `read_vec_at`.
+            // retried): the rest is zeros, as in a sparse file.
             break;
         }
         done += n as usize;
@@ -141,16 +151,12 @@ pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<
     }
 }
 
-/// Reads the first `len` bytes of a file opened at its start straight into a new
+/// Reads the first `len` bytes of a file (positional, whatever its offset) straight into a new
 /// buffer's spare room (no zero-filling a chunk's worth first). Bytes past the end of a
 /// shorter file are zeros, as in a sparse file: pad bytes are never written.
 pub fn read_whole(file: &File, len: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    let mut data = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut data)?;
-    data.resize(len, 0);
-    Ok(data)
+    Ok(Vec::from(read_vec_at(file, 0, len)?))
 }
 
 /// Asks the kernel to start reading a chunk file into the page cache (a read of it is
@@ -214,6 +220,37 @@ pub fn remove(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept-open chunk file is shared by concurrent reads: no read may depend on, or
+    /// move, the file's offset (a seek-then-read served one reader the other's bytes).
+    #[test]
+    fn reads_of_one_shared_file_are_positional() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let file = std::sync::Arc::new(File::open(&p).unwrap());
+        {
+            use std::io::{Seek, SeekFrom};
+            (&*file).seek(SeekFrom::Start(12345)).unwrap();
+        }
+        assert_eq!(read_whole(&file, 1 << 20).unwrap(), data);
+        let readers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (file, data) = (file.clone(), data.clone());
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let at = ((t * 7919 + i * 104_729) % ((1 << 20) - 4096)) as usize;
+                        let got = read_vec_at(&file, at as u64, 4096).unwrap();
+                        assert_eq!(&got[..], &data[at..at + 4096], "read at {at}");
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+    }
 
     #[test]
     fn sparse_writes_read_back_with_zero_holes() {

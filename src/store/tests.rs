@@ -89,6 +89,16 @@ fn fixture(total: u64) -> Fixture {
     }
 }
 
+/// A fixture whose torrent is downloaded whole and every chunk uploaded to `src`.
+fn uploaded_fixture(total: u64) -> (Fixture, Arc<MemSource>) {
+    let f = fixture(total);
+    let src = Arc::new(MemSource::default());
+    f.store.set_source(src.clone());
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    f.upload_all(&src);
+    (f, src)
+}
+
 impl Fixture {
     /// Writes every piece in 16 KiB blocks, as libtorrent would, and verifies them.
     fn download(&self, pieces: std::ops::Range<u32>) {
@@ -195,11 +205,7 @@ fn a_range_is_readable_now_only_when_verified_and_local() {
 #[test]
 fn after_a_restart_read_ahead_hashes_local_chunks_before_their_reader() {
     let total = 3 * CHUNK_LEN;
-    let f = fixture(total);
-    let src = Arc::new(MemSource::default());
-    f.store.set_source(src.clone());
-    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
-    f.upload_all(&src);
+    let (f, src) = uploaded_fixture(total);
     f.store.shutdown().unwrap();
     let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
     // Damaged while the daemon was down, same length.
@@ -486,11 +492,7 @@ fn a_damaged_complete_chunk_is_revoked_and_an_uploaded_one_fetched_again() {
 fn a_chunk_file_kept_open_is_not_trusted_after_a_write_and_is_closed_when_evicted() {
     use std::os::unix::fs::FileExt;
     let total = 2 * CHUNK_LEN;
-    let f = fixture(total);
-    let src = Arc::new(MemSource::default());
-    f.store.set_source(src.clone());
-    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
-    f.upload_all(&src);
+    let (f, src) = uploaded_fixture(total);
     let key = ChunkKey::new(f.id, 0);
     let kept = |s: &Store| s.open_files.lock().unwrap().contains(&key);
     // The first read hashes chunk 0; its file is kept open for the next.
@@ -533,11 +535,7 @@ fn a_chunk_file_kept_open_is_not_trusted_after_a_write_and_is_closed_when_evicte
 #[test]
 fn a_fetched_chunk_serves_its_read_even_when_the_cache_is_full_of_pinned_chunks() {
     let total = 2 * CHUNK_LEN;
-    let f = fixture(total);
-    let src = Arc::new(MemSource::default());
-    f.store.set_source(src.clone());
-    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
-    f.upload_all(&src);
+    let (f, src) = uploaded_fixture(total);
     f.store.evict_all();
     // A limit of zero: every fetched file is evicted the moment it lands.
     f.store.set_limit_bytes(0);
