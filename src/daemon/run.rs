@@ -160,9 +160,6 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     };
     tracing::info!(mountpoint = %daemon.mountpoint.display(), port = daemon.session.listen_port(), "bae is running");
     ready();
-    // Loading the library and building the mount's tree freed what they built it from
-    // (after `ready`: a trim of a large heap is not worth a later mount).
-    release_free_heap();
 
     let mount = rt.block_on(wait_for_stop(
         mount,
@@ -417,6 +414,8 @@ impl Daemon {
                 let _ = tokio::task::spawn_blocking(move || d.readd(t)).await;
             }
         });
+        // The first tick is at once: what loading the library and building the mount's
+        // tree freed goes back as soon as the daemon serves.
         let trim = rt.spawn(async {
             let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
             loop {
