@@ -165,6 +165,12 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     // four pieces at random, ignoring the deadlines a waiting read has set (measured:
     // 0.7 s instead of 0.14 s for the first piece over a 4 MB/s link).
     pack.set_int(lt::settings_pack::initial_picker_threshold, 0);
+    // Bounded by the cache's size: when downloads must wait, libtorrent still reads
+    // whatever a peer's socket holds (it drains it whole), and Linux autotunes loopback
+    // and LAN receive buffers up to tcp_rmem's maximum (32 MiB here), far past a small
+    // cache's bound (measured: 20-30 MB let through per closing; 1-2 MB at 1 MiB).
+    if (opts.recv_buffer_bytes > 0)
+        pack.set_int(lt::settings_pack::recv_socket_buffer_size, opts.recv_buffer_bytes);
 
     lt::session_params params(std::move(pack));
     DiskHandle const* rust = &*disk_;

@@ -315,6 +315,7 @@ impl Daemon {
         let session = Arc::new(Session::new(session_config(
             &lib,
             opts,
+            limit,
             Arc::new(StoreStorage {
                 store: store.clone(),
                 catalog: lib.catalog.clone(),
@@ -445,6 +446,7 @@ fn release_free_heap() {
 fn session_config(
     lib: &Library,
     opts: &DaemonOptions,
+    limit: u64,
     storage: Arc<StoreStorage>,
 ) -> SessionConfig {
     let net = &lib.config.network;
@@ -464,6 +466,7 @@ fn session_config(
             active_seeds: net.active_seeds,
             active_limit: net.active_limit,
         },
+        recv_buffer_bytes: crate::tiering::pressure::peer_receive_buffer(limit),
     }
 }
 

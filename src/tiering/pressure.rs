@@ -287,6 +287,15 @@ impl CachePressure {
     }
 }
 
+/// Each peer socket's receive buffer for a cache bound of `limit` bytes: what peers
+/// have sent into their sockets still arrives once downloads are told to wait, so it
+/// must be small beside the bound (an explicit size also stops Linux autotuning it up
+/// to `tcp_rmem`'s maximum). A 64th of the bound, within [256 KiB, 4 MiB]: 4 MiB
+/// still carries 200 MB/s from one peer 20 ms away; a 64 MiB cache gets 1 MiB.
+pub fn peer_receive_buffer(limit: u64) -> u32 {
+    (limit / 64).clamp(256 << 10, 4 << 20) as u32
+}
+
 /// See [`CachePressure::pin_fits`].
 pub fn pin_fits(size: u64, limit: u64) -> bool {
     let margin = (limit / 16).clamp(256 << 10, 4 << 20);
@@ -355,6 +364,14 @@ mod tests {
         assert!(pin_fits(60 * MIB, 64 * MIB));
         assert!(!pin_fits(61 * MIB, 64 * MIB));
         assert!(!pin_fits(300 * MIB, 64 * MIB));
+    }
+
+    #[test]
+    fn peer_buffers_shrink_with_a_small_cache() {
+        assert_eq!(peer_receive_buffer(64 * MIB), MIB as u32);
+        assert_eq!(peer_receive_buffer(4 * MIB), 256 << 10);
+        assert_eq!(peer_receive_buffer(1 << 40), 4 << 20);
+        assert!(peer_receive_buffer(1 << 30) < 32 << 20);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub(crate) mod ffi {
         active_downloads: i32,
         active_seeds: i32,
         active_limit: i32,
+        /// Each peer socket's receive buffer (SO_RCVBUF); 0: the OS tunes it.
+        recv_buffer_bytes: i32,
     }
 
     /// A torrent to add: `torrent_bytes` (a .torrent) or else `magnet`.

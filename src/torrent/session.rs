@@ -66,6 +66,11 @@ pub struct SessionConfig {
     /// Torrents are auto-managed: libtorrent's queue keeps at most this many
     /// downloading, seeding, and active in all (a library seeds thousands of albums).
     pub queue: QueueLimits,
+    /// Each peer socket's receive buffer in bytes; 0 leaves it to the OS. What a peer
+    /// has sent into it still arrives after downloads were told to wait (libtorrent
+    /// drains a socket whole), so a bounded cache bounds it: see
+    /// `tiering::pressure::peer_receive_buffer`.
+    pub recv_buffer_bytes: u32,
 }
 
 /// libtorrent's `active_downloads`, `active_seeds`, `active_limit`.
@@ -100,6 +105,7 @@ impl SessionConfig {
             storage,
             resume_dir: None,
             queue: QueueLimits::default(),
+            recv_buffer_bytes: 0,
         }
     }
 }
@@ -259,6 +265,7 @@ impl Session {
             active_downloads: i32::try_from(config.queue.active_downloads).unwrap_or(i32::MAX),
             active_seeds: i32::try_from(config.queue.active_seeds).unwrap_or(i32::MAX),
             active_limit: i32::try_from(config.queue.active_limit).unwrap_or(i32::MAX),
+            recv_buffer_bytes: i32::try_from(config.recv_buffer_bytes).unwrap_or(i32::MAX),
         };
         let handle = Box::new(DiskHandle::new(Arc::clone(&disk)));
         let ffi = ffi::new_session(&opts, handle).map_err(session_err)?;
