@@ -298,8 +298,8 @@ pub fn peer_receive_buffer(limit: u64) -> u32 {
 
 /// See [`CachePressure::pin_fits`].
 pub fn pin_fits(size: u64, limit: u64) -> bool {
-    let margin = (limit / 16).clamp(256 << 10, 4 << 20);
-    size.saturating_add(margin) <= limit
+    // The same margin the room keeps free under the bound.
+    size.saturating_add(slack(limit)) <= limit
 }
 
 /// The `status` warning for a pinned torrent that is seeded unpinned.
