@@ -86,7 +86,7 @@ pub fn read_file_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> 
 /// by concurrent readers (kept-open chunk files), so its offset is never used.
 pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
     match pread_vec(file, offset, len, 0)? {
-        Some(b) => Ok(b),
+        Some(v) => Ok(Bytes::from(v)),
         // Without RWF_NOWAIT the kernel never answers EAGAIN for a regular file.
         None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
     }
@@ -95,7 +95,7 @@ pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
 /// Like [`read_vec_at`], but only from the page cache (`RWF_NOWAIT`): `None` when
 /// some of the bytes would have to come from the disk.
 pub fn read_vec_at_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    pread_vec(file, offset, len, libc::RWF_NOWAIT)
+    Ok(pread_vec(file, offset, len, libc::RWF_NOWAIT)?.map(Bytes::from))
 }
 
 /// `preadv2` with `flags` into a new buffer's spare room; `None` if the kernel says the
@@ -105,7 +105,7 @@ fn pread_vec(
     offset: u64,
     len: usize,
     flags: libc::c_int,
-) -> io::Result<Option<Bytes>> {
+) -> io::Result<Option<Vec<u8>>> {
     use std::os::fd::AsRawFd;
     let mut data: Vec<u8> = Vec::with_capacity(len);
     let mut done = 0usize;
@@ -138,7 +138,7 @@ fn pread_vec(
         unsafe { data.set_len(done) };
     }
     data.resize(len, 0);
-    Ok(Some(Bytes::from(data)))
+    Ok(Some(data))
 }
 
 /// Fills `buf` from `offset` in the chunk file (zeros past its end); `false` when the
@@ -156,7 +156,7 @@ pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<
 /// shorter file are zeros, as in a sparse file: pad bytes are never written.
 pub fn read_whole(file: &File, len: u64) -> io::Result<Vec<u8>> {
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    Ok(Vec::from(read_vec_at(file, 0, len)?))
+    pread_vec(file, 0, len, 0)?.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
 }
 
 /// Asks the kernel to start reading a chunk file into the page cache (a read of it is
