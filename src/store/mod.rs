@@ -195,10 +195,15 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
 
 /// A remote fetch running (or, for one ahead of the readers, waiting its turn).
 struct Inflight {
+    /// When its latest attempt began (the first, or the last hedge).
     since: Instant,
+    /// Which attempt's completion may forget this entry (a hedge replaces it).
+    id: u64,
     fetch: SharedFetch,
     /// Tells a fetch ahead that a reader now waits for it: it goes at once.
     wanted: Arc<tokio::sync::Notify>,
+    /// Extra attempts started because a reader waited too long (see `read`).
+    hedges: u32,
 }
 
 /// Chunks kept in memory after a fetch (verified plaintext). Small: it exists so a
@@ -223,6 +228,13 @@ pub struct Store {
     source: OnceLock<Arc<dyn ChunkSource>>,
     /// Fetches running now, with when each began.
     inflight: Mutex<HashMap<ChunkKey, Inflight>>,
+    /// Numbers the attempts in `inflight`.
+    next_fetch_id: AtomicU64,
+    /// A smoothed duration of recent successful fetches (µs): a reader that waits much
+    /// longer than this starts a second attempt (see `read`).
+    typical_fetch_us: AtomicU64,
+    /// The least time a reader waits before it starts a second attempt (ms).
+    hedge_floor_ms: AtomicU64,
     /// First-use checks of local chunks running ahead of their readers (who wait for
     /// them instead of hashing the chunk a second time).
     checking: Mutex<HashMap<ChunkKey, Shared<BoxFuture<'static, ()>>>>,
@@ -305,6 +317,9 @@ impl Store {
             limit_bytes: limit_bytes.into(),
             source: OnceLock::new(),
             inflight: Mutex::new(HashMap::new()),
+            next_fetch_id: AtomicU64::new(0),
+            typical_fetch_us: AtomicU64::new(read::TYPICAL_FETCH_START.as_micros() as u64),
+            hedge_floor_ms: AtomicU64::new(read::HEDGE_FLOOR.as_millis() as u64),
             checking: Mutex::new(HashMap::new()),
             check_slots: Arc::new(tokio::sync::Semaphore::new(CHECKS_AHEAD)),
             demand_fetches: tokio::sync::watch::Sender::new(0),

@@ -9,13 +9,17 @@
 //!   and the fetched, verified bytes serve those readers directly from memory; the file
 //!   is written into the cache in the background. So a read of N chunks costs at most N
 //!   fetches (plus one more per chunk found damaged), whatever the cache pressure.
+//! - A reader whose fetch takes many times longer than fetches do (a request the remote
+//!   never answers, a retry asleep in its backoff after the remote came back) starts a
+//!   second attempt alongside it, at most twice per fetch; the first to bring verified
+//!   bytes serves every reader of the chunk.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::FutureExt;
+use futures::future::{BoxFuture, FutureExt};
 
 use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId, CHUNK_LEN};
 
@@ -28,6 +32,21 @@ use super::{FetchError, Inflight, PinGuard, RemoteChunk, SharedFetch, Store, Sto
 const AHEAD_MAX_WAIT: Duration = Duration::from_millis(50);
 #[cfg(test)]
 const AHEAD_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// A reader waits on a fetch for at most this many times a typical fetch (within
+/// `HEDGE_FLOOR..HEDGE_CEILING`) before it starts another attempt alongside it.
+const HEDGE_FACTOR: u32 = 8;
+/// Long in unit tests, so that those about fetch order see no second attempt; the hedge
+/// test lowers it.
+#[cfg(not(test))]
+pub(super) const HEDGE_FLOOR: Duration = Duration::from_secs(1);
+#[cfg(test)]
+pub(super) const HEDGE_FLOOR: Duration = Duration::from_secs(60);
+const HEDGE_CEILING: Duration = Duration::from_secs(10);
+/// Attempts a fetch gets beyond its first.
+const MAX_HEDGES: u32 = 2;
+/// What a fetch is taken to cost before one was measured.
+pub(super) const TYPICAL_FETCH_START: Duration = Duration::from_millis(100);
 
 /// Whether a reader waits for a fetch or it is ahead of the readers (prefetch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,7 +364,7 @@ impl Store {
                     len: chunk_len,
                 } => {
                     let bytes = self
-                        .fetch_start(key, uid, chunk_len, Urgency::Demand)
+                        .fetch_waiting(key, uid, chunk_len)
                         .await
                         .map_err(|error| StoreError::Fetch { key, error })?;
                     return Ok(Span::Memory(slice_of(&bytes, offset, len)));
@@ -634,12 +653,39 @@ impl Store {
             }
             return f.fetch.clone();
         }
+        let wanted = Arc::new(tokio::sync::Notify::new());
+        let attempt = self.attempt(key, uid, len, urgency, &wanted);
+        let id = self.next_fetch_id.fetch_add(1, Ordering::Relaxed);
+        // Settled while `inflight` is held: its task cannot forget the entry before it
+        // is inserted.
+        let fetch = self.settle(key, id, attempt);
+        inflight.insert(
+            key,
+            Inflight {
+                since: Instant::now(),
+                id,
+                fetch: fetch.clone(),
+                wanted,
+                hedges: 0,
+            },
+        );
+        fetch
+    }
+
+    /// One attempt at bringing chunk `key` back, running as a task of its own.
+    fn attempt(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: [u8; 16],
+        len: u64,
+        urgency: Urgency,
+        wanted: &Arc<tokio::sync::Notify>,
+    ) -> BoxFuture<'static, Result<Bytes, FetchError>> {
         // Taken before the identity is read: a change after it keeps this fetch's bytes
         // out of the cache (they still serve this read: they are the bytes it asked for).
         let epoch = self.remote_epoch.load(Ordering::SeqCst);
         let store = Arc::clone(self);
-        let wanted = Arc::new(tokio::sync::Notify::new());
-        let go = wanted.clone();
+        let go = Arc::clone(wanted);
         // Counted before the task runs: a fetch ahead asked for just after must see it.
         let demand = (urgency == Urgency::Demand).then(|| DemandFetch::start(self));
         let task = self.rt.spawn(async move {
@@ -651,29 +697,110 @@ impl Store {
                 Ok(chunk) => store.fetch_one(&chunk, epoch).await,
                 Err(e) => Err(e),
             };
-            store
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
             drop(demand);
             r
         });
-        let fut = async move {
+        async move {
             task.await
                 .unwrap_or_else(|e| Err(FetchError::Unavailable(format!("fetch task: {e}"))))
         }
         .boxed()
-        .shared();
-        inflight.insert(
-            key,
-            Inflight {
-                since: Instant::now(),
-                fetch: fut.clone(),
-                wanted,
-            },
-        );
-        fut
+    }
+
+    /// The outcome of a fetch's attempts, shared by its readers. It runs as a task, so
+    /// the `inflight` entry numbered `id` is forgotten when it settles even if nobody
+    /// waits for it any more (a later reader then starts afresh).
+    fn settle(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        id: u64,
+        outcome: BoxFuture<'static, Result<Bytes, FetchError>>,
+    ) -> SharedFetch {
+        let store = Arc::clone(self);
+        let task = self.rt.spawn(async move {
+            let r = outcome.await;
+            let mut inflight = store.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if inflight.get(&key).is_some_and(|f| f.id == id) {
+                inflight.remove(&key);
+            }
+            r
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(FetchError::Unavailable(format!("fetch task: {e}"))))
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// A reader's wait for an evicted chunk. If the fetch it joins takes far longer than
+    /// fetches take (a request the remote never answers, or a retry asleep in its backoff
+    /// after the remote came back), the reader starts another attempt alongside it and
+    /// takes whichever brings the chunk first: readers are not failed for as long as a
+    /// dead request takes to time out.
+    async fn fetch_waiting(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: [u8; 16],
+        len: u64,
+    ) -> Result<Bytes, FetchError> {
+        let mut fetch = self.fetch_start(key, uid, len, Urgency::Demand);
+        // The timer below needs a runtime: not under a poll that must not block.
+        crate::nowait::yield_once().await;
+        loop {
+            match tokio::time::timeout(self.hedge_after(), fetch.clone()).await {
+                Ok(r) => return r,
+                Err(_) => fetch = self.hedge(key, uid, len, &fetch),
+            }
+        }
+    }
+
+    /// How long a reader waits on one attempt before it starts another: many times a
+    /// typical fetch, within bounds (a slow link's fetches are slow, not dead).
+    fn hedge_after(&self) -> Duration {
+        let typical = Duration::from_micros(self.typical_fetch_us.load(Ordering::Relaxed));
+        let floor = Duration::from_millis(self.hedge_floor_ms.load(Ordering::Relaxed));
+        (typical * HEDGE_FACTOR).clamp(floor, HEDGE_CEILING.max(floor))
+    }
+
+    /// Starts one more attempt at the fetch of `key` if its latest began longer than
+    /// [`Store::hedge_after`] ago (and it has not been hedged too often); returns the
+    /// fetch to wait on: the first of its attempts to succeed, or the last error.
+    fn hedge(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        uid: [u8; 16],
+        len: u64,
+        current: &SharedFetch,
+    ) -> SharedFetch {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = inflight.get_mut(&key) else {
+            // Settled meanwhile: `current` has its outcome.
+            return current.clone();
+        };
+        let waited = f.since.elapsed();
+        if f.hedges >= MAX_HEDGES || waited < self.hedge_after() {
+            return f.fetch.clone();
+        }
+        tracing::info!(chunk = %key, waited_ms = waited.as_millis() as u64, "a fetch is taking long; trying again alongside it");
+        let attempt = self.attempt(key, uid, len, Urgency::Demand, &f.wanted);
+        let earlier = f.fetch.clone().boxed();
+        let either = async move {
+            futures::future::select_ok([earlier, attempt])
+                .await
+                .map(|(bytes, _)| bytes)
+        }
+        .boxed();
+        let id = self.next_fetch_id.fetch_add(1, Ordering::Relaxed);
+        let fetch = self.settle(key, id, either);
+        *f = Inflight {
+            since: Instant::now(),
+            id,
+            fetch: fetch.clone(),
+            wanted: Arc::clone(&f.wanted),
+            hedges: f.hedges + 1,
+        };
+        fetch
     }
 
     /// An uploaded chunk's identity from the catalog (not kept in memory: see cache).
@@ -724,6 +851,7 @@ impl Store {
     ) -> Result<Bytes, FetchError> {
         let source = self.source.get().ok_or(FetchError::NoRemote)?;
         let c = &self.counters;
+        let began = Instant::now();
         let data = match source.fetch(chunk).await {
             Ok(d) => d,
             Err(e) => {
@@ -742,6 +870,7 @@ impl Store {
             return Err(e);
         }
         c.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+        self.note_fetch_took(began.elapsed());
         let bytes = data;
         self.hot_put(chunk.key, bytes.clone());
         // The readers are served from memory now; the cache copy is written behind them.
@@ -750,6 +879,24 @@ impl Store {
         self.rt
             .spawn_blocking(move || store.install_fetched(&chunk, &b, epoch));
         Ok(bytes)
+    }
+
+    /// Folds one successful fetch's duration into the typical one (a moving average
+    /// that weighs the latest an eighth).
+    fn note_fetch_took(&self, took: Duration) {
+        let took = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let _ = self
+            .typical_fetch_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + took / 8)
+            });
+    }
+
+    /// Sets the least time a reader waits on a fetch before it tries again alongside it.
+    #[cfg(test)]
+    pub(super) fn set_hedge_floor(&self, floor: Duration) {
+        self.hedge_floor_ms
+            .store(floor.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Writes a fetched chunk into the cache directory (durably, atomically) and makes

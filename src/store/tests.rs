@@ -666,6 +666,81 @@ fn fetches_ahead_of_readers_wait_for_those_readers_wait_on() {
     );
 }
 
+/// A source whose first fetch never answers (a request the remote dropped) and whose
+/// later fetches do.
+struct FirstHangs {
+    inner: Arc<MemSource>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl ChunkSource for FirstHangs {
+    async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.fetch(chunk).await
+    }
+}
+
+#[test]
+fn a_reader_behind_a_fetch_that_never_answers_tries_again_alongside_it() {
+    let total = CHUNK_LEN;
+    let (f, src) = evicted_behind(
+        |inner| {
+            Arc::new(FirstHangs {
+                inner,
+                calls: AtomicUsize::new(0),
+            })
+        },
+        total,
+    );
+    f.store.set_hedge_floor(Duration::from_millis(200));
+    let began = Instant::now();
+    // The first reader's attempt hangs; it starts a second one and is served by it.
+    let (store, id) = (f.store.clone(), f.id);
+    let read = f.rt.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(10), store.read_verified(id, 0..4096)).await
+    });
+    let read = read.expect("the read waited for the hung attempt");
+    assert_eq!(&read.unwrap()[..], &f.data[..4096]);
+    assert!(began.elapsed() >= Duration::from_millis(200));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    // The hung attempt is not waited for: the chunk is forgotten as in flight.
+    assert_eq!(f.store.fetching_since(f.id, 0..total), None);
+    assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
+}
+
+#[test]
+fn a_reader_gives_up_on_a_fetch_that_never_answers_after_its_hedges() {
+    // Every attempt hangs: a reader still ends (by its caller's deadline), having made
+    // no more than the bounded number of attempts.
+    struct Hangs(AtomicUsize);
+    #[async_trait]
+    impl ChunkSource for Hangs {
+        async fn fetch(&self, _: &RemoteChunk) -> Result<Bytes, FetchError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+    }
+    let (f, src) = evicted_behind(|_| Arc::new(Hangs(AtomicUsize::new(0))), CHUNK_LEN);
+    f.store.set_hedge_floor(Duration::from_millis(50));
+    let store = f.store.clone();
+    let id = f.id;
+    let read = f.rt.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(2), store.read_verified(id, 0..10)).await
+    });
+    assert!(
+        read.is_err(),
+        "a read of a chunk the remote never sends ended"
+    );
+    assert_eq!(
+        src.0.load(Ordering::SeqCst),
+        3,
+        "one attempt and two hedges"
+    );
+}
+
 /// Every chunk's recorded state (a partial chunk has no row).
 fn states(catalog: &Catalog, id: TorrentId, n: u32) -> Vec<ChunkState> {
     (0..n)
