@@ -100,6 +100,11 @@ impl TorrentStorage for StoreStorage {
             .map_err(storage_err)
     }
 
+    fn will_read(&self, t: TorrentId, stream_offset: u64, len: u64) {
+        self.store
+            .prefetch_for_peer(t, stream_offset..stream_offset + len);
+    }
+
     fn pieces_verified(&self, t: TorrentId, pieces: &[PieceIndex]) {
         self.store.pieces_verified(t, pieces);
     }

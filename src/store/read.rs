@@ -48,6 +48,9 @@ const MAX_HEDGES: u32 = 2;
 /// What a fetch is taken to cost before one was measured.
 pub(super) const TYPICAL_FETCH_START: Duration = Duration::from_millis(100);
 
+/// Fetches started ahead of peers' reads, at most, counting those running already.
+pub(super) const PEER_FETCHES_AHEAD: usize = 16;
+
 /// Whether a reader waits for a fetch or it is ahead of the readers (prefetch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Urgency {
@@ -594,6 +597,30 @@ impl Store {
                 .map(|_| ())
                 .map_err(|error| StoreError::Fetch { key, error })
         }))
+    }
+
+    /// Brings the chunks of stream bytes a peer asked for closer, ahead of the read that
+    /// follows (see [`Store::prefetch_chunk`]): the reads of a peer's queue then wait on
+    /// fetches that overlap rather than on one fetch per read worker at a time. No more
+    /// than [`PEER_FETCHES_AHEAD`] fetches run at once from here: each keeps its chunk in
+    /// memory until its reader comes.
+    pub fn prefetch_for_peer(self: &Arc<Self>, id: TorrentId, range: std::ops::Range<u64>) {
+        if range.start >= range.end {
+            return;
+        }
+        for c in range.start / CHUNK_LEN..=(range.end - 1) / CHUNK_LEN {
+            let busy = self
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            if busy >= PEER_FETCHES_AHEAD {
+                return;
+            }
+            if let Err(e) = self.prefetch_chunk(ChunkKey::new(id, c as u32), false) {
+                tracing::debug!(torrent = %id, chunk = c, error = %e, "no prefetch for a peer");
+            }
+        }
     }
 
     /// When the oldest remote fetch running for a chunk of `range` began, if any.

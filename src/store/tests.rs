@@ -741,6 +741,37 @@ fn a_reader_gives_up_on_a_fetch_that_never_answers_after_its_hedges() {
     );
 }
 
+#[test]
+fn a_peers_queued_reads_start_their_chunks_fetches_together_up_to_a_bound() {
+    let ahead = super::read::PEER_FETCHES_AHEAD;
+    let n = ahead as u64 + 2;
+    let (f, held) = evicted_behind(Held::new, n * CHUNK_LEN);
+    let block = |c: u64| c * CHUNK_LEN + 16384..c * CHUNK_LEN + 32768;
+    // Two blocks a peer asked for, in no order: both fetches start before any read.
+    f.store.prefetch_for_peer(f.id, block(3));
+    f.store.prefetch_for_peer(f.id, block(0));
+    let mut started = held.wait_started(2);
+    started.sort_unstable();
+    assert_eq!(started, vec![0, 3]);
+    // A long queue: no more than the bound at once.
+    for c in 0..n {
+        f.store.prefetch_for_peer(f.id, block(c));
+    }
+    held.wait_started(ahead);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        held.started().len(),
+        ahead,
+        "more fetches ahead than the bound"
+    );
+    held.release.add_permits(4 * n as usize);
+    // The reads that follow join those fetches: right bytes, one fetch per chunk.
+    assert_eq!(&f.read(0..n * CHUNK_LEN).unwrap()[..], &f.data[..]);
+    let mut started = held.started();
+    started.sort_unstable();
+    assert_eq!(started, (0..n as u32).collect::<Vec<_>>());
+}
+
 /// Every chunk's recorded state (a partial chunk has no row).
 fn states(catalog: &Catalog, id: TorrentId, n: u32) -> Vec<ChunkState> {
     (0..n)

@@ -7,7 +7,10 @@
 //!   FIFO, so a barrier or a `piece_failed` runs after every write issued before it;
 //! - `hash`: v1/v2 piece and block hashes — one worker;
 //! - `read`: peer reads, which may fetch evicted chunks from the remote — four workers,
-//!   so a slow fetch never stalls writes or hashing.
+//!   so a slow fetch never stalls writes or hashing;
+//! - `hint`: one worker that tells the storage of each peer read as it is queued
+//!   ([`TorrentStorage::will_read`], once per chunk in a row), so the fetches of the
+//!   chunks a peer asked for run together instead of one per read worker at a time.
 //!
 //! libtorrent may read a block as soon as its write is queued, not completed. Each slot
 //! therefore keeps the blocks handed to the write queue and not yet stored (`pending`);
@@ -116,6 +119,9 @@ struct Slot {
     /// Signalled whenever a block leaves `pending`.
     stored: Condvar,
     next_seq: Mutex<u64>,
+    /// The chunk (+1) of the last peer read hinted to the storage: a peer asks for a
+    /// piece block by block, and one hint per chunk in a row is enough.
+    last_hint: AtomicU64,
 }
 
 impl Slot {
@@ -416,6 +422,7 @@ pub(crate) struct DiskCore {
     write_q: Arc<Queue>,
     hash_q: Arc<Queue>,
     read_q: Arc<Queue>,
+    hint_q: Arc<Queue>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Set when libtorrent starts shutting down (`disk_interface::abort`).
     aborting: Arc<AtomicBool>,
@@ -440,6 +447,7 @@ impl DiskCore {
             write_q: Queue::new(),
             hash_q: Queue::new(),
             read_q: Queue::new(),
+            hint_q: Queue::new(),
             workers: Mutex::new(Vec::new()),
             aborting: Arc::new(AtomicBool::new(false)),
             changed: Arc::new(Mutex::new(HashSet::new())),
@@ -459,6 +467,7 @@ impl DiskCore {
         let mut queues = vec![
             ("bae-disk-write", &core.write_q),
             ("bae-disk-hash", &core.hash_q),
+            ("bae-disk-hint", &core.hint_q),
         ];
         queues.extend((0..READ_WORKERS).map(|_| ("bae-disk-read", &core.read_q)));
         for (name, queue) in queues {
@@ -502,7 +511,7 @@ impl DiskCore {
         self.bp.disable(&self.changed);
         *lock(&self.bp.stop) = true;
         self.bp.stop_cv.notify_all();
-        for q in [&self.write_q, &self.hash_q, &self.read_q] {
+        for q in [&self.write_q, &self.hash_q, &self.read_q, &self.hint_q] {
             q.close();
         }
         let workers: Vec<_> = lock(&self.workers).drain(..).collect();
@@ -636,6 +645,7 @@ impl DiskHandle {
             pending: Mutex::new(BTreeMap::new()),
             stored: Condvar::new(),
             next_seq: Mutex::new(0),
+            last_hint: AtomicU64::new(0),
         });
         let mut slots = lock(&self.core.slots);
         let index = index as usize;
@@ -670,6 +680,19 @@ impl DiskHandle {
             return;
         };
         let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
+        let chunk = start / CHUNK_LEN + 1;
+        if target.slot.last_hint.swap(chunk, Ordering::Relaxed) != chunk {
+            let (storage, aborting, t) = (
+                Arc::clone(&target.storage),
+                Arc::clone(&target.aborting),
+                target.torrent,
+            );
+            self.core.hint_q.push(Box::new(move || {
+                if !aborting.load(Ordering::Acquire) {
+                    storage.will_read(t, start, u64::from(len));
+                }
+            }));
+        }
         self.core.read_q.push(Box::new(move || {
             let Some(job) = job else { return };
             if target.aborted() {
@@ -979,6 +1002,7 @@ mod tests {
             pending: Mutex::new(BTreeMap::new()),
             stored: Condvar::new(),
             next_seq: Mutex::new(0),
+            last_hint: AtomicU64::new(0),
         };
         let block = |v: u8| -> Arc<[u8]> { Arc::from(vec![v; BLOCK_LEN as usize]) };
         lock(&slot.pending).insert(BLOCK_LEN, (1, block(2)));

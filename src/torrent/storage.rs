@@ -190,6 +190,13 @@ pub trait TorrentStorage: Send + Sync + 'static {
     /// A piece failed its hash check: its bytes are garbage until rewritten.
     fn piece_failed(&self, t: TorrentId, piece: PieceIndex);
     fn close(&self, t: TorrentId);
+    /// A peer asked for these stream bytes; a `read` of them follows once the read queue
+    /// reaches it. The storage may start bringing them closer now (an evicted chunk back
+    /// from the remote), so reads queued behind each other overlap their waits. Must not
+    /// block for long: it runs ahead of the read workers on one thread.
+    fn will_read(&self, t: TorrentId, stream_offset: u64, len: u64) {
+        let _ = (t, stream_offset, len);
+    }
     /// Room left before downloads must wait; `None`: unbounded (no backpressure).
     /// `want`: what downloads would like to write before the next sample; the storage
     /// may make that much room first (evicting what is evictable).
