@@ -189,6 +189,13 @@ def mode_downloads(ctx):
     tracker, announce = start_tracker()
     n = ctx.runs
     last_torrent, last_seeder = None, None
+    if ctx.args.seed_only:
+        torrent = c.make_torrent(ctx.album, os.path.join(ctx.work, "album-seed.torrent"),
+                                 256 * KiB, "v1", announce)
+        seeder, _, addr = start_seeder(torrent, ctx.data)
+        seed_figures(ctx, torrent, seeder, addr)
+        c.stop(tracker)
+        return
     for piece, label in ((256 * KiB, "256 KiB"), (4 * MiB, "4 MiB")):
         torrent = c.make_torrent(ctx.album, os.path.join(ctx.work, f"album-{piece}.torrent"),
                                  piece, "v1", announce)
@@ -931,6 +938,8 @@ def main():
                     help="library: also 20,000 albums of 1 GB (long)")
     ap.add_argument("--bounded-only", action="store_true",
                     help="downloads: only the bounded-cache case (issue 11)")
+    ap.add_argument("--seed-only", action="store_true",
+                    help="downloads: only the stock leecher downloading from bae")
     ap.add_argument("--no-bounded", action="store_true",
                     help="downloads: leave the bounded-cache case out")
     ap.add_argument("--libs", default=None,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::catalog::{Catalog, CatalogError, TorrentRecord};
-use crate::model::ChunkState;
+use crate::model::{ChunkState, Geometry};
 use crate::store::{Store, TorrentStats};
 use crate::torrent::{Session, TorrentState};
 
@@ -65,7 +65,12 @@ pub fn live(
     let mut out = Vec::new();
     for t in catalog.torrents()? {
         let mut r = base(&t);
-        if let Some(s) = store.torrent_stats(t.id) {
+        // A torrent the store does not hold (dormant) has no local chunk: its catalog
+        // row has every other count.
+        let stats = store
+            .torrent_stats(t.id)
+            .or_else(|| t.geometry.map(|g| recorded_stats(&t, g)));
+        if let Some(s) = stats {
             apply_stats(&mut r, &s);
         }
         match session.status(t.id) {
@@ -88,6 +93,19 @@ pub fn live(
     Ok(out)
 }
 
+/// A torrent's counts as its catalog row keeps them (no local chunks counted).
+fn recorded_stats(t: &TorrentRecord, g: Geometry) -> TorrentStats {
+    TorrentStats {
+        chunks_total: g.num_chunks(),
+        chunks_uploaded: t.n_uploaded,
+        chunks_complete: t.n_complete,
+        pieces_total: g.num_pieces(),
+        pieces_verified: t.n_verified,
+        bytes_verified: (u64::from(t.n_verified) * g.piece_len()).min(g.total_len()),
+        ..Default::default()
+    }
+}
+
 /// A report with no daemon: what the catalog and the cache directory say. Reads the
 /// per-torrent counts and lists only cache directories that exist.
 pub fn offline(catalog: &Catalog, cache_dir: &Path) -> Result<StatusReport, CatalogError> {
@@ -98,15 +116,7 @@ pub fn offline(catalog: &Catalog, cache_dir: &Path) -> Result<StatusReport, Cata
             report.torrents.push(r);
             continue;
         };
-        let mut s = TorrentStats {
-            chunks_total: g.num_chunks(),
-            chunks_uploaded: t.n_uploaded,
-            chunks_complete: t.n_complete,
-            pieces_total: g.num_pieces(),
-            pieces_verified: t.n_verified,
-            bytes_verified: (u64::from(t.n_verified) * g.piece_len()).min(g.total_len()),
-            ..Default::default()
-        };
+        let mut s = recorded_stats(&t, g);
         let dir = crate::store::torrent_cache_dir(cache_dir, &t.uid);
         if let Ok(entries) = std::fs::read_dir(&dir) {
             let local: Vec<u32> = entries

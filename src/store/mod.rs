@@ -377,13 +377,36 @@ impl Store {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state, with torrent `id` loaded into it: a dormant torrent (see `recovery`)
+    /// is read from the catalog on its first use, without the lock held meanwhile.
+    fn lock_loaded(&self, id: TorrentId) -> Result<MutexGuard<'_, CacheState>, StoreError> {
+        {
+            let st = self.lock();
+            if st.torrents.contains_key(&id) {
+                return Ok(st);
+            }
+        }
+        self.register_torrent(id)?;
+        Ok(self.lock())
+    }
+
+    /// Whether the store holds torrent `id` in memory (it is not dormant).
+    pub fn is_loaded(&self, id: TorrentId) -> bool {
+        self.lock().torrents.contains_key(&id)
+    }
+
     /// Loads (or reloads) a torrent whose layout is in the catalog into the cache view.
     pub fn register_torrent(&self, id: TorrentId) -> Result<Geometry, StoreError> {
         if let Some(t) = self.lock().torrents.get(&id) {
             return Ok(t.geometry);
         }
-        let entry = recovery::load_torrent(&self.root, &self.catalog, id)?
-            .ok_or(StoreError::UnknownTorrent(id))?;
+        let entry = match recovery::load_torrent(&self.root, &self.catalog, id) {
+            Ok(Some(entry)) => entry,
+            Ok(None) | Err(StoreError::Catalog(CatalogError::UnknownTorrent(_))) => {
+                return Err(StoreError::UnknownTorrent(id))
+            }
+            Err(e) => return Err(e),
+        };
         let g = entry.geometry;
         let mut st = self.lock();
         if !st.torrents.contains_key(&id) {
@@ -392,25 +415,29 @@ impl Store {
         Ok(g)
     }
 
-    /// Torrents the store has loaded.
+    /// Torrents the store has loaded (not the dormant ones).
     pub fn torrent_ids(&self) -> Vec<TorrentId> {
         self.lock().torrents.keys().copied().collect()
     }
 
     pub fn geometry(&self, id: TorrentId) -> Option<Geometry> {
-        self.lock().torrents.get(&id).map(|t| t.geometry)
+        self.lock_loaded(id)
+            .ok()?
+            .torrents
+            .get(&id)
+            .map(|t| t.geometry)
     }
 
     /// Verified-piece bitfield of a torrent (libtorrent's have-pieces at add time).
     pub fn verified_pieces(&self, id: TorrentId) -> Result<Vec<bool>, StoreError> {
-        let st = self.lock();
+        let st = self.lock_loaded(id)?;
         let t = st.torrents.get(&id).ok_or(StoreError::UnknownTorrent(id))?;
         Ok(t.verified.to_bools())
     }
 
     pub fn is_complete(&self, id: TorrentId) -> bool {
-        let st = self.lock();
-        st.torrents.get(&id).is_some_and(|t| t.verified.is_full())
+        self.lock_loaded(id)
+            .is_ok_and(|st| st.torrents.get(&id).is_some_and(|t| t.verified.is_full()))
     }
 
     fn chunk_file(&self, uid: &[u8; 16], index: ChunkIndex) -> PathBuf {
@@ -458,7 +485,7 @@ impl Store {
         start: u64,
         end: u64,
     ) -> Result<([u8; 16], Geometry), StoreError> {
-        let st = self.lock();
+        let st = self.lock_loaded(id)?;
         let t = st.torrents.get(&id).ok_or(StoreError::UnknownTorrent(id))?;
         if end > t.geometry.total_len() || start > end {
             return Err(StoreError::OutOfRange {
@@ -473,14 +500,21 @@ impl Store {
     /// Which chunks of a torrent have a local file (for `verify`); `None` for a torrent
     /// the store does not know.
     pub fn local_chunks(&self, id: TorrentId) -> Option<Vec<bool>> {
-        let st = self.lock();
+        let st = self.lock_loaded(id).ok()?;
         let t = st.torrents.get(&id)?;
         Some((0..t.geometry.num_chunks()).map(|c| t.present(c)).collect())
     }
 
-    /// Pins (or unpins) all chunks of a seeding torrent.
+    /// Pins (or unpins) all chunks of a seeding torrent. A dormant torrent has no local
+    /// chunk to unpin, and is loaded to be pinned.
     pub fn set_torrent_pinned(&self, id: TorrentId, pinned: bool) {
-        self.lock().set_torrent_pinned(id, pinned);
+        let mut st = if pinned {
+            self.lock_loaded(id).unwrap_or_else(|_| self.lock())
+        } else {
+            self.lock()
+        };
+        st.set_torrent_pinned(id, pinned);
+        drop(st);
         if !pinned {
             self.evict_to_limit();
         }
@@ -570,6 +604,7 @@ impl Store {
         }
     }
 
+    /// `None` for a torrent not loaded (dormant: the catalog's counts say it all).
     pub fn torrent_stats(&self, id: TorrentId) -> Option<TorrentStats> {
         let st = self.lock();
         let t = st.torrents.get(&id)?;

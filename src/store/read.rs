@@ -205,7 +205,7 @@ impl Store {
         id: TorrentId,
         range: std::ops::Range<u64>,
     ) -> Result<Vec<PieceIndex>, StoreError> {
-        let st = self.lock();
+        let st = self.lock_loaded(id)?;
         let t = st.torrents.get(&id).ok_or(StoreError::UnknownTorrent(id))?;
         let g = t.geometry;
         if range.start >= range.end {
@@ -223,7 +223,9 @@ impl Store {
     /// verified and its chunks are in the local cache (or just fetched, in memory).
     pub fn readable_now(&self, id: TorrentId, range: std::ops::Range<u64>) -> bool {
         let elsewhere: Vec<u32> = {
-            let st = self.lock();
+            let Ok(st) = self.lock_loaded(id) else {
+                return false;
+            };
             let Some(t) = st.torrents.get(&id) else {
                 return false;
             };
@@ -493,7 +495,7 @@ impl Store {
     }
 
     fn plan(self: &Arc<Self>, key: ChunkKey) -> Result<Plan, StoreError> {
-        let mut st = self.lock();
+        let mut st = self.lock_loaded(key.torrent)?;
         let t = st
             .torrents
             .get(&key.torrent)
@@ -1059,7 +1061,7 @@ impl Store {
     /// when there is nothing to check (no local copy, or the chunk is not complete yet).
     pub fn check_local(self: &Arc<Self>, key: ChunkKey) -> Result<Option<bool>, StoreError> {
         let (uid, len, hash, _pin) = {
-            let mut st = self.lock();
+            let mut st = self.lock_loaded(key.torrent)?;
             let Some(uid) = st.torrents.get(&key.torrent).map(|t| t.uid) else {
                 return Err(StoreError::UnknownTorrent(key.torrent));
             };
@@ -1095,7 +1097,7 @@ impl Store {
     /// Identity of an uploaded chunk (for `verify`), `None` if it is not in the remote.
     pub fn remote_chunk(&self, key: ChunkKey) -> Option<RemoteChunk> {
         let (uid, len) = {
-            let st = self.lock();
+            let st = self.lock_loaded(key.torrent).ok()?;
             let uid = st.torrents.get(&key.torrent)?.uid;
             let c = st.entry(key)?;
             if c.state != ChunkState::Uploaded {

@@ -12,6 +12,12 @@
 //! - verified pieces in chunks not complete yet have no chunk hash: the daemon checks
 //!   them against the torrent's piece hashes before libtorrent hears of them
 //!   (`daemon::verify::recheck_unfinished_chunks`, `Store::revoke_partial_pieces`).
+//!
+//! A *dormant* torrent — no local chunk file, not seeding, and either settled (every
+//! piece verified, every chunk uploaded) or untouched (nothing verified or complete) —
+//! has nothing to reconcile and an entry that follows from its catalog row alone, so it
+//! is not loaded at start: the store loads it on its first use (a read, libtorrent
+//! opening it). Memory and start-up then grow with the torrents in use, not the library.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -37,6 +43,13 @@ pub(super) fn recover(root: &Path, catalog: &Catalog) -> Result<CacheState, Stor
         let name = hex::encode(t.uid);
         let has_dir = dirs.contains(&name);
         known.insert(name);
+        // An empty directory (every chunk evicted) is removed: one syscall, and the
+        // torrent needs no listing at the next start either.
+        if dormant(&t)
+            && (!has_dir || std::fs::remove_dir(files::torrent_dir(root, &t.uid)).is_ok())
+        {
+            continue;
+        }
         if let Some(entry) = load_record(root, catalog, &t, has_dir)? {
             state.insert_torrent(t.id, entry);
         }
@@ -56,6 +69,12 @@ pub(super) fn recover(root: &Path, catalog: &Catalog) -> Result<CacheState, Stor
         }
     }
     Ok(state)
+}
+
+/// Whether a torrent without local chunks can wait to be loaded until it is used (see
+/// the module comment).
+fn dormant(t: &TorrentRecord) -> bool {
+    !t.seeding && (t.settled() || t.untouched())
 }
 
 /// Loads one torrent's view from the catalog and its cache directory, repairing the

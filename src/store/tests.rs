@@ -370,6 +370,51 @@ fn restart_rebuilds_accounting_and_forgets_lost_bytes() {
 }
 
 #[test]
+fn a_settled_torrent_with_nothing_local_is_loaded_only_when_used() {
+    let total = 3 * CHUNK_LEN;
+    let (f, src) = uploaded_fixture(total);
+    f.catalog.set_seeding(f.id, false, false).unwrap();
+    f.store.evict_all();
+    f.store.shutdown().unwrap();
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    store.set_source(src.clone());
+    // Nothing in memory for it, and its emptied directory is gone.
+    assert!(store.torrent_ids().is_empty());
+    assert!(!store.is_loaded(f.id));
+    assert!(!f.root.join(&uid).exists());
+    assert_eq!(store.torrent_stats(f.id), None);
+    // A read loads it and is served from the remote, verified.
+    let s = store.clone();
+    let id = f.id;
+    let got =
+        f.rt.block_on(async move { s.read_verified(id, 0..total).await })
+            .unwrap();
+    assert_eq!(&got[..], &f.data[..]);
+    assert!(store.is_loaded(f.id));
+    let stats = store.torrent_stats(f.id).unwrap();
+    assert_eq!(stats.chunks_uploaded, 3);
+    assert_eq!(stats.pieces_verified, stats.pieces_total);
+}
+
+#[test]
+fn an_untouched_torrent_is_loaded_by_its_first_write_and_a_local_one_at_start() {
+    let total = 2 * CHUNK_LEN;
+    let f = fixture(total);
+    f.catalog.set_seeding(f.id, false, false).unwrap();
+    f.store.shutdown().unwrap();
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    assert!(!store.is_loaded(f.id));
+    assert_eq!(store.verified_pieces(f.id).unwrap(), vec![false; 3]);
+    assert!(store.is_loaded(f.id));
+    // Written to now: not dormant at the next start (it has a local chunk).
+    store.write(f.id, 0, &f.data[..16384]).unwrap();
+    store.shutdown().unwrap();
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    assert_eq!(store.torrent_ids(), vec![f.id]);
+}
+
+#[test]
 fn pad_only_chunks_are_complete_and_survive_a_restart() {
     // [a: 100 B][pad: 2 MiB + 200 B][b: 100 B] with one 4 MiB piece: chunk 1 holds only
     // pad bytes, which libtorrent never writes.
