@@ -534,15 +534,11 @@ impl Daemon {
     /// Puts one catalog torrent's state into the store and the session: registered,
     /// pinned or not, in the session (added, paused or resumed) when it has work there.
     fn apply(&self, added: &mut HashMap<TorrentId, bool>, t: &TorrentRecord) {
-        // A dormant torrent stays out of memory: its catalog row says whether it is
-        // complete (the store's view is newer for one it holds).
-        let complete = t.geometry.is_some_and(|g| {
-            if self.store.is_loaded(t.id) {
-                self.store.is_complete(t.id)
-            } else {
-                t.n_verified >= g.num_pieces()
-            }
-        });
+        // A dormant torrent stays dormant (the store knows whether it is complete).
+        let complete = t.geometry.is_some() && {
+            let _ = self.store.ensure_known(t.id);
+            self.store.is_complete(t.id)
+        };
         // Only torrents with work for libtorrent are in the session: a paused one, or
         // a complete one that does not seed, costs nothing there (its reads are the
         // store's), so start-up and memory do not grow with the library.

@@ -160,10 +160,43 @@ impl TorrentEntry {
     }
 }
 
+/// A torrent whose entry follows from a few facts: no local chunk, not seeding, and
+/// either settled (every piece verified, every chunk uploaded) or untouched (nothing
+/// verified or complete). Most of a library larger than the cache is such torrents:
+/// they are kept as these 48 bytes, in a sorted vector, and become a full entry when
+/// first used (see [`CacheState::wake`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dormant {
+    pub id: TorrentId,
+    pub uid: [u8; 16],
+    pub geometry: Geometry,
+    pub settled: bool,
+}
+
+impl Dormant {
+    /// The entry this torrent has in full.
+    pub fn entry(&self) -> TorrentEntry {
+        let g = self.geometry;
+        let (state, verified) = if self.settled {
+            (ChunkState::Uploaded, BitSet::full(g.num_pieces()))
+        } else {
+            (ChunkState::Partial, BitSet::empty(g.num_pieces()))
+        };
+        TorrentEntry::new(
+            self.uid,
+            g,
+            ChunkStates::uniform(g.num_chunks(), state),
+            verified,
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct CacheState {
-    /// Boxed: the map has a slot per torrent of the library, most of them idle.
+    /// Boxed: the map has a slot per torrent in use.
     pub torrents: HashMap<TorrentId, Box<TorrentEntry>>,
+    /// Torrents not in `torrents` yet, sorted by id.
+    dormant: Vec<Dormant>,
     lru: LruCache<ChunkKey, ()>,
     read_pins: HashMap<ChunkKey, u32>,
     used_bytes: u64,
@@ -190,6 +223,7 @@ impl Default for CacheState {
     fn default() -> Self {
         CacheState {
             torrents: HashMap::new(),
+            dormant: Vec::new(),
             lru: LruCache::unbounded(),
             read_pins: HashMap::new(),
             used_bytes: 0,
@@ -347,6 +381,29 @@ impl CacheState {
         keys
     }
 
+    /// Records the dormant torrents (at start).
+    pub fn set_dormant(&mut self, mut dormant: Vec<Dormant>) {
+        dormant.sort_unstable_by_key(|d| d.id);
+        dormant.dedup_by_key(|d| d.id);
+        dormant.shrink_to_fit();
+        self.dormant = dormant;
+    }
+
+    pub fn dormant(&self, id: TorrentId) -> Option<&Dormant> {
+        let i = self.dormant.binary_search_by_key(&id, |d| d.id).ok()?;
+        self.dormant.get(i)
+    }
+
+    /// Turns a dormant torrent into a full entry. Returns whether `id` was dormant.
+    pub fn wake(&mut self, id: TorrentId) -> bool {
+        let Ok(i) = self.dormant.binary_search_by_key(&id, |d| d.id) else {
+            return false;
+        };
+        let d = self.dormant.remove(i);
+        self.insert_torrent(id, d.entry());
+        true
+    }
+
     pub fn insert_torrent(&mut self, id: TorrentId, entry: TorrentEntry) {
         self.remove_torrent(id);
         self.torrents.insert(id, Box::new(entry));
@@ -358,6 +415,9 @@ impl CacheState {
     }
 
     pub fn remove_torrent(&mut self, id: TorrentId) -> Option<TorrentEntry> {
+        if let Ok(i) = self.dormant.binary_search_by_key(&id, |d| d.id) {
+            self.dormant.remove(i);
+        }
         for key in self.local_keys(id) {
             let cost = self.cost(key);
             self.add_cost(cost, -1);

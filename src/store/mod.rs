@@ -17,7 +17,9 @@
 //!   them, whatever the cache pressure, so a full cache can never livelock a read.
 //! - `commit`: making verified pieces durable (fsync, then one catalog transaction).
 //! - `upload`: the queue of complete chunks and their hand-over to the uploader.
-//! - `recovery`: rebuilding the view after a start or a crash.
+//! - `recovery`: rebuilding the view after a start or a crash. Torrents with nothing
+//!   local that are settled or untouched stay *dormant* (48 bytes each, no catalog read
+//!   to wake them) until first used, so memory follows the torrents in use.
 //!
 //! Invariants: a byte is served only if the piece it belongs to is verified and the
 //! chunk holding it was checked (hash) since it was last written, fetched or loaded;
@@ -377,12 +379,12 @@ impl Store {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The state, with torrent `id` loaded into it: a dormant torrent (see `recovery`)
-    /// is read from the catalog on its first use, without the lock held meanwhile.
+    /// The state, with torrent `id` in full in it: a dormant one is woken (no I/O); one
+    /// the store has not seen is read from the catalog, without the lock held meanwhile.
     fn lock_loaded(&self, id: TorrentId) -> Result<MutexGuard<'_, CacheState>, StoreError> {
         {
-            let st = self.lock();
-            if st.torrents.contains_key(&id) {
+            let mut st = self.lock();
+            if st.torrents.contains_key(&id) || st.wake(id) {
                 return Ok(st);
             }
         }
@@ -390,15 +392,32 @@ impl Store {
         Ok(self.lock())
     }
 
-    /// Whether the store holds torrent `id` in memory (it is not dormant).
+    /// Whether the store holds torrent `id` in full (it is neither dormant nor unknown).
     pub fn is_loaded(&self, id: TorrentId) -> bool {
         self.lock().torrents.contains_key(&id)
     }
 
+    /// Makes sure the store knows torrent `id` (in full or dormant), reading it from the
+    /// catalog if not; a dormant torrent stays dormant.
+    pub fn ensure_known(&self, id: TorrentId) -> Result<(), StoreError> {
+        {
+            let st = self.lock();
+            if st.torrents.contains_key(&id) || st.dormant(id).is_some() {
+                return Ok(());
+            }
+        }
+        self.register_torrent(id).map(|_| ())
+    }
+
     /// Loads (or reloads) a torrent whose layout is in the catalog into the cache view.
     pub fn register_torrent(&self, id: TorrentId) -> Result<Geometry, StoreError> {
-        if let Some(t) = self.lock().torrents.get(&id) {
-            return Ok(t.geometry);
+        {
+            let mut st = self.lock();
+            if st.torrents.contains_key(&id) || st.wake(id) {
+                if let Some(t) = st.torrents.get(&id) {
+                    return Ok(t.geometry);
+                }
+            }
         }
         let entry = match recovery::load_torrent(&self.root, &self.catalog, id) {
             Ok(Some(entry)) => entry,
@@ -421,11 +440,16 @@ impl Store {
     }
 
     pub fn geometry(&self, id: TorrentId) -> Option<Geometry> {
-        self.lock_loaded(id)
-            .ok()?
-            .torrents
-            .get(&id)
-            .map(|t| t.geometry)
+        {
+            let st = self.lock();
+            if let Some(g) = st.torrents.get(&id).map(|t| t.geometry) {
+                return Some(g);
+            }
+            if let Some(d) = st.dormant(id) {
+                return Some(d.geometry);
+            }
+        }
+        self.register_torrent(id).ok()
     }
 
     /// Verified-piece bitfield of a torrent (libtorrent's have-pieces at add time).
@@ -436,8 +460,11 @@ impl Store {
     }
 
     pub fn is_complete(&self, id: TorrentId) -> bool {
-        self.lock_loaded(id)
-            .is_ok_and(|st| st.torrents.get(&id).is_some_and(|t| t.verified.is_full()))
+        let st = self.lock();
+        match st.torrents.get(&id) {
+            Some(t) => t.verified.is_full(),
+            None => st.dormant(id).is_some_and(|d| d.settled),
+        }
     }
 
     fn chunk_file(&self, uid: &[u8; 16], index: ChunkIndex) -> PathBuf {
@@ -604,27 +631,14 @@ impl Store {
         }
     }
 
-    /// `None` for a torrent not loaded (dormant: the catalog's counts say it all).
+    /// `None` for a torrent the store does not know.
     pub fn torrent_stats(&self, id: TorrentId) -> Option<TorrentStats> {
         let st = self.lock();
-        let t = st.torrents.get(&id)?;
-        // O(1): counts are kept as chunks and pieces change (a status of a large
-        // library must not walk it under the store's lock).
-        let g = t.geometry;
-        let last = g.num_pieces().saturating_sub(1);
-        let mut bytes_verified = u64::from(t.verified.count()) * g.piece_len();
-        if t.verified.contains(last) {
-            bytes_verified -= g.piece_len() - g.piece_size(PieceIndex(last));
+        match st.torrents.get(&id) {
+            Some(t) => Some(stats_of(t)),
+            // Dormant: counted from the entry it stands for (no allocation).
+            None => st.dormant(id).map(|d| stats_of(&d.entry())),
         }
-        Some(TorrentStats {
-            pieces_total: t.verified.len(),
-            pieces_verified: t.verified.count(),
-            chunks_total: t.states.len(),
-            chunks_local: t.present_count(),
-            chunks_complete: t.states.complete(),
-            chunks_uploaded: t.states.uploaded(),
-            bytes_verified,
-        })
     }
 
     /// Closes the chunk's file if it is kept open (before the file is deleted, so that its
@@ -660,6 +674,26 @@ impl Store {
         self.shutdown.store(true, Ordering::SeqCst);
         self.pending_cv.notify_all();
         self.flush().map(|_| ())
+    }
+}
+
+/// A torrent's counters. O(1): counts are kept as chunks and pieces change (a status of
+/// a large library must not walk it under the store's lock).
+fn stats_of(t: &cache::TorrentEntry) -> TorrentStats {
+    let g = t.geometry;
+    let last = g.num_pieces().saturating_sub(1);
+    let mut bytes_verified = u64::from(t.verified.count()) * g.piece_len();
+    if t.verified.contains(last) {
+        bytes_verified -= g.piece_len() - g.piece_size(PieceIndex(last));
+    }
+    TorrentStats {
+        pieces_total: t.verified.len(),
+        pieces_verified: t.verified.count(),
+        chunks_total: t.states.len(),
+        chunks_local: t.present_count(),
+        chunks_complete: t.states.complete(),
+        chunks_uploaded: t.states.uploaded(),
+        bytes_verified,
     }
 }
 

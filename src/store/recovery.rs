@@ -15,9 +15,10 @@
 //!
 //! A *dormant* torrent — no local chunk file, not seeding, and either settled (every
 //! piece verified, every chunk uploaded) or untouched (nothing verified or complete) —
-//! has nothing to reconcile and an entry that follows from its catalog row alone, so it
-//! is not loaded at start: the store loads it on its first use (a read, libtorrent
-//! opening it). Memory and start-up then grow with the torrents in use, not the library.
+//! has nothing to reconcile and an entry that follows from its catalog row alone: it is
+//! kept as a small [`Dormant`] record and becomes a full entry on its first use (a read,
+//! libtorrent opening it), with no catalog read. Memory then grows with the torrents in
+//! use, not with the library.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -25,7 +26,7 @@ use std::path::Path;
 use crate::catalog::{Catalog, ChunkRecord, TorrentRecord};
 use crate::model::{BitSet, ChunkIndex, ChunkKey, ChunkState, ChunkStates, PieceIndex, TorrentId};
 
-use super::cache::{CacheState, LocalChunk, TorrentEntry};
+use super::cache::{CacheState, Dormant, LocalChunk, TorrentEntry};
 use super::files;
 use super::StoreError;
 
@@ -39,21 +40,24 @@ pub(super) fn recover(root: &Path, catalog: &Catalog) -> Result<CacheState, Stor
         dirs.insert(entry.file_name().to_string_lossy().into_owned());
     }
     let mut known: HashSet<String> = HashSet::new();
+    let mut dormant = Vec::new();
     for t in catalog.torrents()? {
         let name = hex::encode(t.uid);
         let has_dir = dirs.contains(&name);
         known.insert(name);
         // An empty directory (every chunk evicted) is removed: one syscall, and the
         // torrent needs no listing at the next start either.
-        if dormant(&t)
-            && (!has_dir || std::fs::remove_dir(files::torrent_dir(root, &t.uid)).is_ok())
-        {
-            continue;
+        if let Some(d) = dormant_of(&t) {
+            if !has_dir || std::fs::remove_dir(files::torrent_dir(root, &t.uid)).is_ok() {
+                dormant.push(d);
+                continue;
+            }
         }
         if let Some(entry) = load_record(root, catalog, &t, has_dir)? {
             state.insert_torrent(t.id, entry);
         }
     }
+    state.set_dormant(dormant);
     // Directories of torrents the catalog no longer knows: leftovers of a removal that
     // was interrupted, or of a crash between creating files and recording the torrent.
     for name in dirs.difference(&known) {
@@ -71,10 +75,17 @@ pub(super) fn recover(root: &Path, catalog: &Catalog) -> Result<CacheState, Stor
     Ok(state)
 }
 
-/// Whether a torrent without local chunks can wait to be loaded until it is used (see
-/// the module comment).
-fn dormant(t: &TorrentRecord) -> bool {
-    !t.seeding && (t.settled() || t.untouched())
+/// A torrent without local chunks that can stay dormant until it is used (see the
+/// module comment).
+fn dormant_of(t: &TorrentRecord) -> Option<Dormant> {
+    let geometry = t.geometry?;
+    let settled = t.settled();
+    (!t.seeding && (settled || t.untouched())).then_some(Dormant {
+        id: t.id,
+        uid: t.uid,
+        geometry,
+        settled,
+    })
 }
 
 /// Loads one torrent's view from the catalog and its cache directory, repairing the

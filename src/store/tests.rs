@@ -383,7 +383,13 @@ fn a_settled_torrent_with_nothing_local_is_loaded_only_when_used() {
     assert!(store.torrent_ids().is_empty());
     assert!(!store.is_loaded(f.id));
     assert!(!f.root.join(&uid).exists());
-    assert_eq!(store.torrent_stats(f.id), None);
+    // Its counts and geometry are known without waking it.
+    let stats = store.torrent_stats(f.id).unwrap();
+    assert_eq!((stats.chunks_uploaded, stats.chunks_local), (3, 0));
+    assert_eq!(stats.bytes_verified, total);
+    assert!(store.is_complete(f.id));
+    assert_eq!(store.geometry(f.id).unwrap().total_len(), total);
+    assert!(!store.is_loaded(f.id));
     // A read loads it and is served from the remote, verified.
     let s = store.clone();
     let id = f.id;
@@ -405,6 +411,8 @@ fn an_untouched_torrent_is_loaded_by_its_first_write_and_a_local_one_at_start() 
     f.store.shutdown().unwrap();
     let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
     assert!(!store.is_loaded(f.id));
+    assert_eq!(store.torrent_stats(f.id).unwrap().pieces_verified, 0);
+    assert!(!store.is_complete(f.id));
     assert_eq!(store.verified_pieces(f.id).unwrap(), vec![false; 3]);
     assert!(store.is_loaded(f.id));
     // Written to now: not dormant at the next start (it has a local chunk).
@@ -412,6 +420,18 @@ fn an_untouched_torrent_is_loaded_by_its_first_write_and_a_local_one_at_start() 
     store.shutdown().unwrap();
     let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
     assert_eq!(store.torrent_ids(), vec![f.id]);
+}
+
+#[test]
+fn a_dormant_torrent_removed_is_gone_from_the_store() {
+    let f = fixture(CHUNK_LEN);
+    f.catalog.set_seeding(f.id, false, false).unwrap();
+    f.store.shutdown().unwrap();
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    assert!(store.torrent_stats(f.id).is_some());
+    store.remove_torrent(f.id).unwrap();
+    assert!(store.torrent_stats(f.id).is_none());
+    assert!(!store.is_loaded(f.id));
 }
 
 #[test]
