@@ -626,3 +626,37 @@ fn flag_changes_write_a_small_object_and_restore_sees_them() {
     assert_eq!(t["seeding"], false, "{s:#}");
     assert_eq!(t["chunks_uploaded"], t["chunks_total"], "{s:#}");
 }
+
+/// A complete album that does not seed and has nothing local is dormant after a restart
+/// (no cache directory, no entry of its chunks in memory): `status` still shows it
+/// complete and uploaded with nothing local, and every file reads right through the
+/// mount, from the remote, and is then cached.
+#[test]
+fn a_dormant_album_reads_right_after_a_restart() {
+    let a = album("Dormant Album", 8, 128 * 1024);
+    let bae = Bae::new();
+    bae.mount();
+    download(&bae, &a);
+    bae.empty_cache(&a.name);
+    bae.ok(&["seed", &a.name, "off"]);
+    bae.umount();
+    bae.mount();
+    let cache = bae.home.join("cache");
+    let dirs = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(dirs, 0, "an evicted album keeps no cache directory");
+    let s = bae.status_json();
+    let t = torrent_status(&s, &a.name);
+    assert_eq!(t["progress"].as_f64(), Some(1.0), "{s:#}");
+    assert_eq!(t["chunks_uploaded"], t["chunks_total"], "{s:#}");
+    assert_eq!(t["chunks_local"], 0, "{s:#}");
+    drop_page_cache();
+    assert_same_files(&a.dir, &bae.mountpoint.join(&a.name));
+    let s = bae.status_json();
+    let t = torrent_status(&s, &a.name);
+    assert!(t["chunks_local"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(
+        s["integrity"]["fetched_chunks"].as_u64().unwrap() > 0,
+        "{s:#}"
+    );
+    bae.umount();
+}

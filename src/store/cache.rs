@@ -160,9 +160,9 @@ impl TorrentEntry {
     }
 }
 
-/// A torrent whose entry follows from a few facts: no local chunk, not seeding, and
-/// either settled (every piece verified, every chunk uploaded) or untouched (nothing
-/// verified or complete). Most of a library larger than the cache is such torrents:
+/// A torrent whose entry follows from a few facts: no local chunk, and either settled
+/// (every piece verified, every chunk uploaded) or untouched (nothing verified or
+/// complete). Most of a library larger than the cache is such torrents:
 /// they are kept as these 48 bytes, in a sorted vector, and become a full entry when
 /// first used (see [`CacheState::wake`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +171,8 @@ pub struct Dormant {
     pub uid: [u8; 16],
     pub geometry: Geometry,
     pub settled: bool,
+    /// Seeding with pin: the chunks it gets once woken are not evictable.
+    pub pinned: bool,
 }
 
 impl Dormant {
@@ -182,12 +184,14 @@ impl Dormant {
         } else {
             (ChunkState::Partial, BitSet::empty(g.num_pieces()))
         };
-        TorrentEntry::new(
+        let mut entry = TorrentEntry::new(
             self.uid,
             g,
             ChunkStates::uniform(g.num_chunks(), state),
             verified,
-        )
+        );
+        entry.pinned = self.pinned;
+        entry
     }
 }
 
@@ -488,6 +492,11 @@ impl CacheState {
     }
 
     pub fn set_torrent_pinned(&mut self, id: TorrentId, pinned: bool) {
+        // A dormant torrent has no local chunk to account: only its flag changes.
+        if let Ok(i) = self.dormant.binary_search_by_key(&id, |d| d.id) {
+            self.dormant[i].pinned = pinned;
+            return;
+        }
         if self.torrents.get(&id).is_none_or(|t| t.pinned == pinned) {
             return;
         }

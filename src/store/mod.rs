@@ -532,16 +532,9 @@ impl Store {
         Some((0..t.geometry.num_chunks()).map(|c| t.present(c)).collect())
     }
 
-    /// Pins (or unpins) all chunks of a seeding torrent. A dormant torrent has no local
-    /// chunk to unpin, and is loaded to be pinned.
+    /// Pins (or unpins) all chunks of a seeding torrent (a dormant one stays dormant).
     pub fn set_torrent_pinned(&self, id: TorrentId, pinned: bool) {
-        let mut st = if pinned {
-            self.lock_loaded(id).unwrap_or_else(|_| self.lock())
-        } else {
-            self.lock()
-        };
-        st.set_torrent_pinned(id, pinned);
-        drop(st);
+        self.lock().set_torrent_pinned(id, pinned);
         if !pinned {
             self.evict_to_limit();
         }

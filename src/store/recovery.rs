@@ -13,8 +13,8 @@
 //!   them against the torrent's piece hashes before libtorrent hears of them
 //!   (`daemon::verify::recheck_unfinished_chunks`, `Store::revoke_partial_pieces`).
 //!
-//! A *dormant* torrent — no local chunk file, not seeding, and either settled (every
-//! piece verified, every chunk uploaded) or untouched (nothing verified or complete) —
+//! A *dormant* torrent — no local chunk file, and either settled (every piece verified,
+//! every chunk uploaded) or untouched (nothing verified or complete) —
 //! has nothing to reconcile and an entry that follows from its catalog row alone: it is
 //! kept as a small [`Dormant`] record and becomes a full entry on its first use (a read,
 //! libtorrent opening it), with no catalog read. Memory then grows with the torrents in
@@ -80,11 +80,12 @@ pub(super) fn recover(root: &Path, catalog: &Catalog) -> Result<CacheState, Stor
 fn dormant_of(t: &TorrentRecord) -> Option<Dormant> {
     let geometry = t.geometry?;
     let settled = t.settled();
-    (!t.seeding && (settled || t.untouched())).then_some(Dormant {
+    (settled || t.untouched()).then_some(Dormant {
         id: t.id,
         uid: t.uid,
         geometry,
         settled,
+        pinned: t.seeding && t.pin,
     })
 }
 

@@ -423,6 +423,35 @@ fn an_untouched_torrent_is_loaded_by_its_first_write_and_a_local_one_at_start() 
 }
 
 #[test]
+fn a_dormant_torrent_keeps_its_pin_when_woken() {
+    let total = 2 * CHUNK_LEN;
+    let (f, src) = uploaded_fixture(total);
+    f.store.evict_all();
+    // Seeding with pin, yet nothing local (paused, or evicted before it was pinned).
+    f.catalog.set_seeding(f.id, true, true).unwrap();
+    f.store.shutdown().unwrap();
+    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    store.set_source(src.clone());
+    assert!(!store.is_loaded(f.id));
+    store.set_torrent_pinned(f.id, true);
+    assert!(!store.is_loaded(f.id), "pinning a dormant torrent wakes it");
+    let s = store.clone();
+    let id = f.id;
+    let got =
+        f.rt.block_on(async move { s.read_verified(id, 0..total).await })
+            .unwrap();
+    assert_eq!(&got[..], &f.data[..]);
+    // The fetched chunks land in the cache pinned: nothing to evict.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.torrent_stats(f.id).unwrap().chunks_local < 2 {
+        assert!(Instant::now() < deadline, "fetched chunks never landed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.evict_all(), 0);
+    assert_eq!(store.stats().pinned_bytes, total);
+}
+
+#[test]
 fn a_dormant_torrent_removed_is_gone_from_the_store() {
     let f = fixture(CHUNK_LEN);
     f.catalog.set_seeding(f.id, false, false).unwrap();
