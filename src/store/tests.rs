@@ -120,10 +120,30 @@ impl Fixture {
     }
 
     fn read(&self, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
-        let s = self.store.clone();
-        let id = self.id;
+        self.read_from(&self.store, range)
+    }
+
+    /// [`Fixture::read`] through another store on the same cache (see `reopen`).
+    fn read_from(
+        &self,
+        store: &Arc<Store>,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        let (s, id) = (store.clone(), self.id);
         self.rt
             .block_on(async move { s.read_verified(id, range).await })
+    }
+
+    /// The store opened afresh on the same cache directory and catalog (a restart; shut
+    /// the old one down first).
+    fn reopen(&self) -> Arc<Store> {
+        Store::open(
+            &self.root,
+            self.catalog.clone(),
+            1 << 40,
+            self.rt.handle().clone(),
+        )
+        .unwrap()
     }
 
     fn upload_all(&self, src: &MemSource) {
@@ -210,7 +230,7 @@ fn after_a_restart_read_ahead_hashes_local_chunks_before_their_reader() {
     let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
     // Damaged while the daemon was down, same length.
     std::fs::write(f.root.join(&uid).join("1"), vec![3u8; CHUNK_LEN as usize]).unwrap();
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     store.register_torrent(f.id).unwrap();
     store.set_source(src.clone());
     let key = |c| ChunkKey::new(f.id, c);
@@ -350,7 +370,7 @@ fn restart_rebuilds_accounting_and_forgets_lost_bytes() {
     std::fs::write(f.root.join(&uid).join("77"), b"x").unwrap();
     std::fs::write(f.root.join(&uid).join("1.tmp"), b"x").unwrap();
     std::fs::remove_file(f.root.join(&uid).join("2")).unwrap();
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     assert!(!f.root.join("deadbeef").exists());
     assert!(!f.root.join(&uid).join("77").exists());
     assert!(!f.root.join(&uid).join("1.tmp").exists());
@@ -377,7 +397,7 @@ fn a_settled_torrent_with_nothing_local_is_loaded_only_when_used() {
     f.store.evict_all();
     f.store.shutdown().unwrap();
     let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     store.set_source(src.clone());
     // Nothing in memory for it, and its emptied directory is gone.
     assert!(store.torrent_ids().is_empty());
@@ -391,12 +411,7 @@ fn a_settled_torrent_with_nothing_local_is_loaded_only_when_used() {
     assert_eq!(store.geometry(f.id).unwrap().total_len(), total);
     assert!(!store.is_loaded(f.id));
     // A read loads it and is served from the remote, verified.
-    let s = store.clone();
-    let id = f.id;
-    let got =
-        f.rt.block_on(async move { s.read_verified(id, 0..total).await })
-            .unwrap();
-    assert_eq!(&got[..], &f.data[..]);
+    assert_eq!(&f.read_from(&store, 0..total).unwrap()[..], &f.data[..]);
     assert!(store.is_loaded(f.id));
     let stats = store.torrent_stats(f.id).unwrap();
     assert_eq!(stats.chunks_uploaded, 3);
@@ -409,7 +424,7 @@ fn an_untouched_torrent_is_loaded_by_its_first_write_and_a_local_one_at_start() 
     let f = fixture(total);
     f.catalog.set_seeding(f.id, false, false).unwrap();
     f.store.shutdown().unwrap();
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     assert!(!store.is_loaded(f.id));
     assert_eq!(store.torrent_stats(f.id).unwrap().pieces_verified, 0);
     assert!(!store.is_complete(f.id));
@@ -418,7 +433,7 @@ fn an_untouched_torrent_is_loaded_by_its_first_write_and_a_local_one_at_start() 
     // Written to now: not dormant at the next start (it has a local chunk).
     store.write(f.id, 0, &f.data[..16384]).unwrap();
     store.shutdown().unwrap();
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     assert_eq!(store.torrent_ids(), vec![f.id]);
 }
 
@@ -430,17 +445,12 @@ fn a_dormant_torrent_keeps_its_pin_when_woken() {
     // Seeding with pin, yet nothing local (paused, or evicted before it was pinned).
     f.catalog.set_seeding(f.id, true, true).unwrap();
     f.store.shutdown().unwrap();
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     store.set_source(src.clone());
     assert!(!store.is_loaded(f.id));
     store.set_torrent_pinned(f.id, true);
     assert!(!store.is_loaded(f.id), "pinning a dormant torrent wakes it");
-    let s = store.clone();
-    let id = f.id;
-    let got =
-        f.rt.block_on(async move { s.read_verified(id, 0..total).await })
-            .unwrap();
-    assert_eq!(&got[..], &f.data[..]);
+    assert_eq!(&f.read_from(&store, 0..total).unwrap()[..], &f.data[..]);
     // The fetched chunks land in the cache pinned: nothing to evict.
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.torrent_stats(f.id).unwrap().chunks_local < 2 {
@@ -456,7 +466,7 @@ fn a_dormant_torrent_removed_is_gone_from_the_store() {
     let f = fixture(CHUNK_LEN);
     f.catalog.set_seeding(f.id, false, false).unwrap();
     f.store.shutdown().unwrap();
-    let store = Store::open(&f.root, f.catalog.clone(), 1 << 40, f.rt.handle().clone()).unwrap();
+    let store = f.reopen();
     assert!(store.torrent_stats(f.id).is_some());
     store.remove_torrent(f.id).unwrap();
     assert!(store.torrent_stats(f.id).is_none());
