@@ -65,8 +65,8 @@ pub fn live(
     let mut out = Vec::new();
     for t in catalog.torrents()? {
         let mut r = base(&t);
-        // A torrent the store does not hold (dormant) has no local chunk: its catalog
-        // row has every other count.
+        // A torrent the store does not know yet (added, not opened by libtorrent yet)
+        // has no local chunk: its catalog row has every other count.
         let stats = store
             .torrent_stats(t.id)
             .or_else(|| t.geometry.map(|g| recorded_stats(&t, g)));
