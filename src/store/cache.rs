@@ -393,14 +393,17 @@ impl CacheState {
         self.dormant = dormant;
     }
 
+    fn dormant_at(&self, id: TorrentId) -> Option<usize> {
+        self.dormant.binary_search_by_key(&id, |d| d.id).ok()
+    }
+
     pub fn dormant(&self, id: TorrentId) -> Option<&Dormant> {
-        let i = self.dormant.binary_search_by_key(&id, |d| d.id).ok()?;
-        self.dormant.get(i)
+        self.dormant.get(self.dormant_at(id)?)
     }
 
     /// Turns a dormant torrent into a full entry. Returns whether `id` was dormant.
     pub fn wake(&mut self, id: TorrentId) -> bool {
-        let Ok(i) = self.dormant.binary_search_by_key(&id, |d| d.id) else {
+        let Some(i) = self.dormant_at(id) else {
             return false;
         };
         let d = self.dormant.remove(i);
@@ -419,7 +422,7 @@ impl CacheState {
     }
 
     pub fn remove_torrent(&mut self, id: TorrentId) -> Option<TorrentEntry> {
-        if let Ok(i) = self.dormant.binary_search_by_key(&id, |d| d.id) {
+        if let Some(i) = self.dormant_at(id) {
             self.dormant.remove(i);
         }
         for key in self.local_keys(id) {
@@ -493,7 +496,7 @@ impl CacheState {
 
     pub fn set_torrent_pinned(&mut self, id: TorrentId, pinned: bool) {
         // A dormant torrent has no local chunk to account: only its flag changes.
-        if let Ok(i) = self.dormant.binary_search_by_key(&id, |d| d.id) {
+        if let Some(i) = self.dormant_at(id) {
             self.dormant[i].pinned = pinned;
             return;
         }

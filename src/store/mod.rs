@@ -393,7 +393,8 @@ impl Store {
     }
 
     /// Whether the store holds torrent `id` in full (it is neither dormant nor unknown).
-    pub fn is_loaded(&self, id: TorrentId) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_loaded(&self, id: TorrentId) -> bool {
         self.lock().torrents.contains_key(&id)
     }
 

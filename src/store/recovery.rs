@@ -148,17 +148,18 @@ fn load_record(
     if t.settled() {
         // Every chunk uploaded, every piece verified: nothing per chunk to read or
         // repair, only the identities of the chunks that are local.
-        let mut entry = TorrentEntry::new(
-            t.uid,
+        let mut entry = Dormant {
+            id,
+            uid: t.uid,
             geometry,
-            ChunkStates::uniform(n_chunks, ChunkState::Uploaded),
-            BitSet::full(n_pieces),
-        );
+            settled: true,
+            pinned: t.seeding && t.pin,
+        }
+        .entry();
         for c in present {
             let rec = catalog.chunk(ChunkKey::new(id, c))?;
             entry.set_local(c, local(rec.as_ref(), true));
         }
-        entry.pinned = t.seeding && t.pin;
         return Ok(Some(entry));
     }
 
