@@ -414,10 +414,9 @@ impl Store {
     pub fn register_torrent(&self, id: TorrentId) -> Result<Geometry, StoreError> {
         {
             let mut st = self.lock();
-            if st.torrents.contains_key(&id) || st.wake(id) {
-                if let Some(t) = st.torrents.get(&id) {
-                    return Ok(t.geometry);
-                }
+            st.wake(id);
+            if let Some(t) = st.torrents.get(&id) {
+                return Ok(t.geometry);
             }
         }
         let entry = match recovery::load_torrent(&self.root, &self.catalog, id) {
@@ -440,17 +439,14 @@ impl Store {
         self.lock().torrents.keys().copied().collect()
     }
 
+    /// A known torrent's geometry (dormant ones too, without waking them). No catalog
+    /// read: the mount asks from its own thread.
     pub fn geometry(&self, id: TorrentId) -> Option<Geometry> {
-        {
-            let st = self.lock();
-            if let Some(g) = st.torrents.get(&id).map(|t| t.geometry) {
-                return Some(g);
-            }
-            if let Some(d) = st.dormant(id) {
-                return Some(d.geometry);
-            }
+        let st = self.lock();
+        match st.torrents.get(&id) {
+            Some(t) => Some(t.geometry),
+            None => st.dormant(id).map(|d| d.geometry),
         }
-        self.register_torrent(id).ok()
     }
 
     /// Verified-piece bitfield of a torrent (libtorrent's have-pieces at add time).
