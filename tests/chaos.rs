@@ -847,19 +847,25 @@ fn full_cache_filesystem() {
 
     // Room by eviction (everything uploaded can go once unpinned): the download should
     // go on by itself.
+    let before_evict = torrent_status(bae, &a.name).unwrap_or_default();
     let _ = ok_cmd(
         bae,
         &["seed", &a.name, "on", "--no-pin"],
         Duration::from_secs(60),
     );
     let _ = ok_cmd(bae, &["evict"], Duration::from_secs(60));
-    let (moved, _) = wait_status(bae, &a.name, Duration::from_secs(20), |t| {
+    let (moved, after) = wait_status(bae, &a.name, Duration::from_secs(20), |t| {
         t["progress"].as_f64().unwrap_or(0.0) > stalled_at + 0.02
     });
     v.check(
         "after unpinning and bae evict the download goes on by itself",
         moved,
-        || format!("progress stayed at {stalled_at:.3}"),
+        || {
+            format!(
+                "progress stayed at {stalled_at:.3}; before evict {before_evict}; after {after}; log: {}",
+                tail(&bae.log(), 20)
+            )
+        },
     );
     // Room by deleting what filled the disk.
     let freed = rig.fs.free_ballast();
