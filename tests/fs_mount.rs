@@ -7,7 +7,7 @@ mod mount_common;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -548,6 +548,64 @@ fn unmount_with_an_open_file_is_busy_and_lazy_unmount_keeps_it_readable() {
     let mut all = Vec::new();
     (&open).read_to_end(&mut all).unwrap();
     assert!(all == expected);
+}
+
+/// A file left open on a lazily detached mount whose owner then shuts its runtime down
+/// (a daemon stopping): once the read gate is closed every read is EIO, answered on
+/// the dispatch thread, and nothing is polled on the runtime being shut down.
+#[test]
+fn reads_after_the_runtime_stops_are_eio() {
+    let src = src_dir();
+    let torrents = library(src.path());
+    let expected = fs::read(torrents[1].source(0)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = MountOptions {
+        runtime: Some(rt.handle().clone()),
+        // A timer in every read: polled on a runtime shutting down, it panics.
+        read_timeout: Some(Duration::from_secs(5)),
+        ..MountOptions::default()
+    };
+    let mut m = Mounted::with_options(DiskContent::new(torrents), options);
+    // O_DIRECT: every read reaches the filesystem, none is answered from the page cache.
+    let open = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path().join("single.flac/single.flac"))
+        .unwrap();
+    let mut head = [0u8; 4096];
+    assert_eq!(open.read_at(&mut head, 0).unwrap(), head.len());
+    assert!(head[..] == expected[..4096]);
+
+    let handle = m.handle.take().unwrap();
+    let gate = handle.read_gate();
+    drop(handle); // busy: detached lazily, the file stays open on it
+    assert!(!is_fuse_mount(m.path()));
+    let mut more = [0u8; 4096];
+    assert_eq!(open.read_at(&mut more, 8192).unwrap(), more.len());
+    assert!(more[..] == expected[8192..8192 + 4096]);
+
+    gate.close();
+    rt.shutdown_timeout(Duration::from_secs(5));
+    // A read that would wait (its torrent held back) polls its timeout's timer: on the
+    // dispatch thread, under a runtime shut down, that panics and nothing answers.
+    let _held = m.content.gate(TorrentId(2));
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let answers: Vec<_> = [0, 1 << 20]
+            .into_iter()
+            .map(|offset| open.read_at(&mut buf, offset).map_err(|e| e.raw_os_error()))
+            .collect();
+        let _ = tx.send(answers);
+    });
+    let answers = rx
+        .recv_timeout(HANG_LIMIT)
+        .expect("a read hung after the runtime stopped");
+    assert_eq!(answers, vec![Err(Some(libc::EIO)); 2]);
 }
 
 /// A FUSE mount whose server is gone, as a crashed daemon leaves it: the kernel mount

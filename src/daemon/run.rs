@@ -167,6 +167,7 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
         signals,
         &daemon.mountpoint,
     ));
+    let reads = mount.read_gate();
     drop(mount);
     let _ = std::fs::remove_file(daemon.lib.socket_path());
     let _ = std::fs::remove_file(&pid_file);
@@ -189,6 +190,8 @@ pub fn run(lib: Library, opts: DaemonOptions, ready: impl FnOnce()) -> anyhow::R
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "recording the last verified pieces");
     }
+    // Files still open on a lazily detached mount get EIO from here on.
+    reads.close();
     rt.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())

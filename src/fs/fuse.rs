@@ -9,7 +9,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,15 +92,44 @@ fn next_offset(e: &DirEntry) -> i64 {
     i64::try_from(e.next_offset).unwrap_or(i64::MAX)
 }
 
+/// Whether reads may still go to the runtime. A lazily detached mount outlives its
+/// handle while files stay open on it, and its reads would otherwise be polled on a
+/// runtime its owner is shutting down (where tokio's timers panic). [`ReadGate::close`]
+/// waits for a read being polled on the dispatch thread; every read after it is `EIO`.
+#[derive(Debug)]
+pub struct ReadGate(RwLock<bool>);
+
+impl ReadGate {
+    fn new() -> Arc<ReadGate> {
+        Arc::new(ReadGate(RwLock::new(true)))
+    }
+
+    /// No read goes to the runtime after this returns.
+    pub fn close(&self) {
+        match self.0.write() {
+            Ok(mut open) => *open = false,
+            Err(poisoned) => *poisoned.into_inner() = false,
+        }
+    }
+}
+
 /// The `fuser::Filesystem` implementation handed to the session.
 pub struct FuseAdapter {
     fs: Arc<Filesystem>,
     runtime: Handle,
+    gate: Arc<ReadGate>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Filesystem>, runtime: Handle) -> Self {
-        FuseAdapter { fs, runtime }
+    /// The adapter, and the gate that stops its reads before `runtime` shuts down.
+    pub fn new(fs: Arc<Filesystem>, runtime: Handle) -> (Self, Arc<ReadGate>) {
+        let gate = ReadGate::new();
+        let adapter = FuseAdapter {
+            fs,
+            runtime,
+            gate: Arc::clone(&gate),
+        };
+        (adapter, gate)
     }
 
     fn ttl(&self) -> Duration {
@@ -240,6 +269,11 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
+        // Held until the read is answered or handed to the runtime.
+        let open = match self.gate.0.read() {
+            Ok(open) if *open => open,
+            _ => return reply.error(libc::EIO),
+        };
         let fs = Arc::clone(&self.fs);
         let mut read =
             Box::pin(
@@ -260,6 +294,7 @@ impl fuser::Filesystem for FuseAdapter {
         // reader never hangs.
         self.runtime
             .spawn(async move { answer_read(read.await, reply) });
+        drop(open);
     }
 
     fn flush(

@@ -40,7 +40,7 @@ use crate::model::CHUNK_LEN;
 use super::content::Content;
 use super::error::FsError;
 use super::filesystem::{Filesystem, FsConfig, Invalidation, Invalidator};
-use super::fuse::FuseAdapter;
+use super::fuse::{FuseAdapter, ReadGate};
 
 /// Who owns the mount's files and what their permission bits are, as other FUSE
 /// mounts take them (`uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`).
@@ -122,6 +122,7 @@ const OWN_RUNTIME_THREADS: usize = 4;
 pub struct MountHandle {
     mountpoint: PathBuf,
     fs: Arc<Filesystem>,
+    reads: Arc<ReadGate>,
     session: Option<JoinHandle<()>>,
     mounted: bool,
 }
@@ -173,7 +174,7 @@ pub fn mount(
     if options.allow_other {
         mount_options.push(MountOption::AllowOther);
     }
-    let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
+    let (adapter, reads) = FuseAdapter::new(Arc::clone(&fs), runtime);
     let mut session = Session::new(adapter, &mountpoint, &mount_options).map_err(|e| {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if options.allow_other && unsafe { libc::geteuid() } != 0 {
@@ -228,6 +229,7 @@ pub fn mount(
     let handle = MountHandle {
         mountpoint,
         fs,
+        reads,
         session: Some(session),
         mounted: true,
     };
@@ -245,6 +247,13 @@ impl MountHandle {
     /// The filesystem behind the mount (open handles, current tree…).
     pub fn filesystem(&self) -> &Arc<Filesystem> {
         &self.fs
+    }
+
+    /// What stops reads from going to the runtime given in [`MountOptions::runtime`]: its
+    /// owner closes it before shutting that runtime down, as a lazily detached mount
+    /// may still be read after its handle is dropped.
+    pub fn read_gate(&self) -> Arc<ReadGate> {
+        Arc::clone(&self.reads)
     }
 
     /// Unmounts, like `fusermount3 -u`. Fails with [`FsError::Busy`] while a file under
