@@ -97,6 +97,24 @@ async fn conformance(store: Arc<dyn ObjectStore>) {
         store.get("big").await.unwrap() == big,
         "4 MiB object differs"
     );
+    // Parts of it, exactly; a part past its end is an error, not fewer bytes.
+    let len = big.len() as u64;
+    for r in [0..1, 0..len, 1000..300_000, len - 17..len, 5..5] {
+        let part = store.get_range("big", r.clone()).await.unwrap();
+        assert!(
+            part == big.slice(r.start as usize..r.end as usize),
+            "bytes {r:?} differ"
+        );
+    }
+    assert!(
+        store.get_range("big", len - 10..len + 10).await.is_err(),
+        "a range past the end is an error"
+    );
+    assert!(store
+        .get_range("missing/object", 0..10)
+        .await
+        .unwrap_err()
+        .is_not_found());
     store.delete("big").await.unwrap();
 
     // Concurrent puts of distinct objects.

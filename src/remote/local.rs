@@ -13,12 +13,14 @@
 
 use std::fs;
 use std::io::{ErrorKind, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{validate_key, ObjectStore, RemoteError};
+use super::{short_range, validate_key, ObjectStore, RemoteError};
 
 const TMP_DIR: &str = ".tmp";
 
@@ -174,6 +176,35 @@ impl ObjectStore for LocalDirStore {
             }
             Err(e) => Err(io_error(&path, "read", e)),
         }
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
+        validate_key(key)?;
+        let path = self.path_of(key);
+        let key = key.to_string();
+        blocking(move || {
+            let file = match fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                    return Err(RemoteError::NotFound(key));
+                }
+                Err(e) => return Err(io_error(&path, "open", e)),
+            };
+            let len = usize::try_from(range.end.saturating_sub(range.start))
+                .map_err(|_| RemoteError::Permanent(format!("object {key}: range too large")))?;
+            let mut buf = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                match file.read_at(&mut buf[done..], range.start + done as u64) {
+                    Ok(0) => return Err(short_range(&key, &range, range.start + done as u64)),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_error(&path, "read", e)),
+                }
+            }
+            Ok(Bytes::from(buf))
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), RemoteError> {

@@ -10,6 +10,8 @@
 //! nothing about content; keys are `/`-separated ASCII paths without `.`/`..` segments.
 //! Nothing outside this module knows about aws-sdk-s3.
 
+use std::ops::Range;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::RngCore;
@@ -55,10 +57,34 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), RemoteError>;
     /// The whole object.
     async fn get(&self, key: &str) -> Result<Bytes, RemoteError>;
+    /// Bytes `range` of the object, exactly: an object that ends before `range.end` is
+    /// an error. By default the whole object is fetched and cut; stores that can read a
+    /// part (an HTTP range, a positional read) do that instead.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
+        let whole = self.get(key).await?;
+        cut_range(key, whole, range)
+    }
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), RemoteError>;
     /// Keys that start with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, RemoteError>;
+}
+
+/// `range` of `whole`, or the error a short object gets.
+pub fn cut_range(key: &str, whole: Bytes, range: Range<u64>) -> Result<Bytes, RemoteError> {
+    if range.start > range.end || range.end > whole.len() as u64 {
+        return Err(short_range(key, &range, whole.len() as u64));
+    }
+    Ok(whole.slice(range.start as usize..range.end as usize))
+}
+
+/// A ranged read that got fewer bytes than it asked for: the object is shorter than the
+/// caller knows it to be (cut on its way, or replaced), so asking again may help.
+pub fn short_range(key: &str, range: &Range<u64>, got: u64) -> RemoteError {
+    RemoteError::Transient(format!(
+        "object {key}: bytes {}..{} asked for, {got} there",
+        range.start, range.end
+    ))
 }
 
 /// Prefix under which chunk objects live.

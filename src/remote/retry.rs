@@ -10,6 +10,7 @@
 //! - A call ends after `max_attempts` attempts or once the next sleep would cross
 //!   `total_deadline`, returning the last error.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,6 +175,14 @@ impl ObjectStore for Remote {
             .await
     }
 
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
+        self.with_retries("get", key, |s| {
+            let range = range.clone();
+            async move { s.get_range(key, range).await }
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), RemoteError> {
         self.with_retries("delete", key, |s| async move { s.delete(key).await })
             .await
@@ -284,6 +293,11 @@ impl ObjectStore for FaultyStore {
     async fn get(&self, key: &str) -> Result<Bytes, RemoteError> {
         let _g = self.enter("get", key).await?;
         self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
+        let _g = self.enter("get", key).await?;
+        self.inner.get_range(key, range).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), RemoteError> {

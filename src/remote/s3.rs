@@ -12,6 +12,7 @@
 //!   content is guaranteed anyway by the AES-GCM tag of every object.
 //! - Every request has a connect timeout and an overall deadline.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{validate_key, ObjectStore, RemoteError};
+use super::{cut_range, short_range, validate_key, ObjectStore, RemoteError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -355,6 +356,38 @@ impl ObjectStore for S3Store {
             }
         }
         Ok(data)
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
+        validate_key(key)?;
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| self.map_error(e, Target::Object(key)))?;
+        let whole = resp.content_range().is_none();
+        let data = resp.body.collect().await.map_err(|e| {
+            RemoteError::Transient(format!(
+                "reading object {key} from bucket {} at {} was interrupted: {e}",
+                self.bucket, self.endpoint_name
+            ))
+        })?;
+        let data = data.into_bytes();
+        if data.len() as u64 == range.end - range.start && !whole {
+            return Ok(data);
+        }
+        if whole {
+            // A server that ignores the range sends the whole object: cut it here.
+            return cut_range(key, data, range);
+        }
+        Err(short_range(key, &range, range.start + data.len() as u64))
     }
 
     async fn delete(&self, key: &str) -> Result<(), RemoteError> {

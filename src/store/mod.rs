@@ -152,6 +152,15 @@ impl RemoteChunk {
 #[async_trait]
 pub trait ChunkSource: Send + Sync + 'static {
     async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError>;
+
+    /// [`ChunkSource::fetch`] for a reader waiting on an idle link: the object may be
+    /// asked for in `parts` ranges at once, so that its bytes arrive sooner from a remote
+    /// whose every response streams slower than the link (S3 serves each response at a
+    /// bounded rate). The same bytes and checks as `fetch`.
+    async fn fetch_parts(&self, chunk: &RemoteChunk, parts: usize) -> Result<Bytes, FetchError> {
+        let _ = parts;
+        self.fetch(chunk).await
+    }
 }
 
 /// Per-torrent counters for `status`.

@@ -48,6 +48,12 @@ const MAX_HEDGES: u32 = 2;
 /// What a fetch is taken to cost before one was measured.
 pub(super) const TYPICAL_FETCH_START: Duration = Duration::from_millis(100);
 
+/// Ranges a fetch is asked for in when a reader waits on it and no other reader waits
+/// on a fetch (see [`ChunkSource::fetch_parts`](super::ChunkSource::fetch_parts)): the
+/// first byte after a seek or an open comes sooner, and a busy link is not asked for
+/// more requests than chunks.
+pub(super) const IDLE_DEMAND_PARTS: usize = 4;
+
 /// Fetches started ahead of peers' reads, at most, counting those running already.
 pub(super) const PEER_FETCHES_AHEAD: usize = 16;
 
@@ -721,9 +727,15 @@ impl Store {
             if demand.is_none() {
                 store.await_turn(&go).await;
             }
+            // The only reader waiting on a fetch (this one is counted).
+            let parts = if demand.is_some() && *store.demand_fetches.borrow() <= 1 {
+                IDLE_DEMAND_PARTS
+            } else {
+                1
+            };
             // The identity is looked up here, not in the caller (a FUSE request).
             let r = match store.remote_identity(key, uid, len) {
-                Ok(chunk) => store.fetch_one(&chunk, epoch).await,
+                Ok(chunk) => store.fetch_one(&chunk, epoch, parts).await,
                 Err(e) => Err(e),
             };
             drop(demand);
@@ -877,11 +889,12 @@ impl Store {
         self: &Arc<Self>,
         chunk: &RemoteChunk,
         epoch: u64,
+        parts: usize,
     ) -> Result<Bytes, FetchError> {
         let source = self.source.get().ok_or(FetchError::NoRemote)?;
         let c = &self.counters;
         let began = Instant::now();
-        let data = match source.fetch(chunk).await {
+        let data = match source.fetch_parts(chunk, parts).await {
             Ok(d) => d,
             Err(e) => {
                 let counter = match e {

@@ -654,6 +654,8 @@ struct Held {
     inner: Arc<MemSource>,
     release: tokio::sync::Semaphore,
     started: Mutex<Vec<u32>>,
+    /// Each fetch's chunk and the parts it was asked for in.
+    parts: Mutex<Vec<(u32, usize)>>,
 }
 
 impl Held {
@@ -662,6 +664,7 @@ impl Held {
             inner,
             release: tokio::sync::Semaphore::new(0),
             started: Mutex::new(Vec::new()),
+            parts: Mutex::new(Vec::new()),
         })
     }
 
@@ -686,10 +689,56 @@ impl Held {
 #[async_trait]
 impl ChunkSource for Held {
     async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
+        self.fetch_parts(chunk, 1).await
+    }
+
+    async fn fetch_parts(&self, chunk: &RemoteChunk, parts: usize) -> Result<Bytes, FetchError> {
+        self.parts.lock().unwrap().push((chunk.key.index.0, parts));
         self.started.lock().unwrap().push(chunk.key.index.0);
         let _go = self.release.acquire().await;
         self.inner.fetch(chunk).await
     }
+}
+
+#[test]
+fn only_a_lone_readers_fetch_is_asked_for_in_parts() {
+    let total = 4 * CHUNK_LEN;
+    let (f, held) = evicted_behind(Held::new, total);
+    let (store, id) = (f.store.clone(), f.id);
+    // A file's head on open, no other reader waiting: in parts.
+    let head = f.rt.spawn(
+        store
+            .prefetch_chunk(ChunkKey::new(id, 0), true)
+            .unwrap()
+            .unwrap(),
+    );
+    held.wait_started(1);
+    // A second reader while it runs: whole (the link is busy).
+    let s = store.clone();
+    let read =
+        f.rt.spawn(async move { s.read_verified(id, 3 * CHUNK_LEN..3 * CHUNK_LEN + 10).await });
+    held.wait_started(2);
+    held.release.add_permits(2);
+    f.rt.block_on(head).unwrap().unwrap();
+    let got = f.rt.block_on(read).unwrap().unwrap();
+    assert_eq!(
+        &got[..],
+        &f.data[3 * CHUNK_LEN as usize..3 * CHUNK_LEN as usize + 10]
+    );
+    // A fetch ahead of the readers: whole.
+    let ahead = f.rt.spawn(
+        store
+            .prefetch_chunk(ChunkKey::new(id, 1), false)
+            .unwrap()
+            .unwrap(),
+    );
+    held.wait_started(3);
+    held.release.add_permits(1);
+    f.rt.block_on(ahead).unwrap().unwrap();
+    assert_eq!(
+        *held.parts.lock().unwrap(),
+        vec![(0, read::IDLE_DEMAND_PARTS), (3, 1), (1, 1)]
+    );
 }
 
 /// A complete torrent of `total` bytes, uploaded and evicted, fetched back through the

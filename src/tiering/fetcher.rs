@@ -22,11 +22,54 @@ impl Fetcher {
     }
 }
 
+/// The smallest part worth its own request when a fetch is split.
+const MIN_PART_BYTES: u64 = 128 * 1024;
+
+/// `len` bytes cut into at most `parts` consecutive ranges of at least
+/// [`MIN_PART_BYTES`] (a multiple of 4 KiB each, but for the last).
+fn split(len: u64, parts: usize) -> Vec<std::ops::Range<u64>> {
+    let by_size = len.div_ceil(MIN_PART_BYTES).max(1);
+    let n = (parts.max(1) as u64).min(by_size);
+    let step = len.div_ceil(n).max(MIN_PART_BYTES).div_ceil(4096) * 4096;
+    let mut out = Vec::with_capacity(n as usize);
+    let mut at = 0;
+    while at < len || out.is_empty() {
+        let end = (at + step).min(len);
+        out.push(at..end);
+        at = end;
+    }
+    out
+}
+
+impl Fetcher {
+    /// The sealed object of `chunk`, whole or in `parts` ranges asked for at once.
+    async fn object(&self, chunk: &RemoteChunk, parts: usize) -> Result<Vec<u8>, RemoteError> {
+        let name = object_key_for(&chunk.object_id);
+        if parts <= 1 {
+            return Ok(Vec::from(self.remote.get(&name).await?));
+        }
+        let len = chunk.len + crypto::OVERHEAD_BYTES as u64;
+        let ranges = split(len, parts);
+        let got = futures::future::try_join_all(
+            ranges.into_iter().map(|r| self.remote.get_range(&name, r)),
+        )
+        .await?;
+        let mut object = Vec::with_capacity(len as usize);
+        for part in got {
+            object.extend_from_slice(&part);
+        }
+        Ok(object)
+    }
+}
+
 #[async_trait]
 impl ChunkSource for Fetcher {
     async fn fetch(&self, chunk: &RemoteChunk) -> Result<Bytes, FetchError> {
-        let name = object_key_for(&chunk.object_id);
-        let object = self.remote.get(&name).await.map_err(|e| match e {
+        self.fetch_parts(chunk, 1).await
+    }
+
+    async fn fetch_parts(&self, chunk: &RemoteChunk, parts: usize) -> Result<Bytes, FetchError> {
+        let mut object = self.object(chunk, parts).await.map_err(|e| match e {
             RemoteError::NotFound(_) => FetchError::NotFound,
             other => FetchError::Unavailable(other.to_string()),
         })?;
@@ -37,7 +80,6 @@ impl ChunkSource for Fetcher {
         // Decryption is CPU work on a 1 MiB buffer: off the async workers. In place, and
         // the plaintext sliced out, not moved (the store checks its hash).
         tokio::task::spawn_blocking(move || {
-            let mut object = Vec::from(object);
             let plain = crypto::open_within(&key, &aad, &mut object).map_err(|e| {
                 tracing::error!(chunk = %chunk_key, error = %e, "remote object failed authentication");
                 FetchError::Integrity(e.to_string())
@@ -52,5 +94,36 @@ impl ChunkSource for Fetcher {
         })
         .await
         .map_err(|e| FetchError::Unavailable(format!("decrypt task: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_covers_the_object_once_in_order() {
+        for (len, parts) in [
+            (1_048_607, 4),
+            (1_048_607, 1),
+            (100, 4),
+            (0, 4),
+            (300_000, 8),
+            (4 * 1_048_576 + 31, 3),
+        ] {
+            let ranges = split(len, parts);
+            assert!(
+                !ranges.is_empty() && ranges.len() <= parts.max(1),
+                "{len} {parts}: {ranges:?}"
+            );
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, len);
+            for w in ranges.windows(2) {
+                assert_eq!(w[0].end, w[1].start, "{ranges:?}");
+                assert!(w[0].end - w[0].start >= MIN_PART_BYTES, "{ranges:?}");
+            }
+        }
+        assert_eq!(split(1_048_607, 4).len(), 4);
+        assert_eq!(split(200_000, 4).len(), 2);
     }
 }
