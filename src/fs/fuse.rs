@@ -8,8 +8,9 @@
 //! dispatch loop or any other read. Every operation that would change anything gets `EROFS`.
 
 use std::ffi::OsStr;
+use std::os::fd::RawFd;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,14 @@ const READDIR_BATCH: usize = 128;
 /// ones, sequential reads of whole chunks, are copied into the reply on a worker, in
 /// parallel with the next request.
 const INLINE_READ_MAX_BYTES: u32 = 64 * 1024;
+
+/// How long the dispatch thread watches for the next request after answering a read
+/// itself, before it goes back to sleep in fuser's blocking read. A reader issuing
+/// small reads one after another sends the next within microseconds; waking a thread
+/// that went to sleep costs more than that (on a virtual machine, waking a thread on
+/// another, idle CPU costs tens of microseconds: 4 KiB random reads ran at 13k IOPS
+/// across CPUs and 135k on one).
+const LINGER: Duration = Duration::from_micros(50);
 
 fn answer_read(result: Result<bytes::Bytes, FsError>, reply: ReplyData) {
     match result {
@@ -113,23 +122,57 @@ impl ReadGate {
     }
 }
 
+/// Where the session's `/dev/fuse` descriptor is handed to the adapter, once known.
+pub struct DeviceSlot(Arc<OnceLock<RawFd>>);
+
+impl DeviceSlot {
+    pub fn set(&self, fd: RawFd) {
+        let _ = self.0.set(fd);
+    }
+}
+
 /// The `fuser::Filesystem` implementation handed to the session.
 pub struct FuseAdapter {
     fs: Arc<Filesystem>,
     runtime: Handle,
     gate: Arc<ReadGate>,
+    /// The session's `/dev/fuse` descriptor, once the session exists (see [`LINGER`]).
+    device: Arc<OnceLock<RawFd>>,
 }
 
 impl FuseAdapter {
     /// The adapter, and the gate that stops its reads before `runtime` shuts down.
-    pub fn new(fs: Arc<Filesystem>, runtime: Handle) -> (Self, Arc<ReadGate>) {
+    pub fn new(fs: Arc<Filesystem>, runtime: Handle) -> (Self, Arc<ReadGate>, DeviceSlot) {
         let gate = ReadGate::new();
+        let device = Arc::new(OnceLock::new());
         let adapter = FuseAdapter {
             fs,
             runtime,
             gate: Arc::clone(&gate),
+            device: Arc::clone(&device),
         };
-        (adapter, gate)
+        (adapter, gate, DeviceSlot(device))
+    }
+
+    /// Spins for at most [`LINGER`] until the next request is there to read.
+    fn linger(&self) {
+        let Some(&fd) = self.device.get() else {
+            return;
+        };
+        let until = std::time::Instant::now() + LINGER;
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one pollfd, owned here; the descriptor outlives the session loop
+            // this runs in (a closed one just reports POLLNVAL).
+            if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 || std::time::Instant::now() >= until {
+                return;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn ttl(&self) -> Duration {
@@ -286,6 +329,8 @@ impl fuser::Filesystem for FuseAdapter {
             let _in_runtime = self.runtime.enter();
             if let Poll::Ready(r) = crate::nowait::poll_once(read.as_mut()) {
                 answer_read(r, reply);
+                drop(open);
+                self.linger();
                 return;
             }
         }

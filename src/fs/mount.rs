@@ -174,7 +174,7 @@ pub fn mount(
     if options.allow_other {
         mount_options.push(MountOption::AllowOther);
     }
-    let (adapter, reads) = FuseAdapter::new(Arc::clone(&fs), runtime);
+    let (adapter, reads, device) = FuseAdapter::new(Arc::clone(&fs), runtime);
     let mut session = Session::new(adapter, &mountpoint, &mount_options).map_err(|e| {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if options.allow_other && unsafe { libc::geteuid() } != 0 {
@@ -186,6 +186,10 @@ pub fn mount(
             FsError::io(format!("mounting {}", mountpoint.display()), e)
         }
     })?;
+    device.set({
+        use std::os::fd::{AsFd, AsRawFd};
+        session.as_fd().as_raw_fd()
+    });
     start_invalidator(&fs, session.notifier())?;
     // Which kernel mount is ours: after the session, it must not be left behind.
     let dev = mount_entry(&mountpoint).map(|m| m.dev);
