@@ -11,8 +11,6 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-
 pub const TMP_SUFFIX: &str = ".tmp";
 
 /// What identifies one version of a file: any write, truncation or replacement (even
@@ -81,38 +79,47 @@ pub fn read_file_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// `len` bytes from `offset` in an open file, read straight into a new buffer (no
-/// zero-filling first); bytes past its end are zeros. Positional: the file may be shared
-/// by concurrent readers (kept-open chunk files), so its offset is never used.
-pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    match pread_vec(file, offset, len, 0)? {
-        Some(v) => Ok(Bytes::from(v)),
+/// Appends `len` bytes from `offset` in an open file to `out`, read straight into its
+/// spare room (no zero-filling first; zeros past the end of the file, as in a sparse
+/// file): the parts of a
+/// read spanning several chunks land in one buffer without a copy between.
+pub fn append_at(file: &File, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    if pread_append(file, offset, len, 0, out)? {
+        Ok(())
+    } else {
         // Without RWF_NOWAIT the kernel never answers EAGAIN for a regular file.
-        None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
     }
 }
 
-/// Like [`read_vec_at`], but only from the page cache (`RWF_NOWAIT`): `None` when
+/// Like [`append_at`], only from the page cache: `false` (and `out` as it was) when
 /// some of the bytes would have to come from the disk.
-pub fn read_vec_at_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    Ok(pread_vec(file, offset, len, libc::RWF_NOWAIT)?.map(Bytes::from))
+pub fn append_at_cached(
+    file: &File,
+    offset: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    pread_append(file, offset, len, libc::RWF_NOWAIT, out)
 }
 
-/// `preadv2` with `flags` into a new buffer's spare room; `None` if the kernel says the
-/// read would block (only with `RWF_NOWAIT`).
-fn pread_vec(
+/// `preadv2` with `flags` into `data`'s spare room, `len` bytes appended; `false` (and
+/// `data` as it was) if the kernel says the read would block (only with `RWF_NOWAIT`).
+fn pread_append(
     file: &File,
     offset: u64,
     len: usize,
     flags: libc::c_int,
-) -> io::Result<Option<Vec<u8>>> {
+    data: &mut Vec<u8>,
+) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let mut data: Vec<u8> = Vec::with_capacity(len);
+    let base = data.len();
+    data.reserve(len);
     let mut done = 0usize;
     while done < len {
         let iov = libc::iovec {
             // SAFETY (of the call below): the iovec is the vector's spare capacity from
-            // `done`, at least `len - done` bytes; the kernel writes at most that.
+            // `base + done`, at least `len - done` bytes; the kernel writes at most that.
             iov_base: data.spare_capacity_mut()[..len - done].as_mut_ptr().cast(),
             iov_len: len - done,
         };
@@ -123,9 +130,15 @@ fn pread_vec(
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags != 0 => Ok(None),
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags != 0 => {
+                    data.truncate(base);
+                    Ok(false)
+                }
                 Some(libc::EINTR) => continue,
-                _ => Err(e),
+                _ => {
+                    data.truncate(base);
+                    Err(e)
+                }
             };
         }
         if n == 0 {
@@ -134,11 +147,11 @@ fn pread_vec(
             break;
         }
         done += n as usize;
-        // SAFETY: the kernel initialised `n` more bytes after the first `done - n`.
-        unsafe { data.set_len(done) };
+        // SAFETY: the kernel initialised `n` more bytes after the first `base + done - n`.
+        unsafe { data.set_len(base + done) };
     }
-    data.resize(len, 0);
-    Ok(Some(data))
+    data.resize(base + len, 0);
+    Ok(true)
 }
 
 /// Fills `buf` from `offset` in the chunk file (zeros past its end); `false` when the
@@ -156,7 +169,9 @@ pub fn read_at_existing(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<
 /// shorter file are zeros, as in a sparse file: pad bytes are never written.
 pub fn read_whole(file: &File, len: u64) -> io::Result<Vec<u8>> {
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    pread_vec(file, 0, len, 0)?.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))
+    let mut data = Vec::with_capacity(len);
+    append_at(file, 0, len, &mut data)?;
+    Ok(data)
 }
 
 /// Asks the kernel to start reading a chunk file into the page cache (a read of it is
@@ -220,6 +235,26 @@ pub fn remove(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `len` bytes from `offset` in an open file, read straight into a new buffer (no
+    /// zero-filling first); bytes past its end are zeros. Positional: the file may be shared
+    /// by concurrent readers (kept-open chunk files), so its offset is never used.
+    pub fn read_vec_at(file: &File, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
+        let mut data = Vec::with_capacity(len);
+        append_at(file, offset, len, &mut data)?;
+        Ok(bytes::Bytes::from(data))
+    }
+
+    /// Like `read_vec_at`, but only from the page cache (`RWF_NOWAIT`): `None` when
+    /// some of the bytes would have to come from the disk.
+    pub fn read_vec_at_cached(
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Option<bytes::Bytes>> {
+        let mut data = Vec::with_capacity(len);
+        Ok(append_at_cached(file, offset, len, &mut data)?.then(|| bytes::Bytes::from(data)))
+    }
 
     /// A kept-open chunk file is shared by concurrent reads: no read may depend on, or
     /// move, the file's offset (a seek-then-read served one reader the other's bytes).

@@ -146,29 +146,47 @@ impl Store {
         id: TorrentId,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, StoreError> {
-        match self.read_parts(id, range.clone()).await {
-            Ok(mut parts) if parts.len() == 1 => Ok(parts.pop().unwrap_or_default()),
-            Ok(parts) => {
-                let mut out = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-                for p in parts {
-                    out.extend_from_slice(&p);
-                }
-                Ok(out.freeze())
+        let parts = match self.read_parts(id, range.clone()).await {
+            Ok(parts) => parts,
+            Err(StoreError::Revoked(_)) => {
+                return Err(StoreError::NotVerified {
+                    torrent: id,
+                    missing: self.missing_pieces(id, range)?,
+                })
             }
-            Err(StoreError::Revoked(_)) => Err(StoreError::NotVerified {
-                torrent: id,
-                missing: self.missing_pieces(id, range)?,
-            }),
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        if let [(Span::Memory(b), _, _)] = parts.as_slice() {
+            return Ok(b.clone());
         }
+        // One buffer, each chunk's part read (or copied) into its place.
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.2).sum());
+        for (span, offset, len) in parts {
+            match span {
+                Span::Memory(b) => out.extend_from_slice(&b),
+                Span::Zeros => out.resize(out.len() + len, 0),
+                Span::File { file, path, .. } => {
+                    // A poll that must not block reads only what the page cache holds.
+                    let cached = crate::nowait::active()
+                        && files::append_at_cached(&file, offset, len, &mut out).unwrap_or(false);
+                    if !cached {
+                        crate::nowait::yield_once().await;
+                        files::append_at(&file, offset, len, &mut out)
+                            .map_err(|e| StoreError::io(&path, e))?;
+                    }
+                }
+            }
+        }
+        Ok(Bytes::from(out))
     }
 
-    /// The verified bytes of `range`, one part per chunk it spans.
+    /// Where the verified bytes of `range` are: one span per chunk it spans, with the
+    /// offset and length of its part. Fetches of several chunks run in parallel.
     async fn read_parts(
         self: &Arc<Self>,
         id: TorrentId,
         range: std::ops::Range<u64>,
-    ) -> Result<Vec<Bytes>, StoreError> {
+    ) -> Result<Vec<(Span, u64, usize)>, StoreError> {
         let (uid, geometry) = self.torrent_geometry(id, range.start, range.end)?;
         let missing = self.missing_pieces(id, range.clone())?;
         if !missing.is_empty() {
@@ -177,30 +195,10 @@ impl Store {
                 missing,
             });
         }
-        // The chunks of a read spanning several come (from the remote) in parallel.
         let parts = geometry.chunk_spans(range).map(|span| async move {
             let key = ChunkKey::new(id, span.chunk.0);
             let (offset, len) = (span.offset_in_chunk, span.len as usize);
-            Ok(match self.span(key, &uid, offset, len).await? {
-                Span::Memory(b) => b,
-                Span::File { file, path, .. } => {
-                    // A poll that must not block reads only what the page cache holds.
-                    let cached = if crate::nowait::active() {
-                        files::read_vec_at_cached(&file, offset, len).unwrap_or(None)
-                    } else {
-                        None
-                    };
-                    match cached {
-                        Some(b) => b,
-                        None => {
-                            crate::nowait::yield_once().await;
-                            files::read_vec_at(&file, offset, len)
-                                .map_err(|e| StoreError::io(&path, e))?
-                        }
-                    }
-                }
-                Span::Zeros => Bytes::from(vec![0u8; len]),
-            })
+            Ok::<_, StoreError>((self.span(key, &uid, offset, len).await?, offset, len))
         });
         futures::future::try_join_all(parts).await
     }
