@@ -103,6 +103,7 @@ pub fn remote_request<T>(op: &str, elapsed: Duration, result: &Result<T, RemoteE
             RemoteError::NotFound(_) => "not_found",
             RemoteError::Transient(_) => "transient",
             RemoteError::Permanent(_) => "permanent",
+            RemoteError::Short(_) => "short",
         };
         s.remote_errors
             .get_or_create(&OpErrorLabel {

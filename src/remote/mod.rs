@@ -37,6 +37,10 @@ pub enum RemoteError {
     /// Not worth retrying: bad credentials, missing bucket, other 4xx, bad key, local I/O.
     #[error("remote error: {0}")]
     Permanent(String),
+    /// The object ends before the bytes asked for (a ranged read): it is not the object
+    /// that was stored, and asking again brings the same.
+    #[error("remote object too short: {0}")]
+    Short(String),
 }
 
 impl RemoteError {
@@ -78,10 +82,10 @@ pub fn cut_range(key: &str, whole: Bytes, range: Range<u64>) -> Result<Bytes, Re
     Ok(whole.slice(range.start as usize..range.end as usize))
 }
 
-/// A ranged read that got fewer bytes than it asked for: the object is shorter than the
-/// caller knows it to be (cut on its way, or replaced), so asking again may help.
+/// A ranged read that got fewer bytes than it asked for, whole: the object is shorter than
+/// the caller knows it to be (a transfer cut on its way is an error of the transfer).
 pub fn short_range(key: &str, range: &Range<u64>, got: u64) -> RemoteError {
-    RemoteError::Transient(format!(
+    RemoteError::Short(format!(
         "object {key}: bytes {}..{} asked for, {got} there",
         range.start, range.end
     ))

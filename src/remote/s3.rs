@@ -182,6 +182,40 @@ impl S3Store {
         Ok(())
     }
 
+    /// One GET of `key` (of its bytes `range`, an HTTP range, if given): the body, the
+    /// length the server announced, and whether it answered with a part (Content-Range).
+    async fn get_body(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<(Bytes, Option<i64>, bool), RemoteError> {
+        let ranged = range.is_some();
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| {
+                // 416: the range begins past the object's end.
+                if ranged && e.raw_response().is_some_and(|r| r.status().as_u16() == 416) {
+                    RemoteError::Short(format!("object {key}: the range asked for is past its end"))
+                } else {
+                    self.map_error(e, Target::Object(key))
+                }
+            })?;
+        let (len, part) = (resp.content_length(), resp.content_range().is_some());
+        let data = resp.body.collect().await.map_err(|e| {
+            RemoteError::Transient(format!(
+                "reading object {key} from bucket {} at {} was interrupted: {e}",
+                self.bucket, self.endpoint_name
+            ))
+        })?;
+        Ok((data.into_bytes(), len, part))
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
@@ -331,22 +365,7 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> Result<Bytes, RemoteError> {
         validate_key(key)?;
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.map_error(e, Target::Object(key)))?;
-        let expected_len = resp.content_length();
-        let data = resp.body.collect().await.map_err(|e| {
-            RemoteError::Transient(format!(
-                "reading object {key} from bucket {} at {} was interrupted: {e}",
-                self.bucket, self.endpoint_name
-            ))
-        })?;
-        let data = data.into_bytes();
+        let (data, expected_len, _) = self.get_body(key, None).await?;
         if let Some(expected) = expected_len {
             if u64::try_from(expected).ok() != Some(data.len() as u64) {
                 return Err(RemoteError::Transient(format!(
@@ -363,29 +382,14 @@ impl ObjectStore for S3Store {
         if range.start >= range.end {
             return Ok(Bytes::new());
         }
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await
-            .map_err(|e| self.map_error(e, Target::Object(key)))?;
-        let whole = resp.content_range().is_none();
-        let data = resp.body.collect().await.map_err(|e| {
-            RemoteError::Transient(format!(
-                "reading object {key} from bucket {} at {} was interrupted: {e}",
-                self.bucket, self.endpoint_name
-            ))
-        })?;
-        let data = data.into_bytes();
-        if data.len() as u64 == range.end - range.start && !whole {
-            return Ok(data);
-        }
-        if whole {
+        let asked = format!("bytes={}-{}", range.start, range.end - 1);
+        let (data, _, part) = self.get_body(key, Some(asked)).await?;
+        if !part {
             // A server that ignores the range sends the whole object: cut it here.
             return cut_range(key, data, range);
+        }
+        if data.len() as u64 == range.end - range.start {
+            return Ok(data);
         }
         Err(short_range(key, &range, range.start + data.len() as u64))
     }

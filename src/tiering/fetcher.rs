@@ -71,6 +71,8 @@ impl ChunkSource for Fetcher {
     async fn fetch_parts(&self, chunk: &RemoteChunk, parts: usize) -> Result<Bytes, FetchError> {
         let mut object = self.object(chunk, parts).await.map_err(|e| match e {
             RemoteError::NotFound(_) => FetchError::NotFound,
+            // Shorter than the object sealed for this chunk: not the bytes stored.
+            RemoteError::Short(why) => FetchError::Integrity(why),
             other => FetchError::Unavailable(other.to_string()),
         })?;
         let aad = chunk_identity(chunk).aad();
