@@ -68,6 +68,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         let whole = self.get(key).await?;
         cut_range(key, whole, range)
     }
+    /// Whether an object comes sooner as several ranges asked for at once: true where
+    /// each response streams slower than the link (an HTTP object store), not where one
+    /// read is as fast as several (a local directory).
+    fn ranges_in_parallel_help(&self) -> bool {
+        false
+    }
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), RemoteError>;
     /// Keys that start with `prefix`, in no particular order.

@@ -175,6 +175,10 @@ impl ObjectStore for Remote {
             .await
     }
 
+    fn ranges_in_parallel_help(&self) -> bool {
+        self.store.ranges_in_parallel_help()
+    }
+
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
         self.with_retries("get", key, |s| {
             let range = range.clone();
@@ -293,6 +297,10 @@ impl ObjectStore for FaultyStore {
     async fn get(&self, key: &str) -> Result<Bytes, RemoteError> {
         let _g = self.enter("get", key).await?;
         self.inner.get(key).await
+    }
+
+    fn ranges_in_parallel_help(&self) -> bool {
+        self.inner.ranges_in_parallel_help()
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {

@@ -377,6 +377,10 @@ impl ObjectStore for S3Store {
         Ok(data)
     }
 
+    fn ranges_in_parallel_help(&self) -> bool {
+        true
+    }
+
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, RemoteError> {
         validate_key(key)?;
         if range.start >= range.end {

@@ -45,7 +45,7 @@ impl Fetcher {
     /// The sealed object of `chunk`, whole or in `parts` ranges asked for at once.
     async fn object(&self, chunk: &RemoteChunk, parts: usize) -> Result<Vec<u8>, RemoteError> {
         let name = object_key_for(&chunk.object_id);
-        if parts <= 1 {
+        if parts <= 1 || !self.remote.ranges_in_parallel_help() {
             return Ok(Vec::from(self.remote.get(&name).await?));
         }
         let len = chunk.len + crypto::OVERHEAD_BYTES as u64;
