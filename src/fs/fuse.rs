@@ -3,9 +3,11 @@
 //! Each kernel operation is one call into the filesystem and one reply; errors become
 //! errnos through [`FsError::errno`]. Metadata operations are answered on the FUSE
 //! dispatch thread (they only touch memory). A small read is polled once there and
-//! answered at once if its bytes are at hand; every other read is spawned onto a tokio
-//! runtime and answered from the task, so a read waiting for data never stalls the
-//! dispatch loop or any other read. Every operation that would change anything gets `EROFS`.
+//! answered at once if its bytes are at hand (the thread then watches a moment for the
+//! next request, see [`LINGER`]); every other read is spawned onto a tokio runtime and
+//! answered from the task, so a read waiting for data never stalls the dispatch loop or
+//! any other read. Reads stop at [`ReadGate::close`], before that runtime shuts down.
+//! Every operation that would change anything gets `EROFS`.
 
 use std::ffi::OsStr;
 use std::os::fd::RawFd;
@@ -141,7 +143,8 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    /// The adapter, and the gate that stops its reads before `runtime` shuts down.
+    /// The adapter, the gate that stops its reads before `runtime` shuts down, and the
+    /// slot for the session's `/dev/fuse` descriptor (given once the session exists).
     pub fn new(fs: Arc<Filesystem>, runtime: Handle) -> (Self, Arc<ReadGate>, DeviceSlot) {
         let gate = ReadGate::new();
         let device = Arc::new(OnceLock::new());
