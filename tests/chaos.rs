@@ -854,15 +854,22 @@ fn full_cache_filesystem() {
         Duration::from_secs(60),
     );
     let _ = ok_cmd(bae, &["evict"], Duration::from_secs(60));
+    // Any newly verified piece shows the download going on. How fast is not asked here:
+    // random piece order leaves most chunks partial at the stall, so the evict may free
+    // only a chunk or two (see "Known weakness" in the README).
+    let before = before_evict["progress"]
+        .as_f64()
+        .unwrap_or(0.0)
+        .max(stalled_at);
     let (moved, after) = wait_status(bae, &a.name, Duration::from_secs(20), |t| {
-        t["progress"].as_f64().unwrap_or(0.0) > stalled_at + 0.02
+        t["progress"].as_f64().unwrap_or(0.0) > before
     });
     v.check(
         "after unpinning and bae evict the download goes on by itself",
         moved,
         || {
             format!(
-                "progress stayed at {stalled_at:.3}; before evict {before_evict}; after {after}; log: {}",
+                "progress stayed at {before:.3}; before evict {before_evict}; after {after}; log: {}",
                 tail(&bae.log(), 20)
             )
         },
