@@ -119,6 +119,10 @@ pub struct TorrentReport {
     pub state: String,
     pub chunks_total: u32,
     pub chunks_local: u32,
+    /// Chunks with every piece verified (uploaded or not): only these can go to the
+    /// remote, and leave the cache after.
+    #[serde(default)]
+    pub chunks_complete: u32,
     pub chunks_uploaded: u32,
     pub seeding: bool,
     pub pinned: bool,

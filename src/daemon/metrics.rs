@@ -374,6 +374,7 @@ fn add_status(reg: &mut Registry, r: &StatusReport) {
         up_bytes.get_or_create(&l).inc_by(t.peer_uploaded_bytes);
         for (state, n) in [
             ("local", t.chunks_local),
+            ("complete", t.chunks_complete),
             ("uploaded", t.chunks_uploaded),
             ("total", t.chunks_total),
         ] {
@@ -410,7 +411,7 @@ fn add_status(reg: &mut Registry, r: &StatusReport) {
     );
     reg.register(
         "torrent_chunks",
-        "Chunks by state: local (cached), uploaded (safe in the remote), total",
+        "Chunks by state: local (cached), complete (every piece verified), uploaded (safe in the remote), total",
         chunks,
     );
     reg.register(

@@ -32,6 +32,7 @@ fn base(t: &TorrentRecord) -> TorrentReport {
 fn apply_stats(r: &mut TorrentReport, s: &TorrentStats) {
     r.chunks_total = s.chunks_total;
     r.chunks_local = s.chunks_local;
+    r.chunks_complete = s.chunks_complete;
     r.chunks_uploaded = s.chunks_uploaded;
     if r.size_bytes > 0 {
         r.progress = s.bytes_verified as f64 / r.size_bytes as f64;

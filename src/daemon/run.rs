@@ -21,6 +21,7 @@ use crate::store::Store;
 use crate::tiering::{journal::JournalError, CachePressure, Fetcher, Journal, Uploader};
 use crate::torrent::{AddOptions, Event, QueueLimits, Session, SessionConfig, Source};
 
+use super::chunk_order::ChunkOrder;
 use super::content::StoreContent;
 use super::control::{self, Request, Response, StatusReport};
 use super::library::Library;
@@ -55,6 +56,7 @@ struct Daemon {
     added: Mutex<HashMap<TorrentId, bool>>,
     shutdown_tx: mpsc::UnboundedSender<StopRequest>,
     journal: Arc<Journal>,
+    chunk_order: ChunkOrder,
 }
 
 /// How long `bae add` (a Sync request) waits for the new torrent's metadata to reach the
@@ -341,6 +343,7 @@ impl Daemon {
             added: Mutex::new(HashMap::new()),
             shutdown_tx,
             journal,
+            chunk_order: ChunkOrder::default(),
         });
         daemon.sync();
         let weak = Arc::downgrade(&daemon);
@@ -524,6 +527,7 @@ impl Daemon {
     /// Torrent `gone` left the catalog: out of the session, the store and the mount.
     fn forget(&self, added: &mut HashMap<TorrentId, bool>, gone: TorrentId) {
         if added.remove(&gone).is_some() {
+            self.chunk_order.forget(gone);
             if let Err(e) = self.session.remove(gone) {
                 tracing::warn!(torrent = %gone, error = %e, "removing from the session");
             }
@@ -598,6 +602,8 @@ impl Daemon {
         match self.session.add(t.id, source, opts) {
             Ok(()) => {
                 added.insert(t.id, true);
+                self.chunk_order
+                    .torrent_added(&self.store, &self.session, t.id);
             }
             Err(e) => tracing::error!(torrent = %t.id, error = %e, "cannot add torrent"),
         }
@@ -637,7 +643,12 @@ impl Daemon {
                 self.content.torrent_changed(t);
                 self.journal.notify();
             }
+            Event::PieceFinished { t, piece } => {
+                self.chunk_order
+                    .piece_finished(&self.store, &self.session, t, piece);
+            }
             Event::TorrentFinished { t } => {
+                self.chunk_order.forget(t);
                 tracing::info!(torrent = %t, "download complete");
                 if let Ok(rec) = self.lib.catalog.torrent(t) {
                     if !rec.seeding {
@@ -651,7 +662,7 @@ impl Daemon {
             Event::Error { t, message } => {
                 tracing::error!(torrent = ?t, %message, "torrent error");
             }
-            Event::PieceFinished { .. } | Event::TorrentChecked { .. } => {}
+            Event::TorrentChecked { .. } => {}
         }
     }
 

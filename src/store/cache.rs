@@ -19,10 +19,13 @@
 //! - A torrent's `local` map holds exactly its chunks that are present or complete.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use lru::LruCache;
 
-use crate::model::{BitSet, ChunkIndex, ChunkKey, ChunkState, ChunkStates, Geometry, TorrentId};
+use crate::model::{
+    BitSet, ChunkIndex, ChunkKey, ChunkState, ChunkStates, Geometry, PieceIndex, TorrentId,
+};
 
 pub use super::files::FileStamp;
 
@@ -157,6 +160,30 @@ impl TorrentEntry {
 
     pub fn chunk_len(&self, c: u32) -> u64 {
         self.geometry.chunk_len(ChunkIndex(c))
+    }
+
+    /// Pieces still to verify in the chunks of `chunks` that have begun: not complete,
+    /// with at least one piece verified. Downloaded first, they turn begun chunks into
+    /// complete ones, the only kind that can be uploaded and then evicted.
+    pub fn rest_of_begun_chunks(&self, chunks: Range<u32>) -> Vec<PieceIndex> {
+        let g = self.geometry;
+        let mut rest = Vec::new();
+        for c in chunks.start..chunks.end.min(g.num_chunks()) {
+            if self.state(c) != ChunkState::Partial {
+                continue;
+            }
+            let pieces = g.pieces_of_chunk(ChunkIndex(c));
+            if !pieces.clone().any(|p| self.verified.contains(p)) {
+                continue;
+            }
+            rest.extend(
+                pieces
+                    .filter(|&p| !self.verified.contains(p))
+                    .map(PieceIndex),
+            );
+        }
+        rest.dedup();
+        rest
     }
 }
 
@@ -621,6 +648,42 @@ mod tests {
     }
 
     const T: TorrentId = TorrentId(1);
+
+    #[test]
+    fn the_rest_of_begun_chunks_is_their_unverified_pieces() {
+        // 256 KiB pieces: four per chunk; 3 chunks and a half.
+        let g = Geometry::new(3 * CHUNK_LEN + CHUNK_LEN / 2, 256 << 10).unwrap();
+        let n = g.num_pieces();
+        assert_eq!(n, 14);
+        let mut verified = BitSet::empty(n);
+        // Chunk 0 untouched; chunk 1 begun (pieces 4, 6); chunk 2 complete; chunk 3
+        // (two pieces) begun with piece 13.
+        for p in [4, 6, 8, 9, 10, 11, 13] {
+            verified.insert(p);
+        }
+        let mut states = ChunkStates::uniform(g.num_chunks(), ChunkState::Partial);
+        states.set(2, ChunkState::Complete);
+        let t = TorrentEntry::new([0; 16], g, states, verified);
+        let rest = |r: Range<u32>| -> Vec<u32> {
+            t.rest_of_begun_chunks(r).into_iter().map(|p| p.0).collect()
+        };
+        assert_eq!(rest(0..4), vec![5, 7, 12]);
+        assert_eq!(rest(0..1), Vec::<u32>::new());
+        assert_eq!(rest(1..2), vec![5, 7]);
+        assert_eq!(rest(3..9), vec![12]);
+        // Pieces larger than a chunk: a chunk is never begun without being complete.
+        let big = Geometry::new(8 * CHUNK_LEN, 4 << 20).unwrap();
+        let mut v = BitSet::empty(2);
+        v.insert(0);
+        let t = TorrentEntry::new(
+            [0; 16],
+            big,
+            ChunkStates::uniform(8, ChunkState::Partial),
+            v,
+        );
+        // (Its chunks are Partial only until the committer runs; nothing to add.)
+        assert!(t.rest_of_begun_chunks(0..8).is_empty());
+    }
 
     #[test]
     fn evicts_least_recently_used_first() {

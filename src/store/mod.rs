@@ -465,6 +465,26 @@ impl Store {
         Ok(t.verified.to_bools())
     }
 
+    /// Pieces to download first so that begun chunks complete (see
+    /// `TorrentEntry::rest_of_begun_chunks`): those of the chunks `piece` lies
+    /// in, or with `None` of the whole torrent. Nothing for a torrent not in use.
+    pub fn rest_of_begun_chunks(
+        &self,
+        id: TorrentId,
+        piece: Option<PieceIndex>,
+    ) -> Vec<PieceIndex> {
+        let st = self.lock();
+        let Some(t) = st.torrents.get(&id) else {
+            return Vec::new();
+        };
+        let chunks = match piece {
+            Some(p) => t.geometry.chunks_of_piece(p),
+            None if t.states.complete() == t.geometry.num_chunks() => return Vec::new(),
+            None => 0..t.geometry.num_chunks(),
+        };
+        t.rest_of_begun_chunks(chunks)
+    }
+
     pub fn is_complete(&self, id: TorrentId) -> bool {
         let st = self.lock();
         match st.torrents.get(&id) {
