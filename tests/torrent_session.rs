@@ -277,6 +277,46 @@ fn failed_reads_do_not_stop_seeding() {
     }
 }
 
+/// A storage that answers every peer read at once (`read_now`, on libtorrent's network
+/// thread) serves a whole download that way: no read reaches the workers, and the
+/// leecher's files are right.
+#[test]
+fn reads_answered_at_once_serve_a_whole_download() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 17);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, 64 << 10, "v1");
+    let meta = parse_metainfo(&torrent).unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(8);
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
+    storage.answer_now.store(true, SeqCst);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    let mut leecher = PyPeer::leech(&torrent_path, &tmp.path().join("leech"), bae_addr);
+    leecher.wait_line("DONE");
+    let blocks = meta.layout.total_len.div_ceil(16 << 10);
+    assert!(
+        storage.now_reads.load(SeqCst) >= blocks,
+        "{} reads answered at once for {blocks} blocks",
+        storage.now_reads.load(SeqCst)
+    );
+    assert_eq!(
+        storage.stats.lock().unwrap().bytes_read,
+        0,
+        "reads reached the workers"
+    );
+    for (rel, _) in ALBUM {
+        let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
+            == std::fs::read(album.join(rel)).unwrap();
+        assert!(same, "{rel} differs");
+    }
+}
+
 /// A magnet's metadata, re-added after a restart as a .torrent, resumes from the store.
 fn magnet_then_restart(mode: &str) {
     let tmp = tempfile::tempdir().unwrap();

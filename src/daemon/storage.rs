@@ -100,6 +100,20 @@ impl TorrentStorage for StoreStorage {
             .map_err(storage_err)
     }
 
+    fn read_now(
+        &self,
+        t: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<(), StorageError>> {
+        let r = self
+            .store
+            .read_raw_now(t, stream_offset, buf)?
+            .map_err(storage_err);
+        super::metrics::peer_bytes(t.0, 0, buf.len() as u64);
+        Some(r)
+    }
+
     fn will_read(&self, t: TorrentId, stream_offset: u64, len: u64) {
         self.store
             .prefetch_for_peer(t, stream_offset..stream_offset + len);

@@ -112,15 +112,47 @@ fn pread_append(
     flags: libc::c_int,
     data: &mut Vec<u8>,
 ) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
     let base = data.len();
     data.reserve(len);
+    let spare = &mut data.spare_capacity_mut()[..len];
+    match preadv2_full(file, offset, spare.as_mut_ptr().cast(), len, flags)? {
+        // SAFETY: `preadv2_full` initialised the first `n` bytes of the spare room,
+        // right after the first `base`.
+        Some(n) => unsafe { data.set_len(base + n) },
+        None => return Ok(false),
+    }
+    data.resize(base + len, 0);
+    Ok(true)
+}
+
+/// Fills `buf` from `offset` in an open file, only from the page cache (`RWF_NOWAIT`):
+/// `false` when some of the bytes would have to come from the disk (`buf` then holds
+/// garbage). Zeros past the end of the file, as in a sparse file.
+pub fn read_at_cached(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+    let Some(n) = preadv2_full(file, offset, buf.as_mut_ptr(), buf.len(), libc::RWF_NOWAIT)? else {
+        return Ok(false);
+    };
+    buf[n..].fill(0);
+    Ok(true)
+}
+
+/// `preadv2` with `flags` until `len` bytes are at `dst` or the file ends: the bytes
+/// read, or `None` if the kernel says the read would block (only with `RWF_NOWAIT`).
+/// `dst` must be valid for writes of `len` bytes (initialised or not).
+fn preadv2_full(
+    file: &File,
+    offset: u64,
+    dst: *mut u8,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<Option<usize>> {
+    use std::os::fd::AsRawFd;
     let mut done = 0usize;
     while done < len {
         let iov = libc::iovec {
-            // SAFETY (of the call below): the iovec is the vector's spare capacity from
-            // `base + done`, at least `len - done` bytes; the kernel writes at most that.
-            iov_base: data.spare_capacity_mut()[..len - done].as_mut_ptr().cast(),
+            // SAFETY (of the call below): `dst + done` has `len - done` writable bytes
+            // (the caller's promise); the kernel writes at most that.
+            iov_base: unsafe { dst.add(done) }.cast(),
             iov_len: len - done,
         };
         let at = libc::off_t::try_from(offset + done as u64)
@@ -130,15 +162,9 @@ fn pread_append(
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags != 0 => {
-                    data.truncate(base);
-                    Ok(false)
-                }
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) if flags != 0 => Ok(None),
                 Some(libc::EINTR) => continue,
-                _ => {
-                    data.truncate(base);
-                    Err(e)
-                }
+                _ => Err(e),
             };
         }
         if n == 0 {
@@ -147,11 +173,8 @@ fn pread_append(
             break;
         }
         done += n as usize;
-        // SAFETY: the kernel initialised `n` more bytes after the first `base + done - n`.
-        unsafe { data.set_len(base + done) };
     }
-    data.resize(base + len, 0);
-    Ok(true)
+    Ok(Some(done))
 }
 
 /// Fills `buf` from `offset` in the chunk file (zeros past its end); `false` when the
@@ -330,10 +353,15 @@ mod tests {
         let f = File::open(&path).unwrap();
         for (offset, len) in [(0u64, 4096usize), (5000, 4096), (8000, 4096), (12_000, 100)] {
             let cached = read_vec_at_cached(&f, offset, len).unwrap();
+            // Into a slice (a peer's block), over garbage: the same bytes.
+            let mut block = vec![0xAAu8; len];
+            let into_slice = read_at_cached(&f, offset, &mut block).unwrap();
+            assert_eq!(into_slice, cached.is_some(), "at {offset}");
             // None only where the file system cannot say (not ext4, the test's).
             if let Some(cached) = cached {
                 assert_eq!(cached, read_vec_at(&f, offset, len).unwrap(), "at {offset}");
                 assert_eq!(cached.len(), len);
+                assert_eq!(block, cached, "at {offset}");
             } else {
                 let fs_type = std::process::Command::new("stat")
                     .args(["-f", "-c", "%T"])

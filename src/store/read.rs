@@ -138,6 +138,30 @@ impl Store {
             })
     }
 
+    /// [`Store::read_raw_blocking`] on a thread that must never wait (libtorrent's
+    /// network thread): `None` unless every byte is at hand, verified and in memory or
+    /// in the page cache; the caller then hands the read to a worker (`buf` may have
+    /// been written to meanwhile). A peer's block answered here skips two thread
+    /// hand-offs, each a wake-up of a thread asleep on another CPU.
+    pub fn read_raw_now(
+        self: &Arc<Self>,
+        id: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<(), StoreError>> {
+        let range = stream_offset..stream_offset + buf.len() as u64;
+        // Never the catalog (a torrent to load) nor a fetch from here.
+        let loaded = self.lock().torrents.contains_key(&id);
+        if !loaded || !self.readable_now(id, range) {
+            return None;
+        }
+        let read = std::pin::pin!(self.read_into(id, stream_offset, buf));
+        match crate::nowait::poll_once(read) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        }
+    }
+
     /// Reads verified stream bytes (for the filesystem). Fails with `NotVerified` when a
     /// piece of the range is not downloaded yet (or was revoked by a damaged chunk).
     /// A range inside one chunk held in memory is a slice of it, not a copy.
@@ -276,8 +300,14 @@ impl Store {
             {
                 Span::Memory(b) => out.copy_from_slice(&b),
                 Span::File { file, path, .. } => {
-                    files::read_file_at(&file, span.offset_in_chunk, out)
-                        .map_err(|e| StoreError::io(&path, e))?
+                    // A poll that must not block reads only what the page cache holds.
+                    let cached = crate::nowait::active()
+                        && files::read_at_cached(&file, span.offset_in_chunk, out).unwrap_or(false);
+                    if !cached {
+                        crate::nowait::yield_once().await;
+                        files::read_file_at(&file, span.offset_in_chunk, out)
+                            .map_err(|e| StoreError::io(&path, e))?
+                    }
                 }
                 Span::Zeros => out.fill(0),
             }

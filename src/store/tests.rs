@@ -936,3 +936,64 @@ fn states(catalog: &Catalog, id: TorrentId, n: u32) -> Vec<ChunkState> {
         })
         .collect()
 }
+
+/// A peer's read on libtorrent's network thread: answered there only from verified
+/// bytes at hand (a checked local file in the page cache, or a fetched chunk in
+/// memory); anything else is `None`, for a worker, and starts nothing.
+#[test]
+fn a_peer_read_is_answered_at_once_only_from_bytes_at_hand() {
+    use std::os::unix::fs::FileExt;
+    let total = 3 * CHUNK_LEN;
+    let (f, src) = uploaded_fixture(total);
+    let now = |range: std::ops::Range<u64>| {
+        let mut buf = vec![0xEEu8; (range.end - range.start) as usize];
+        f.store
+            .read_raw_now(f.id, range.start, &mut buf)
+            .map(|r| r.map(|()| buf))
+    };
+    let right =
+        |range: std::ops::Range<u64>| f.data[range.start as usize..range.end as usize].to_vec();
+    // Just downloaded and committed: local, checked, in the page cache.
+    let block = 16_384..32_768;
+    assert_eq!(now(block.clone()).unwrap().unwrap(), right(block));
+    let across = CHUNK_LEN - 8192..CHUNK_LEN + 8192;
+    assert_eq!(now(across.clone()).unwrap().unwrap(), right(across));
+
+    // Evicted: not at hand, and no fetch is started from here.
+    f.store.evict_all();
+    let in_1 = CHUNK_LEN + 4096..CHUNK_LEN + 20_480;
+    assert!(now(in_1.clone()).is_none());
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 0);
+    // A worker's read fetches it; the fetched bytes are then at hand in memory.
+    let mut buf = vec![0u8; (in_1.end - in_1.start) as usize];
+    f.store
+        .read_raw_blocking(f.id, in_1.start, &mut buf)
+        .unwrap();
+    assert_eq!(buf, right(in_1.clone()));
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(now(in_1.clone()).unwrap().unwrap(), right(in_1));
+
+    // A local file altered since it was checked must be hashed first: not here.
+    let (f, _src) = uploaded_fixture(total);
+    std::thread::sleep(Duration::from_millis(20));
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.root.join(&uid).join("2"))
+        .unwrap()
+        .write_all_at(b"altered", 100)
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(f
+        .store
+        .read_raw_now(f.id, 2 * CHUNK_LEN, &mut buf)
+        .is_none());
+    assert_eq!(f.store.integrity_stats().damaged_local_chunks, 0);
+
+    // A piece not verified yet is never served from here.
+    let f = fixture(total);
+    f.download(0..1);
+    let mut buf = vec![0u8; 4096];
+    assert!(f.store.read_raw_now(f.id, 0, &mut buf).is_some());
+    assert!(f.store.read_raw_now(f.id, PIECE, &mut buf).is_none());
+}

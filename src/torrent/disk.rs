@@ -150,6 +150,28 @@ impl Slot {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), StorageError> {
+        self.read_overlaid(offset, buf, |buf| Some(storage.read(t, offset, buf)))
+            .unwrap_or(Ok(()))
+    }
+
+    /// [`Slot::read_through`] with the storage's `read_now`: `None` when the storage
+    /// cannot answer without waiting.
+    fn read_through_now(
+        &self,
+        storage: &dyn TorrentStorage,
+        t: TorrentId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<(), StorageError>> {
+        self.read_overlaid(offset, buf, |buf| storage.read_now(t, offset, buf))
+    }
+
+    fn read_overlaid(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        read: impl FnOnce(&mut [u8]) -> Option<Result<(), StorageError>>,
+    ) -> Option<Result<(), StorageError>> {
         let end = offset + buf.len() as u64;
         let overlay: Vec<(u64, Arc<[u8]>)> = {
             let pending = lock(&self.pending);
@@ -160,14 +182,16 @@ impl Slot {
                 .filter(|(at, data)| at + data.len() as u64 > offset)
                 .collect()
         };
-        storage.read(t, offset, buf)?;
+        if let Err(e) = read(buf)? {
+            return Some(Err(e));
+        }
         for (at, data) in overlay {
             let from = at.max(offset);
             let to = (at + data.len() as u64).min(end);
             let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
             dst.copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
         }
-        Ok(())
+        Some(Ok(()))
     }
 }
 
@@ -586,6 +610,24 @@ struct Target {
     bp: Arc<Backpressure>,
 }
 
+/// Completes a peer's read job with the bytes, or the error.
+fn complete_read(
+    job: UniquePtr<DiskJob>,
+    t: TorrentId,
+    (piece, offset): (u32, u32),
+    r: Result<Vec<u8>, StorageError>,
+) {
+    match r {
+        Ok(buf) => ffi::complete_job(job, ok(buf)),
+        Err(e) => {
+            tracing::warn!(torrent = %t, piece, offset, error = %e, "read failed");
+            // libtorrent 2.0.8 answers a failed peer read by rejecting the request and
+            // telling that peer it lacks the piece; the torrent goes on.
+            ffi::complete_job(job, failed(DiskOp::Read, &e))
+        }
+    }
+}
+
 impl Target {
     /// `len` stream bytes at `start`, as stored or still queued for writing.
     fn read(&self, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
@@ -593,6 +635,16 @@ impl Target {
         self.slot
             .read_through(self.storage.as_ref(), self.torrent, start, &mut buf)?;
         Ok(buf)
+    }
+
+    /// [`Target::read`] answered on the calling thread, or `None` (see
+    /// [`TorrentStorage::read_now`]).
+    fn read_now(&self, start: u64, len: u64) -> Option<Result<Vec<u8>, StorageError>> {
+        let mut buf = vec![0u8; len as usize];
+        let r = self
+            .slot
+            .read_through_now(self.storage.as_ref(), self.torrent, start, &mut buf)?;
+        Some(r.map(|()| buf))
     }
 
     /// Reads and hashes queued when the session began shutting down are not run.
@@ -680,6 +732,17 @@ impl DiskHandle {
             return;
         };
         let start = u64::from(piece) * target.slot.layout.piece_len + u64::from(offset);
+        // Bytes at hand are answered here, on libtorrent's network thread: no hand-off to
+        // a read worker and back (each a wake-up of a thread on another CPU), and no hint
+        // (the chunk is local).
+        if !target.aborted() && start + u64::from(len) <= target.slot.layout.total_len {
+            if let Some(r) = target.read_now(start, u64::from(len)) {
+                if let Some(job) = job {
+                    complete_read(job, target.torrent, (piece, offset), r);
+                }
+                return;
+            }
+        }
         let chunk = start / CHUNK_LEN + 1;
         if target.slot.last_hint.swap(chunk, Ordering::Relaxed) != chunk {
             let (storage, aborting, t) = (
@@ -701,15 +764,8 @@ impl DiskHandle {
             if start + u64::from(len) > target.slot.layout.total_len {
                 return ffi::complete_job(job, invalid(DiskOp::Read));
             }
-            match target.read(start, u64::from(len)) {
-                Ok(buf) => ffi::complete_job(job, ok(buf)),
-                Err(e) => {
-                    tracing::warn!(torrent = %target.torrent, piece, offset, error = %e, "read failed");
-                    // libtorrent 2.0.8 answers a failed peer read by rejecting the request
-                    // and telling that peer it lacks the piece; the torrent goes on.
-                    ffi::complete_job(job, failed(DiskOp::Read, &e))
-                }
-            }
+            let r = target.read(start, u64::from(len));
+            complete_read(job, target.torrent, (piece, offset), r);
         }));
     }
 

@@ -185,6 +185,18 @@ pub trait TorrentStorage: Send + Sync + 'static {
     /// Blocking read of stream bytes; may fetch an evicted chunk from the remote (slow).
     /// Pad bytes read as zeros.
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError>;
+    /// `read` on a thread that must never wait (libtorrent's network thread): `None`
+    /// unless the bytes are at hand (in memory or the page cache); `read` follows then,
+    /// on a worker. Must not block, start a fetch, or take a lock held across I/O.
+    fn read_now(
+        &self,
+        t: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<(), StorageError>> {
+        let _ = (t, stream_offset, buf);
+        None
+    }
     /// libtorrent verified these pieces (piece_finished / hash passed).
     fn pieces_verified(&self, t: TorrentId, pieces: &[PieceIndex]);
     /// A piece failed its hash check: its bytes are garbage until rewritten.
