@@ -54,6 +54,11 @@ pub(super) const TYPICAL_FETCH_START: Duration = Duration::from_millis(100);
 /// more requests than chunks.
 pub(super) const IDLE_DEMAND_PARTS: usize = 4;
 
+/// Chunks in the aligned extent a peer's read brings back from the remote: libtorrent
+/// downloads pieces in 4 MiB extents (`piece_extent_affinity`), so a peer that asks for
+/// one chunk of an extent asks for the rest next (+4 % seeding from the remote).
+pub(super) const PEER_EXTENT_CHUNKS: u64 = 4;
+
 /// Fetches started ahead of peers' reads, at most, counting those running already.
 pub(super) const PEER_FETCHES_AHEAD: usize = 16;
 
@@ -636,15 +641,21 @@ impl Store {
     }
 
     /// Brings the chunks of stream bytes a peer asked for closer, ahead of the read that
-    /// follows (see [`Store::prefetch_chunk`]): the reads of a peer's queue then wait on
-    /// fetches that overlap rather than on one fetch per read worker at a time. No more
+    /// follows (see [`Store::prefetch_chunk`]), with the rest of their aligned
+    /// [`PEER_EXTENT_CHUNKS`] extent: the reads of a peer's queue then wait on fetches
+    /// that overlap rather than on one fetch per read worker at a time. No more
     /// than [`PEER_FETCHES_AHEAD`] fetches run at once from here: each keeps its chunk in
     /// memory until its reader comes.
     pub fn prefetch_for_peer(self: &Arc<Self>, id: TorrentId, range: std::ops::Range<u64>) {
         if range.start >= range.end {
             return;
         }
-        for c in range.start / CHUNK_LEN..=(range.end - 1) / CHUNK_LEN {
+        let Some(g) = self.geometry(id) else { return };
+        // To the end of the extent: the rest of it is what the peer asks for next.
+        let last = (range.end - 1) / CHUNK_LEN;
+        let last =
+            (last | (PEER_EXTENT_CHUNKS - 1)).min(u64::from(g.num_chunks()).saturating_sub(1));
+        for c in range.start / CHUNK_LEN..=last {
             let busy = self
                 .inflight
                 .lock()

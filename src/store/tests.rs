@@ -900,12 +900,19 @@ fn a_peers_queued_reads_start_their_chunks_fetches_together_up_to_a_bound() {
     let n = ahead as u64 + 2;
     let (f, held) = evicted_behind(Held::new, n * CHUNK_LEN);
     let block = |c: u64| c * CHUNK_LEN + 16384..c * CHUNK_LEN + 32768;
-    // Two blocks a peer asked for, in no order: both fetches start before any read.
-    f.store.prefetch_for_peer(f.id, block(3));
-    f.store.prefetch_for_peer(f.id, block(0));
-    let mut started = held.wait_started(2);
+    // Two blocks a peer asked for, in no order: both fetches start before any read,
+    // each with the rest of its 4-chunk extent (2 and 3; 5, 6 and 7).
+    f.store.prefetch_for_peer(f.id, block(2));
+    f.store.prefetch_for_peer(f.id, block(4));
+    let mut started = held.wait_started(6);
     started.sort_unstable();
-    assert_eq!(started, vec![0, 3]);
+    assert_eq!(started, vec![2, 3, 4, 5, 6, 7]);
+    // The last extent is cut at the torrent's end.
+    assert_eq!(n, 18);
+    f.store.prefetch_for_peer(f.id, block(16));
+    let mut started = held.wait_started(8);
+    started.sort_unstable();
+    assert_eq!(started, vec![2, 3, 4, 5, 6, 7, 16, 17]);
     // A long queue: no more than the bound at once.
     for c in 0..n {
         f.store.prefetch_for_peer(f.id, block(c));
