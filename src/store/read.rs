@@ -951,7 +951,9 @@ impl Store {
             return Err(e);
         }
         c.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-        self.note_fetch_took(began.elapsed());
+        let took = began.elapsed();
+        tracing::debug!(chunk = %chunk.key, parts, took_us = took.as_micros() as u64, "fetched");
+        self.note_fetch_took(took);
         let bytes = data;
         self.hot_put(chunk.key, bytes.clone());
         // The readers are served from memory now; the cache copy is written behind them.
