@@ -90,6 +90,10 @@ enum Target<'a> {
     Bucket,
 }
 
+/// Most a GET body's buffer is sized for before its bytes arrive (the length is the
+/// server's word until then).
+const MAX_PREALLOCATED_BODY: usize = 64 << 20;
+
 impl S3Store {
     /// Builds a client from the standard AWS configuration chain plus `cfg`. Fails with
     /// `Permanent` when no credentials can be found; bucket access is checked by
@@ -207,13 +211,25 @@ impl S3Store {
                 }
             })?;
         let (len, part) = (resp.content_length(), resp.content_range().is_some());
-        let data = resp.body.collect().await.map_err(|e| {
-            RemoteError::Transient(format!(
-                "reading object {key} from bucket {} at {} was interrupted: {e}",
-                self.bucket, self.endpoint_name
-            ))
-        })?;
-        Ok((data.into_bytes(), len, part))
+        // Into one buffer of the announced size as the body arrives: one copy, and a
+        // `Bytes` the caller can turn back into a `Vec` without another (decryption is
+        // in place).
+        let announced = len.and_then(|l| usize::try_from(l).ok()).unwrap_or(0);
+        let mut data = Vec::with_capacity(announced.min(MAX_PREALLOCATED_BODY));
+        let mut body = resp.body;
+        loop {
+            match body.try_next().await {
+                Ok(Some(frame)) => data.extend_from_slice(&frame),
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(RemoteError::Transient(format!(
+                        "reading object {key} from bucket {} at {} was interrupted: {e}",
+                        self.bucket, self.endpoint_name
+                    )))
+                }
+            }
+        }
+        Ok((Bytes::from(data), len, part))
     }
 
     pub fn bucket(&self) -> &str {
