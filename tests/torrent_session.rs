@@ -244,37 +244,15 @@ fn dropped_mid_download_then_resumes_from_verified_pieces() {
 
 #[test]
 fn failed_reads_do_not_stop_seeding() {
-    let tmp = tempfile::tempdir().unwrap();
-    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 13);
-    let torrent_path = tmp.path().join("a.torrent");
-    let (torrent, _) = python_torrent(&album, &torrent_path, 128 << 10, "hybrid");
-    let meta = parse_metainfo(&torrent).unwrap();
-    let storage = FileStorage::new(&tmp.path().join("store"));
-    let t = TorrentId(6);
-    storage.prefill(t, expected_stream(&album, &meta.layout), true);
-    storage
-        .fail_reads
-        .store(3, std::sync::atomic::Ordering::SeqCst);
-    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
-    session
-        .add(t, Source::Metainfo(torrent), AddOptions::default())
-        .unwrap();
-
-    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
-    let mut leecher = PyPeer::leech(&torrent_path, &tmp.path().join("leech"), bae_addr);
-    leecher.wait_line("DONE");
+    let (storage, status) = seed_to_a_leecher(128 << 10, "hybrid", 13, |s| {
+        s.fail_reads.store(3, std::sync::atomic::Ordering::SeqCst);
+    });
     assert_eq!(
         storage.fail_reads.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "the failing reads never happened"
     );
-    let status = session.status(t).unwrap();
     assert!(!status.paused && status.error.is_none(), "{status:?}");
-    for (rel, _) in ALBUM {
-        let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
-            == std::fs::read(album.join(rel)).unwrap();
-        assert!(same, "{rel} differs");
-    }
 }
 
 /// A storage that answers every peer read at once (`read_now`, on libtorrent's network
@@ -283,23 +261,11 @@ fn failed_reads_do_not_stop_seeding() {
 #[test]
 fn reads_answered_at_once_serve_a_whole_download() {
     use std::sync::atomic::Ordering::SeqCst;
-    let tmp = tempfile::tempdir().unwrap();
-    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, 17);
-    let torrent_path = tmp.path().join("a.torrent");
-    let (torrent, _) = python_torrent(&album, &torrent_path, 64 << 10, "v1");
-    let meta = parse_metainfo(&torrent).unwrap();
-    let storage = FileStorage::new(&tmp.path().join("store"));
-    let t = TorrentId(8);
-    storage.prefill(t, expected_stream(&album, &meta.layout), true);
-    storage.answer_now.store(true, SeqCst);
-    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
-    session
-        .add(t, Source::Metainfo(torrent), AddOptions::default())
-        .unwrap();
-    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
-    let mut leecher = PyPeer::leech(&torrent_path, &tmp.path().join("leech"), bae_addr);
-    leecher.wait_line("DONE");
-    let blocks = meta.layout.total_len.div_ceil(16 << 10);
+    let (storage, _) = seed_to_a_leecher(64 << 10, "v1", 17, |s| {
+        s.answer_now.store(true, SeqCst);
+    });
+    let total: u64 = ALBUM.iter().map(|(_, len)| *len as u64).sum();
+    let blocks = total.div_ceil(16 << 10);
     assert!(
         storage.now_reads.load(SeqCst) >= blocks,
         "{} reads answered at once for {blocks} blocks",
@@ -310,11 +276,40 @@ fn reads_answered_at_once_serve_a_whole_download() {
         0,
         "reads reached the workers"
     );
+}
+
+/// Seeds an album (`piece`-sized pieces, torrent `mode`) from a [`FileStorage`] set up by
+/// `setup` to a stock leecher, and checks every file the leecher got. Returns the
+/// storage and the torrent's status after.
+fn seed_to_a_leecher(
+    piece: u64,
+    mode: &str,
+    seed: u64,
+    setup: impl FnOnce(&FileStorage),
+) -> (std::sync::Arc<FileStorage>, bae::torrent::TorrentStatus) {
+    let tmp = tempfile::tempdir().unwrap();
+    let album = make_album(&tmp.path().join("orig"), "Album", ALBUM, seed);
+    let torrent_path = tmp.path().join("a.torrent");
+    let (torrent, _) = python_torrent(&album, &torrent_path, piece, mode);
+    let meta = parse_metainfo(&torrent).unwrap();
+    let storage = FileStorage::new(&tmp.path().join("store"));
+    let t = TorrentId(6);
+    storage.prefill(t, expected_stream(&album, &meta.layout), true);
+    setup(&storage);
+    let session = Session::new(SessionConfig::loopback(storage.clone())).unwrap();
+    session
+        .add(t, Source::Metainfo(torrent), AddOptions::default())
+        .unwrap();
+    let bae_addr = std::net::SocketAddr::from(([127, 0, 0, 1], session.listen_port()));
+    let mut leecher = PyPeer::leech(&torrent_path, &tmp.path().join("leech"), bae_addr);
+    leecher.wait_line("DONE");
     for (rel, _) in ALBUM {
         let same = std::fs::read(tmp.path().join("leech/Album").join(rel)).unwrap()
             == std::fs::read(album.join(rel)).unwrap();
         assert!(same, "{rel} differs");
     }
+    let status = session.status(t).unwrap();
+    (storage, status)
 }
 
 /// A magnet's metadata, re-added after a restart as a .torrent, resumes from the store.
