@@ -348,6 +348,8 @@ impl Store {
             let path = self.chunk_file(uid, key.index);
             match self.plan(key)? {
                 Plan::Sparse(pin) => {
+                    // Opening a file may read the disk (a directory, an inode).
+                    crate::nowait::yield_once().await;
                     return match std::fs::File::open(&path) {
                         Ok(file) => Ok(Span::File {
                             file: Arc::new(file),
@@ -373,6 +375,11 @@ impl Store {
                     checked,
                     ..
                 } => {
+                    // Only a file kept open is used without waiting: opening one may
+                    // read the disk (a directory, an inode).
+                    if crate::nowait::active() && !self.kept_open(key) {
+                        crate::nowait::yield_once().await;
+                    }
                     let (file, stamp) = match self.open_checked(key, &path, checked) {
                         Ok(f) => f,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -416,6 +423,13 @@ impl Store {
             }
         }
         Err(StoreError::Lost(key))
+    }
+
+    fn kept_open(&self, key: ChunkKey) -> bool {
+        self.open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
     }
 
     /// Opens a complete chunk's file, or takes it from the open files when its inode is

@@ -960,8 +960,12 @@ fn a_peer_read_is_answered_at_once_only_from_bytes_at_hand() {
     };
     let right =
         |range: std::ops::Range<u64>| f.data[range.start as usize..range.end as usize].to_vec();
-    // Just downloaded and committed: local, checked, in the page cache.
+    // Just downloaded and committed: local, checked, in the page cache, but no file is
+    // open yet (opening one may read the disk): a worker's read opens and keeps it.
     let block = 16_384..32_768;
+    assert!(now(block.clone()).is_none());
+    let mut buf = vec![0u8; 2 * CHUNK_LEN as usize];
+    f.store.read_raw_blocking(f.id, 0, &mut buf).unwrap();
     assert_eq!(now(block.clone()).unwrap().unwrap(), right(block));
     let across = CHUNK_LEN - 8192..CHUNK_LEN + 8192;
     assert_eq!(now(across.clone()).unwrap().unwrap(), right(across));
@@ -997,10 +1001,20 @@ fn a_peer_read_is_answered_at_once_only_from_bytes_at_hand() {
         .is_none());
     assert_eq!(f.store.integrity_stats().damaged_local_chunks, 0);
 
-    // A piece not verified yet is never served from here.
+    // Pieces 0 and 1 (768 KiB each) make chunk 0 complete and chunk 1 partial. A piece
+    // not verified yet is never served from here, nor a partial chunk's file (opened on
+    // every read).
     let f = fixture(total);
-    f.download(0..1);
+    f.download(0..2);
     let mut buf = vec![0u8; 4096];
+    f.store.read_raw_blocking(f.id, 0, &mut buf).unwrap();
     assert!(f.store.read_raw_now(f.id, 0, &mut buf).is_some());
-    assert!(f.store.read_raw_now(f.id, PIECE, &mut buf).is_none());
+    assert!(f
+        .store
+        .read_raw_now(f.id, CHUNK_LEN + 4096, &mut buf)
+        .is_none());
+    assert!(f
+        .store
+        .read_raw_now(f.id, 2 * PIECE + 4096, &mut buf)
+        .is_none());
 }
