@@ -631,20 +631,14 @@ fn complete_read(
 impl Target {
     /// `len` stream bytes at `start`, as stored or still queued for writing.
     fn read(&self, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
-        let mut buf = vec![0u8; len as usize];
+        self.read_into(start, vec![0u8; len as usize])
+    }
+
+    /// [`Target::read`] into `buf` (its length is the read's).
+    fn read_into(&self, start: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, StorageError> {
         self.slot
             .read_through(self.storage.as_ref(), self.torrent, start, &mut buf)?;
         Ok(buf)
-    }
-
-    /// [`Target::read`] answered on the calling thread, or `None` (see
-    /// [`TorrentStorage::read_now`]).
-    fn read_now(&self, start: u64, len: u64) -> Option<Result<Vec<u8>, StorageError>> {
-        let mut buf = vec![0u8; len as usize];
-        let r = self
-            .slot
-            .read_through_now(self.storage.as_ref(), self.torrent, start, &mut buf)?;
-        Some(r.map(|()| buf))
     }
 
     /// Reads and hashes queued when the session began shutting down are not run.
@@ -735,10 +729,18 @@ impl DiskHandle {
         // Bytes at hand are answered here, on libtorrent's network thread: no hand-off to
         // a read worker and back (each a wake-up of a thread on another CPU), and no hint
         // (the chunk is local).
+        // One buffer: a worker gets it when the bytes are not at hand.
+        let mut buf = vec![0u8; len as usize];
         if !target.aborted() && start + u64::from(len) <= target.slot.layout.total_len {
-            if let Some(r) = target.read_now(start, u64::from(len)) {
+            let r = target.slot.read_through_now(
+                target.storage.as_ref(),
+                target.torrent,
+                start,
+                &mut buf,
+            );
+            if let Some(r) = r {
                 if let Some(job) = job {
-                    complete_read(job, target.torrent, (piece, offset), r);
+                    complete_read(job, target.torrent, (piece, offset), r.map(|()| buf));
                 }
                 return;
             }
@@ -764,7 +766,7 @@ impl DiskHandle {
             if start + u64::from(len) > target.slot.layout.total_len {
                 return ffi::complete_job(job, invalid(DiskOp::Read));
             }
-            let r = target.read(start, u64::from(len));
+            let r = target.read_into(start, buf);
             complete_read(job, target.torrent, (piece, offset), r);
         }));
     }
