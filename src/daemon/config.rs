@@ -134,7 +134,7 @@ impl Default for Config {
             read_timeout_secs: 60,
             upload_concurrency: 8,
             remote_concurrency: 32,
-            readahead_chunks: 8,
+            readahead_chunks: 16,
             metrics_addr: None,
             metrics_allow_remote: false,
             watch_dir: None,

@@ -366,6 +366,10 @@ impl Content for StoreContent {
         self.store.readable_now(t, range)
     }
 
+    fn stream_len(&self, t: TorrentId) -> Option<u64> {
+        Some(self.store.geometry(t)?.total_len())
+    }
+
     fn progress(&self, t: TorrentId) -> Option<Progress> {
         let total_bytes = self.store.geometry(t)?.total_len();
         let s = self.store.torrent_stats(t)?;

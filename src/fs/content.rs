@@ -182,6 +182,12 @@ pub trait Content: Send + Sync + 'static {
     /// a file on open). Must not block.
     fn prefetch(&self, t: TorrentId, range: Range<u64>);
 
+    /// The length of torrent `t`'s content stream, if known: read-ahead runs on past a
+    /// file's end into the next file. Must not block.
+    fn stream_len(&self, _t: TorrentId) -> Option<u64> {
+        None
+    }
+
     /// The torrent's progress, for the mount's `user.bae.*` extended attributes.
     /// `None` when unknown.
     fn progress(&self, _t: TorrentId) -> Option<Progress> {

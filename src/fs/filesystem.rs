@@ -409,11 +409,23 @@ impl Filesystem {
             tracing::debug!(torrent = %file.torrent, ?range, error = %e, "retry of a read that just failed");
             return Err(FsError::Content(e));
         }
+        let window = self.config.max_readahead_bytes;
+        // Near its end, a file's read-ahead runs on into the bytes that follow it in the
+        // torrent: the next track of an album, which a player reading in order opens
+        // next (its first chunks would otherwise be asked for only when it is read).
+        let limit = if end.saturating_add(window) > file.len_bytes {
+            self.content
+                .stream_len(file.torrent)
+                .map_or(file.len_bytes, |l| l.saturating_sub(file.stream_offset))
+                .max(file.len_bytes)
+        } else {
+            file.len_bytes
+        };
         let ahead = handle
             .readahead
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .on_read(offset, end, file.len_bytes, self.config.max_readahead_bytes);
+            .on_read(offset, end, limit, window);
         if let Some(r) = ahead {
             self.content.prefetch(
                 file.torrent,

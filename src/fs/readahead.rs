@@ -35,12 +35,13 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     /// Records a read of file bytes `[offset, end)` and returns the file-relative range
-    /// to prefetch now, if any.
+    /// to prefetch now, if any, never past `limit` (the file's length, or more when the
+    /// bytes after the file are worth reading ahead too).
     pub fn on_read(
         &mut self,
         offset: u64,
         end: u64,
-        file_len: u64,
+        limit: u64,
         max_window_bytes: u64,
     ) -> Option<Range<u64>> {
         let slack = end
@@ -61,7 +62,7 @@ impl ReadAhead {
             (self.window_bytes * 2).min(max_window_bytes)
         };
         let start = self.prefetched_until.max(end);
-        let target = end.saturating_add(self.window_bytes).min(file_len);
+        let target = end.saturating_add(self.window_bytes).min(limit);
         if target > start {
             self.prefetched_until = target;
             Some(start..target)

@@ -99,6 +99,13 @@ impl Content for MemContent {
             Behaviour::ShortBy(n) => Ok(slice().slice(n..)),
         }
     }
+    fn stream_len(&self, t: TorrentId) -> Option<u64> {
+        let s = self.state.lock().unwrap();
+        s.torrents
+            .iter()
+            .find(|(e, _)| e.id == t)
+            .map(|(_, b)| b.len() as u64)
+    }
     fn prefetch(&self, t: TorrentId, range: Range<u64>) {
         self.state.lock().unwrap().prefetches.push((t, range));
     }
@@ -416,6 +423,32 @@ async fn reads_map_to_the_stream_and_are_short_only_at_the_end() {
     assert_eq!(fs.read(fh, -1, 1).await.unwrap_err().errno(), libc::EINVAL);
     fs.release(fh);
     assert_eq!(fs.read(fh, 0, 1).await.unwrap_err().errno(), libc::EBADF);
+}
+
+#[tokio::test]
+async fn read_ahead_runs_on_into_the_next_file_and_stops_at_the_end_of_the_torrent() {
+    let t = torrent(3, "T", &[(&["a"], 3 * MIB), (&["b"], 2 * MIB)]);
+    let (content, fs) = fs_over(vec![t]);
+    let id = TorrentId(3);
+    let chunk = MIB as u32;
+    let a = fs.open(resolve(&fs, "T/a").ino, libc::O_RDONLY).unwrap().fh;
+    content.take_prefetches();
+    fs.read(a, 0, chunk).await.unwrap();
+    fs.read(a, MIB as i64, chunk).await.unwrap();
+    // The second window reaches past a's end: into b's first MiB.
+    assert_eq!(
+        content.take_prefetches(),
+        vec![(id, MIB..2 * MIB), (id, 2 * MIB..4 * MIB)]
+    );
+    fs.read(a, 2 * MIB as i64, chunk).await.unwrap();
+    // Then up to the end of the torrent, and no further.
+    assert_eq!(content.take_prefetches(), vec![(id, 4 * MIB..5 * MIB)]);
+    let b = fs.open(resolve(&fs, "T/b").ino, libc::O_RDONLY).unwrap().fh;
+    content.take_prefetches();
+    fs.read(b, 0, chunk).await.unwrap();
+    assert_eq!(content.take_prefetches(), vec![(id, 4 * MIB..5 * MIB)]);
+    fs.read(b, MIB as i64, chunk).await.unwrap();
+    assert!(content.take_prefetches().is_empty());
 }
 
 #[tokio::test]

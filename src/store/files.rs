@@ -199,13 +199,11 @@ pub fn read_whole(file: &File, len: u64) -> io::Result<Vec<u8>> {
 
 /// Asks the kernel to start reading a chunk file into the page cache (a read of it is
 /// coming). Advice only: errors are ignored.
-pub fn will_need(path: &Path) {
+pub fn will_need(file: &File) {
     use std::os::fd::AsRawFd;
-    if let Ok(f) = File::open(path) {
-        // SAFETY: posix_fadvise on a file descriptor we own; advice only, no memory.
-        unsafe {
-            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
-        }
+    // SAFETY: posix_fadvise on an open file descriptor; advice only, no memory.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
     }
 }
 

@@ -226,6 +226,11 @@ const HOT_CHUNKS: usize = 16;
 /// disk blocks until it is closed: every deletion by the store closes it first.
 const OPEN_FILES: usize = 64;
 
+/// Chunks remembered as hinted to the kernel (see [`Store::hint_ahead`]), and for how
+/// long a hint stands.
+const HINTED_CHUNKS: usize = 256;
+const HINT_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Local chunks hashed ahead of a reader at once (the machine's cores are shared with
 /// the reader, the kernel and libtorrent).
 const CHECKS_AHEAD: usize = 2;
@@ -258,6 +263,8 @@ pub struct Store {
     /// (a 4 KiB read or a 16 KiB block for a peer costs one fstat, not open, fstat and
     /// close). Used only while the inode is the one the check vouches for.
     open_files: Mutex<lru::LruCache<ChunkKey, Arc<std::fs::File>>>,
+    /// When each recently hinted chunk was (see [`Store::hint_ahead`]).
+    hinted: Mutex<lru::LruCache<ChunkKey, std::time::Instant>>,
     /// Pieces verified in memory, waiting for the committer to make them durable.
     pending: Mutex<Vec<(TorrentId, u32)>>,
     pending_cv: Condvar,
@@ -339,6 +346,9 @@ impl Store {
             )),
             open_files: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(OPEN_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            hinted: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(HINTED_CHUNKS).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             pending: Mutex::new(Vec::new()),
             pending_cv: Condvar::new(),

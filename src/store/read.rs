@@ -24,7 +24,9 @@ use futures::future::{BoxFuture, FutureExt};
 use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId, CHUNK_LEN};
 
 use super::files::{self, FileStamp};
-use super::{FetchError, Inflight, PinGuard, RemoteChunk, SharedFetch, Store, StoreError};
+use super::{
+    FetchError, Inflight, PinGuard, RemoteChunk, SharedFetch, Store, StoreError, HINT_FRESH,
+};
 
 /// Longest a fetch ahead of the readers waits for fetches that readers wait on (long in
 /// unit tests, so that they can tell this bound from a reader's call).
@@ -634,8 +636,13 @@ impl Store {
                 self.check_ahead(key, uid, _pin, hash, len);
                 return Ok(None);
             }
-            Plan::Local { _pin, uid, .. } => {
-                files::will_need(&self.chunk_file(&uid, key.index));
+            Plan::Local {
+                _pin,
+                uid,
+                checked: Some(stamp),
+                ..
+            } => {
+                self.hint_ahead(key, uid, stamp, _pin);
                 return Ok(None);
             }
             Plan::Sparse(_) => return Ok(None),
@@ -652,6 +659,31 @@ impl Store {
                 .map(|_| ())
                 .map_err(|error| StoreError::Fetch { key, error })
         }))
+    }
+
+    /// Has the kernel start reading a checked chunk's file ahead of its reader, on a
+    /// blocking thread: opening the file and queueing its reads takes longer than the
+    /// read that asks for them (a sequential reader's request waited on a window of
+    /// these). The file is kept open for the read that follows (see
+    /// [`Store::open_checked`]); the pin keeps the chunk from being evicted meanwhile.
+    /// A chunk hinted a moment ago is not hinted again (read-ahead windows overlap at
+    /// the chunks that straddle their edges).
+    fn hint_ahead(self: &Arc<Self>, key: ChunkKey, uid: [u8; 16], stamp: FileStamp, pin: PinGuard) {
+        {
+            let mut hinted = self.hinted.lock().unwrap_or_else(|e| e.into_inner());
+            if hinted.get(&key).is_some_and(|at| at.elapsed() < HINT_FRESH) {
+                return;
+            }
+            hinted.put(key, Instant::now());
+        }
+        let store = Arc::clone(self);
+        self.rt.spawn_blocking(move || {
+            let path = store.chunk_file(&uid, key.index);
+            if let Ok((file, _)) = store.open_checked(key, &path, Some(stamp)) {
+                files::will_need(&file);
+            }
+            drop(pin);
+        });
     }
 
     /// Brings the chunks of stream bytes a peer asked for closer, ahead of the read that
