@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::remote::crypto::{self, Key};
 use crate::remote::{object_key_for, ObjectStore, Remote, RemoteError};
@@ -42,11 +42,16 @@ fn split(len: u64, parts: usize) -> Vec<std::ops::Range<u64>> {
 }
 
 impl Fetcher {
-    /// The sealed object of `chunk`, whole or in `parts` ranges asked for at once.
-    async fn object(&self, chunk: &RemoteChunk, parts: usize) -> Result<Vec<u8>, RemoteError> {
+    /// The sealed object of `chunk`, whole or in `parts` ranges asked for at once, in a
+    /// buffer of its own (to be decrypted in place).
+    async fn object(&self, chunk: &RemoteChunk, parts: usize) -> Result<BytesMut, RemoteError> {
         let name = object_key_for(&chunk.object_id);
         if parts <= 1 || !self.remote.ranges_in_parallel_help() {
-            return Ok(Vec::from(self.remote.get(&name).await?));
+            // The store's buffer itself when nothing else holds it (no copy).
+            let whole = self.remote.get(&name).await?;
+            return Ok(whole
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..])));
         }
         let len = chunk.len + crypto::OVERHEAD_BYTES as u64;
         let ranges = split(len, parts);
@@ -54,7 +59,7 @@ impl Fetcher {
             ranges.into_iter().map(|r| self.remote.get_range(&name, r)),
         )
         .await?;
-        let mut object = Vec::with_capacity(len as usize);
+        let mut object = BytesMut::with_capacity(len as usize);
         for part in got {
             object.extend_from_slice(&part);
         }
@@ -92,7 +97,7 @@ impl ChunkSource for Fetcher {
                     plain.len()
                 )));
             }
-            Ok(Bytes::from(object).slice(plain))
+            Ok(object.freeze().slice(plain))
         })
         .await
         .map_err(|e| FetchError::Unavailable(format!("decrypt task: {e}")))?
