@@ -197,7 +197,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "readahead_chunks",
         kind: Kind::Number,
         flag: "",
-        help: "chunks read ahead of a sequential reader",
+        help: "chunks read ahead of a sequential reader (on into the next file of the torrent)",
     },
     KeySpec {
         key: "metrics_addr",
