@@ -28,8 +28,8 @@
 //! is recorded there, after its bytes were fsynced.
 //!
 //! Lock order: `commit_lock` → `state` → (`hot` | `open_files` | `uploads` | `pending`);
-//! `inflight` and `checking` are never held while taking `state`. No lock is held across
-//! an await or a remote call.
+//! `inflight` and `checking` are never held while taking `state`; `hinted` is taken
+//! alone. No lock is held across an await or a remote call.
 
 mod cache;
 mod commit;
