@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod daemon;
+pub mod direct;
 pub mod fs;
 pub mod model;
 pub mod nowait;

@@ -27,7 +27,7 @@ use crate::fs::{
     TorrentEntry,
 };
 use crate::model::{ChunkKey, PieceIndex, TorrentId, CHUNK_LEN};
-use crate::store::{FetchError, Store, StoreError};
+use crate::store::{FetchError, Store, StoreError, Wanted};
 use crate::torrent::Session;
 
 pub struct StoreContent {
@@ -229,7 +229,12 @@ impl StoreContent {
         let last = range.end.saturating_sub(1) / CHUNK_LEN;
         for c in first..=last {
             let key = ChunkKey::new(t, c as u32);
-            match self.store.prefetch_chunk(key, next && c == first) {
+            let wanted = if next && c == first {
+                Wanted::Next
+            } else {
+                Wanted::Ahead
+            };
+            match self.store.prefetch_chunk(key, wanted) {
                 Ok(Some(fetch)) => {
                     self.store.runtime().spawn(async move {
                         if let Err(e) = fetch.await {

@@ -80,14 +80,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RemoteError::Permanent(format!("local remote: I/O task failed: {e}")))?
 }
 
-/// Alignment of buffers, lengths and offsets for `O_DIRECT` reads (the largest logical
-/// block size in use).
-const DIRECT_ALIGN: usize = 4096;
-
-/// An object's bytes. Read past the page cache where the file system allows it
-/// (`O_DIRECT`): the object is decrypted into the chunk cache at once, so keeping its
-/// ciphertext in memory as well would only crowd out what is worth keeping, and
-/// filling the page cache costs more CPU than the read.
+/// An object's bytes. Read past the page cache where the file system allows it (see
+/// [`crate::direct`]): the object is decrypted into the chunk cache at once, so keeping
+/// its ciphertext in memory as well would only crowd out what is worth keeping.
 fn read_object(path: &Path) -> std::io::Result<Bytes> {
     match read_direct(path) {
         Ok(Some(data)) => Ok(data),
@@ -96,78 +91,17 @@ fn read_object(path: &Path) -> std::io::Result<Bytes> {
     }
 }
 
-/// The whole file read with `O_DIRECT` into an aligned part of one buffer; `None` when
-/// the file system refuses direct I/O (tmpfs, some FUSE file systems) or a read comes
-/// back unaligned short of the end (the caller then reads it the ordinary way).
+/// The whole object read directly; `None` when that cannot be done or the file changed
+/// length while read (objects never change: not an object as stored).
 fn read_direct(path: &Path) -> std::io::Result<Option<Bytes>> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(file) = crate::direct::open(path)? else {
+        return Ok(None);
     };
     let len = usize::try_from(file.metadata()?.len())
         .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "object too large"))?;
-    // One block more than the length: a read that stops at the end proves it is the end.
-    let room = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN + DIRECT_ALIGN;
-    let mut buf: Vec<u8> = Vec::with_capacity(room + DIRECT_ALIGN);
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    if start + room > buf.capacity() {
-        return Ok(None);
-    }
-    let mut got = 0usize;
-    loop {
-        // SAFETY: the destination `[start + got, start + room)` lies inside `buf`'s
-        // allocation (checked above) and nothing else refers to it.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.as_mut_ptr().add(start + got).cast(),
-                room - got,
-                got as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EINVAL) => return Ok(None),
-                _ => return Err(e),
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        got += n as usize;
-        if got >= room {
-            break;
-        }
-        if got % DIRECT_ALIGN != 0 {
-            // Short of the end only at the end: a file that grew while read (objects
-            // never change) or an odd file system; read it the ordinary way.
-            if got < len {
-                return Ok(None);
-            }
-            break;
-        }
-    }
-    if got != len {
-        // Changed while read: not an object as stored.
-        return Ok(None);
-    }
-    // SAFETY: the first `start` bytes are zeroed here, and the `got` after them were
-    // written by the reads above; together they are the initialised prefix set as the
-    // length.
-    unsafe {
-        std::ptr::write_bytes(buf.as_mut_ptr(), 0, start);
-        buf.set_len(start + got);
-    }
-    Ok(Some(Bytes::from(buf).slice(start..start + got)))
+    Ok(crate::direct::read_whole(&file, len)?
+        .filter(|w| w.file_len == len)
+        .map(|w| w.bytes))
 }
 
 fn put_blocking(root: &Path, key: &str, body: &[u8]) -> Result<(), RemoteError> {

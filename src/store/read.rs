@@ -24,6 +24,7 @@ use futures::future::{BoxFuture, FutureExt};
 use crate::model::{ChunkKey, ChunkState, PieceIndex, TorrentId, CHUNK_LEN};
 
 use super::files::{self, FileStamp};
+use super::lane::Lane;
 use super::{
     FetchError, Inflight, PinGuard, RemoteChunk, SharedFetch, Store, StoreError, HINT_FRESH,
 };
@@ -64,11 +65,26 @@ pub(super) const PEER_EXTENT_CHUNKS: u64 = 4;
 /// Fetches started ahead of peers' reads, at most, counting those running already.
 pub(super) const PEER_FETCHES_AHEAD: usize = 16;
 
+/// Chunks read into memory together ahead of a sequential reader (an aligned group; see
+/// [`Store::load_ahead`]).
+pub(super) const LOAD_GROUP_CHUNKS: u32 = 4;
+
 /// Whether a reader waits for a fetch or it is ahead of the readers (prefetch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Urgency {
     Demand,
     Ahead,
+}
+
+/// Who wants a chunk brought closer (see [`Store::prefetch_chunk`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    /// A reader's next read (a file's head on open): fetched as if it waited already.
+    Next,
+    /// A sequential reader's read-ahead.
+    Ahead,
+    /// A peer's queue of block requests.
+    Peer,
 }
 
 /// Counts a demand fetch as running while it lives.
@@ -341,7 +357,7 @@ impl Store {
         if let Some(check) = check {
             check.await;
         }
-        if let Some(bytes) = self.hot_get(key) {
+        if let Some(bytes) = self.hot_get(key).or_else(|| self.loaded_get(key)) {
             return Ok(Span::Memory(slice_of(&bytes, offset, len)));
         }
         // At most two rounds: a damaged local copy is dropped once, then the chunk is
@@ -502,51 +518,131 @@ impl Store {
         hash: [u8; 32],
         len: u64,
     ) {
-        let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
-        if checking.contains_key(&key) {
-            return;
-        }
-        let (store, slots) = (Arc::clone(self), Arc::clone(&self.check_slots));
-        let task = self.rt.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            let s = Arc::clone(&store);
-            let _ = tokio::task::spawn_blocking(move || {
-                let path = s.chunk_file(&uid, key.index);
-                let damage = match files::open_stamped(&path) {
-                    Ok((file, stamp)) => match s.check_whole(key, &path, &file, stamp, hash, len) {
-                        Ok(Some(_)) => None,
-                        Ok(None) => Some("chunk file does not match its hash"),
-                        Err(e) => {
-                            tracing::debug!(chunk = %key, error = %e, "check ahead failed");
-                            None
-                        }
-                    },
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Some("chunk file is missing")
-                    }
+        self.run_ahead(&[key], &self.check_lane, move |s| {
+            let path = s.chunk_file(&uid, key.index);
+            let damage = match files::open_stamped(&path) {
+                Ok((file, stamp)) => match s.check_whole(key, &path, &file, stamp, hash, len) {
+                    Ok(Some(_)) => None,
+                    Ok(None) => Some("chunk file does not match its hash"),
                     Err(e) => {
                         tracing::debug!(chunk = %key, error = %e, "check ahead failed");
                         None
                     }
-                };
-                drop(pin);
-                if let Some(why) = damage {
-                    s.chunk_damaged(key, why);
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("chunk file is missing"),
+                Err(e) => {
+                    tracing::debug!(chunk = %key, error = %e, "check ahead failed");
+                    None
                 }
-            })
-            .await;
-            store
-                .checking
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            };
+            drop(pin);
+            if let Some(why) = damage {
+                s.chunk_damaged(key, why);
+            }
         });
+    }
+
+    /// Reads checked local chunks into memory ahead of a sequential reader: `first`
+    /// and the other checked local chunks of its aligned group of [`LOAD_GROUP_CHUNKS`]
+    /// that are neither in memory nor being read, in one batch past the page cache (see
+    /// [`crate::direct::read_batch`]). A chunk's file is written in one go and the
+    /// files of a torrent's chunks lie mostly in order on the disk, so the batch is read
+    /// in a few large requests rather than one or two per chunk: on a virtual disk
+    /// each request costs about as much as 1 MiB of transfer. The reader's requests are
+    /// then answered from memory. A file that changed since its check (its stamp) is
+    /// left to the reader, who hashes it; where direct reads are refused the kernel is
+    /// asked to read the files ahead instead.
+    fn load_ahead(self: &Arc<Self>, first: Load, uid: [u8; 16]) {
+        let key = first.key;
+        let group = key.index.0 - key.index.0 % LOAD_GROUP_CHUNKS;
+        let chunks = self.geometry(key.torrent).map_or(0, |g| g.num_chunks());
+        let mut loads = vec![first];
+        for c in group..group.saturating_add(LOAD_GROUP_CHUNKS).min(chunks) {
+            let k = ChunkKey::new(key.torrent, c);
+            if c == key.index.0 || self.loaded_get(k).is_some() || self.hot_get(k).is_some() {
+                continue;
+            }
+            if let Ok(Plan::Local {
+                _pin,
+                len,
+                checked: Some(stamp),
+                ..
+            }) = self.plan(k)
+            {
+                loads.push(Load {
+                    key: k,
+                    stamp,
+                    len,
+                    _pin,
+                });
+            }
+        }
+        loads.sort_by_key(|l| l.key.index.0);
+        let keys: Vec<ChunkKey> = loads.iter().map(|l| l.key).collect();
+        self.run_ahead(&keys, &self.load_lane, move |s| {
+            let paths: Vec<_> = loads
+                .iter()
+                .map(|l| s.chunk_file(&uid, l.key.index))
+                .collect();
+            let got = match load_checked(&loads, &paths) {
+                Ok(got) => got,
+                Err(e) => {
+                    tracing::debug!(chunk = %key, error = %e, "load ahead failed");
+                    return;
+                }
+            };
+            for ((load, path), bytes) in loads.iter().zip(&paths).zip(got) {
+                match bytes {
+                    Some(bytes) => s.loaded_put(load.key, bytes),
+                    None => {
+                        if let Ok((file, _)) = s.open_checked(load.key, path, Some(load.stamp)) {
+                            files::will_need(&file);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs `work` for chunks `keys` on `lane` (see [`Lane`]) ahead of their reader. A
+    /// reader of one of them waits for it (see [`Store::span`]) rather than read the
+    /// same bytes a second time. Does nothing if work for the first is running already;
+    /// others that are (asked for by another reader a moment before) are done twice,
+    /// harmlessly.
+    fn run_ahead(
+        self: &Arc<Self>,
+        keys: &[ChunkKey],
+        lane: &Arc<Lane>,
+        work: impl FnOnce(&Arc<Store>) + Send + 'static,
+    ) {
+        let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.first().is_none_or(|k| checking.contains_key(k)) {
+            return;
+        }
+        let ours: Vec<ChunkKey> = keys
+            .iter()
+            .copied()
+            .filter(|k| !checking.contains_key(k))
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let done = async move {
-            let _ = task.await;
+            let _ = rx.await;
         }
         .boxed()
         .shared();
-        checking.insert(key, done);
+        for &k in &ours {
+            checking.insert(k, done.clone());
+        }
+        drop(checking);
+        let store = Arc::clone(self);
+        lane.push(&self.rt, move || {
+            let _finished = Finished {
+                store: Arc::clone(&store),
+                keys: ours,
+                _tx: tx,
+            };
+            work(&store);
+        });
     }
 
     fn plan(self: &Arc<Self>, key: ChunkKey) -> Result<Plan, StoreError> {
@@ -618,9 +714,9 @@ impl Store {
     pub fn prefetch_chunk(
         self: &Arc<Self>,
         key: ChunkKey,
-        next: bool,
+        wanted: Wanted,
     ) -> Result<Option<impl std::future::Future<Output = Result<(), StoreError>>>, StoreError> {
-        if self.hot_get(key).is_some() {
+        if self.hot_get(key).is_some() || self.loaded_get(key).is_some() {
             return Ok(None);
         }
         let (uid, len) = match self.plan(key)? {
@@ -639,15 +735,30 @@ impl Store {
             Plan::Local {
                 _pin,
                 uid,
+                len,
                 checked: Some(stamp),
                 ..
             } => {
-                self.hint_ahead(key, uid, stamp, _pin);
+                match wanted {
+                    Wanted::Ahead => self.load_ahead(
+                        Load {
+                            key,
+                            stamp,
+                            len,
+                            _pin,
+                        },
+                        uid,
+                    ),
+                    // A file's head is read at once: a batch would make its first read
+                    // wait for the whole group. Peers' reads stay in the page cache:
+                    // many peers' extents would crowd a reader's out of memory.
+                    Wanted::Next | Wanted::Peer => self.hint_ahead(key, uid, stamp, _pin),
+                }
                 return Ok(None);
             }
             Plan::Sparse(_) => return Ok(None),
         };
-        let urgency = if next {
+        let urgency = if wanted == Wanted::Next {
             Urgency::Demand
         } else {
             Urgency::Ahead
@@ -710,7 +821,7 @@ impl Store {
             if busy >= PEER_FETCHES_AHEAD {
                 return;
             }
-            if let Err(e) = self.prefetch_chunk(ChunkKey::new(id, c as u32), false) {
+            if let Err(e) = self.prefetch_chunk(ChunkKey::new(id, c as u32), Wanted::Peer) {
                 tracing::debug!(torrent = %id, chunk = c, error = %e, "no prefetch for a peer");
             }
         }
@@ -747,6 +858,23 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .put(key, bytes);
+    }
+
+    fn loaded_put(&self, key: ChunkKey, bytes: Bytes) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, bytes);
+    }
+
+    /// A chunk read ahead of its reader. Looked at without refreshing it: the chunks a
+    /// sequential reader has passed leave first, the ones it has not reached stay.
+    pub(super) fn loaded_get(&self, key: ChunkKey) -> Option<Bytes> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peek(&key)
+            .cloned()
     }
 
     pub(super) fn hot_get(&self, key: ChunkKey) -> Option<Bytes> {
@@ -1211,6 +1339,82 @@ impl Store {
 
 /// `len` bytes of a chunk held in memory from `offset`: a slice when the chunk holds
 /// them all (always, for a chunk of the length recorded), zero-padded otherwise.
+/// Ends work run ahead (see [`Store::run_ahead`]), however it ends: its chunks leave
+/// `checking`, then their readers wake (the sender drops after this).
+struct Finished {
+    store: Arc<Store>,
+    keys: Vec<ChunkKey>,
+    _tx: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let mut checking = self
+            .store
+            .checking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            checking.remove(k);
+        }
+    }
+}
+
+/// A checked local chunk to read into memory, pinned meanwhile.
+struct Load {
+    key: ChunkKey,
+    stamp: FileStamp,
+    len: u64,
+    _pin: PinGuard,
+}
+
+/// The chunk files' bytes read past the page cache in one batch, each only if its file
+/// is still the one its check vouched for (its stamp) before and after the read; `None`
+/// for one that is not, or where direct reads cannot be done.
+fn load_checked(
+    loads: &[Load],
+    paths: &[std::path::PathBuf],
+) -> std::io::Result<Vec<Option<Bytes>>> {
+    let unchanged = |file: &std::fs::File, stamp: FileStamp| {
+        file.metadata()
+            .map(|m| FileStamp::of(&m) == stamp)
+            .unwrap_or(false)
+    };
+    let mut opened = Vec::with_capacity(loads.len());
+    for (load, path) in loads.iter().zip(paths) {
+        let file = match crate::direct::open(path)? {
+            Some(file) if unchanged(&file, load.stamp) && load.stamp.len <= load.len => Some(file),
+            _ => None,
+        };
+        opened.push(file);
+    }
+    let which: Vec<usize> = (0..loads.len()).filter(|&i| opened[i].is_some()).collect();
+    let wants: Vec<crate::direct::Want> = which
+        .iter()
+        .filter_map(|&i| {
+            Some(crate::direct::Want {
+                file: opened[i].as_ref()?,
+                len: usize::try_from(loads[i].len).ok()?,
+            })
+        })
+        .collect();
+    let mut out: Vec<Option<Bytes>> = (0..loads.len()).map(|_| None).collect();
+    if wants.len() != which.len() {
+        return Ok(out);
+    }
+    let got = crate::direct::read_batch(&wants, CHUNK_LEN as usize)?;
+    for (&i, got) in which.iter().zip(got) {
+        let (Some((bytes, file_len)), Some(file)) = (got, &opened[i]) else {
+            continue;
+        };
+        let stamp = loads[i].stamp;
+        if file_len as u64 == stamp.len && unchanged(file, stamp) {
+            out[i] = Some(bytes);
+        }
+    }
+    Ok(out)
+}
+
 fn slice_of(chunk: &Bytes, offset: u64, len: usize) -> Bytes {
     let start = (offset as usize).min(chunk.len());
     let end = (start + len).min(chunk.len());

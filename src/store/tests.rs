@@ -235,7 +235,10 @@ fn after_a_restart_read_ahead_hashes_local_chunks_before_their_reader() {
     store.set_source(src.clone());
     let key = |c| ChunkKey::new(f.id, c);
     for c in 0..3 {
-        assert!(store.prefetch_chunk(key(c), false).unwrap().is_none());
+        assert!(store
+            .prefetch_chunk(key(c), Wanted::Ahead)
+            .unwrap()
+            .is_none());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !store.checking.lock().unwrap().is_empty() {
@@ -253,6 +256,66 @@ fn after_a_restart_read_ahead_hashes_local_chunks_before_their_reader() {
             .unwrap();
     assert_eq!(&got[..], &f.data[..]);
     assert_eq!(src.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn read_ahead_loads_its_group_of_checked_chunks_into_memory_but_not_a_changed_file() {
+    let total = 6 * CHUNK_LEN;
+    let (f, src) = uploaded_fixture(total);
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    let file = |c: u64| f.root.join(&uid).join(c.to_string());
+    if crate::direct::open(&file(0)).unwrap().is_none() {
+        eprintln!("no direct I/O in {}: nothing to check", f.root.display());
+        return;
+    }
+    let chunk = |c: u64| &f.data[(c * CHUNK_LEN) as usize..((c + 1) * CHUNK_LEN) as usize];
+    // Rewritten since its check (the same bytes): not the file the check vouched for.
+    std::fs::write(file(2), chunk(2)).unwrap();
+    let key = |c| ChunkKey::new(f.id, c);
+    assert!(f
+        .store
+        .prefetch_chunk(key(1), Wanted::Ahead)
+        .unwrap()
+        .is_none());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.store.checking.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the load never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The aligned group of chunk 1 is chunks 0-3: the unchanged ones are in memory.
+    for c in [0, 1, 3] {
+        let got = f.store.loaded_get(key(c as u32)).expect("not loaded");
+        assert_eq!(&got[..], chunk(c), "chunk {c}");
+    }
+    for c in [2, 4, 5] {
+        assert!(f.store.loaded_get(key(c)).is_none(), "chunk {c} loaded");
+    }
+    // Their reads are answered from memory: the files are not read again (garbage
+    // there now would be found by the chunk's hash).
+    for c in [0, 1, 3] {
+        std::fs::write(file(c), vec![0xA5; CHUNK_LEN as usize]).unwrap();
+    }
+    assert_eq!(
+        &f.read(0..4 * CHUNK_LEN).unwrap()[..],
+        &f.data[..4 * CHUNK_LEN as usize]
+    );
+    assert_eq!(f.store.integrity_stats().damaged_local_chunks, 0);
+    assert_eq!(src.fetches.load(Ordering::SeqCst), 0);
+    // Chunk 2 was hashed by its reader and is trusted from now on.
+    assert!(f.store.readable_now(f.id, 2 * CHUNK_LEN..3 * CHUNK_LEN));
+    // A file's head (read at once) and a peer's blocks are not loaded.
+    assert!(f
+        .store
+        .prefetch_chunk(key(5), Wanted::Next)
+        .unwrap()
+        .is_none());
+    assert!(f
+        .store
+        .prefetch_chunk(key(4), Wanted::Peer)
+        .unwrap()
+        .is_none());
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(f.store.loaded_get(key(4)).is_none() && f.store.loaded_get(key(5)).is_none());
 }
 
 #[test]
@@ -708,7 +771,7 @@ fn only_a_lone_readers_fetch_is_asked_for_in_parts() {
     // A file's head on open, no other reader waiting: in parts.
     let head = f.rt.spawn(
         store
-            .prefetch_chunk(ChunkKey::new(id, 0), true)
+            .prefetch_chunk(ChunkKey::new(id, 0), Wanted::Next)
             .unwrap()
             .unwrap(),
     );
@@ -728,7 +791,7 @@ fn only_a_lone_readers_fetch_is_asked_for_in_parts() {
     // A fetch ahead of the readers: whole.
     let ahead = f.rt.spawn(
         store
-            .prefetch_chunk(ChunkKey::new(id, 1), false)
+            .prefetch_chunk(ChunkKey::new(id, 1), Wanted::Ahead)
             .unwrap()
             .unwrap(),
     );
@@ -764,7 +827,7 @@ fn a_running_fetch_says_when_it_began_and_is_forgotten_when_done() {
     let before = Instant::now();
     let (store, key) = (f.store.clone(), ChunkKey::new(f.id, 1));
     let fetch =
-        f.rt.spawn(store.prefetch_chunk(key, false).unwrap().unwrap());
+        f.rt.spawn(store.prefetch_chunk(key, Wanted::Ahead).unwrap().unwrap());
     let second = CHUNK_LEN..total;
     let deadline = Instant::now() + Duration::from_secs(10);
     while f.store.fetching_since(f.id, second.clone()).is_none() {
@@ -789,12 +852,24 @@ fn fetches_ahead_of_readers_wait_for_those_readers_wait_on() {
     let key = |c| ChunkKey::new(f.id, c);
     // A file's head on open (to be read next) goes first; the rest of the read-ahead
     // asked for at the same moment holds back.
-    let head =
-        f.rt.spawn(f.store.prefetch_chunk(key(0), true).unwrap().unwrap());
-    let ahead =
-        f.rt.spawn(f.store.prefetch_chunk(key(1), false).unwrap().unwrap());
-    let later =
-        f.rt.spawn(f.store.prefetch_chunk(key(2), false).unwrap().unwrap());
+    let head = f.rt.spawn(
+        f.store
+            .prefetch_chunk(key(0), Wanted::Next)
+            .unwrap()
+            .unwrap(),
+    );
+    let ahead = f.rt.spawn(
+        f.store
+            .prefetch_chunk(key(1), Wanted::Ahead)
+            .unwrap()
+            .unwrap(),
+    );
+    let later = f.rt.spawn(
+        f.store
+            .prefetch_chunk(key(2), Wanted::Ahead)
+            .unwrap()
+            .unwrap(),
+    );
     assert_eq!(held.wait_started(1), vec![0]);
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(held.started(), vec![0], "a fetch ahead did not wait");
