@@ -227,7 +227,7 @@ const HOT_CHUNKS: usize = 16;
 /// Chunks read into memory ahead of sequential readers (see [`Store::load_ahead`]):
 /// the default read-ahead window and the groups being read, so the chunks a reader has
 /// not reached yet are not crowded out by the ones it has passed.
-const LOADED_CHUNKS: usize = 24;
+const LOADED_CHUNKS: usize = 20;
 
 /// Groups of chunks read ahead at once (see [`Store::load_ahead`]): two keep this
 /// machine's disk busier than four (measured: 2.7 vs 2.1 GB/s of chunk files).

@@ -1370,7 +1370,8 @@ struct Load {
 
 /// The chunk files' bytes read past the page cache in one batch, each only if its file
 /// is still the one its check vouched for (its stamp) before and after the read; `None`
-/// for one that is not, or where direct reads cannot be done.
+/// for one that is not, one the page cache holds already (a chunk just fetched or
+/// downloaded), or where direct reads cannot be done.
 fn load_checked(
     loads: &[Load],
     paths: &[std::path::PathBuf],
@@ -1383,7 +1384,13 @@ fn load_checked(
     let mut opened = Vec::with_capacity(loads.len());
     for (load, path) in loads.iter().zip(paths) {
         let file = match crate::direct::open(path)? {
-            Some(file) if unchanged(&file, load.stamp) && load.stamp.len <= load.len => Some(file),
+            Some(file)
+                if unchanged(&file, load.stamp)
+                    && load.stamp.len <= load.len
+                    && crate::direct::cached_pages(&file).unwrap_or(0) == 0 =>
+            {
+                Some(file)
+            }
             _ => None,
         };
         opened.push(file);
