@@ -197,7 +197,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "readahead_chunks",
         kind: Kind::Number,
         flag: "",
-        help: "chunks read ahead of a sequential reader (on into the next file of the torrent)",
+        help: "chunks read ahead of a sequential reader (on into the next file of the torrent); local ones are held in memory until read",
     },
     KeySpec {
         key: "metrics_addr",

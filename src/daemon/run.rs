@@ -294,6 +294,7 @@ impl Daemon {
         if revoked > 0 {
             tracing::warn!(pieces = revoked, "pieces of unfinished chunks changed on disk while bae was stopped; downloading them again");
         }
+        store.set_read_ahead_chunks(lib.config.readahead_chunks);
         let fetcher = Arc::new(Fetcher::new(remote.clone(), lib.key.clone()));
         store.set_source(fetcher.clone());
         let uploader = {

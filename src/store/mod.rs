@@ -224,9 +224,10 @@ struct Inflight {
 /// of pinned chunks and the fetched file is evicted at once.
 const HOT_CHUNKS: usize = 16;
 
-/// Chunks read into memory ahead of sequential readers (see [`Store::load_ahead`]):
-/// the default read-ahead window and the groups being read, so the chunks a reader has
-/// not reached yet are not crowded out by the ones it has passed.
+/// Chunks read into memory ahead of sequential readers (see [`Store::load_ahead`]) unless
+/// set otherwise ([`Store::set_read_ahead_chunks`]): the default read-ahead window and
+/// the group being read, so the chunks a reader has not reached yet are not crowded out
+/// by the ones it has passed.
 const LOADED_CHUNKS: usize = 20;
 
 /// Groups of chunks read ahead at once (see [`Store::load_ahead`]): two keep this
@@ -648,6 +649,17 @@ impl Store {
             }
             progress(n as u64, total.max(n as u64));
         }
+    }
+
+    /// Sizes the memory for chunks read ahead of sequential readers (see
+    /// [`Store::load_ahead`]) to a read-ahead window of `chunks` (the mount's) and the
+    /// group being read: a smaller one would drop chunks before their reader comes.
+    pub fn set_read_ahead_chunks(&self, chunks: u32) {
+        let n = chunks as usize + read::LOAD_GROUP_CHUNKS as usize;
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN));
     }
 
     /// Evicts every evictable chunk (`bae evict`, `scripts/demo` emptying the cache).

@@ -334,6 +334,17 @@ fn read_ahead_loads_its_group_of_checked_chunks_into_memory_but_not_changed_or_c
 }
 
 #[test]
+fn memory_for_chunks_read_ahead_follows_the_read_ahead_window() {
+    let f = fixture(CHUNK_LEN);
+    let cap = |s: &Store| s.loaded.lock().unwrap().cap().get();
+    assert_eq!(cap(&f.store), LOADED_CHUNKS);
+    f.store.set_read_ahead_chunks(64);
+    assert_eq!(cap(&f.store), 64 + read::LOAD_GROUP_CHUNKS as usize);
+    f.store.set_read_ahead_chunks(0);
+    assert_eq!(cap(&f.store), read::LOAD_GROUP_CHUNKS as usize);
+}
+
+#[test]
 fn out_of_range_and_unknown_torrent_are_errors() {
     let f = fixture(CHUNK_LEN);
     assert!(matches!(
