@@ -82,7 +82,8 @@ pub struct Whole {
 
 /// Reads a file opened by [`open`] from its start into an aligned part of one buffer:
 /// the first `len` bytes, zeros past the end of a shorter file. `None` when the file
-/// system refuses the read or a read ends unaligned short of the end.
+/// system refuses the read. A read that stops short of a block is taken for the file's
+/// end: callers compare [`Whole::file_len`] with the length they expect.
 pub fn read_whole(file: &File, len: usize) -> io::Result<Option<Whole>> {
     // One block more than the length: a read that stops before it proves the end.
     let room = len.div_ceil(ALIGN) * ALIGN + ALIGN;
@@ -91,37 +92,11 @@ pub fn read_whole(file: &File, len: usize) -> io::Result<Option<Whole>> {
     if start + room > buf.capacity() {
         return Ok(None);
     }
-    let mut got = 0usize;
-    loop {
-        // SAFETY: the destination `[start + got, start + room)` lies inside `buf`'s
-        // allocation (checked above) and nothing else refers to it.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.as_mut_ptr().add(start + got).cast(),
-                room - got,
-                got as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EINVAL) => return Ok(None),
-                _ => return Err(e),
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        got += n as usize;
-        if got >= room {
-            break;
-        }
-        if got % ALIGN != 0 {
-            // A direct read stops short of a block only at the file's end.
-            break;
-        }
+    // SAFETY: `[start, start + room)` lies inside `buf`'s allocation (checked above)
+    // and nothing else refers to it.
+    let got = unsafe { pread_raw(file, buf.as_mut_ptr().add(start), room, 0)? };
+    if got == REFUSED {
+        return Ok(None);
     }
     let filled = got.max(len);
     // SAFETY: the `start` bytes before the data and the bytes from `got` up to `len`
@@ -391,14 +366,23 @@ fn ring_reads(
 
 /// Fills `dst` from file offset `done` on with direct reads, to the end of the file
 /// or of `dst`: the bytes read in all, or [`REFUSED`] where direct reads are refused.
-fn pread_from(file: &File, dst: &mut [u8], mut done: usize) -> io::Result<usize> {
-    while done < dst.len() {
-        // SAFETY: writes at most `dst.len() - done` bytes at `dst[done..]`.
+fn pread_from(file: &File, dst: &mut [u8], done: usize) -> io::Result<usize> {
+    // SAFETY: `dst` is valid for writes of its length.
+    unsafe { pread_raw(file, dst.as_mut_ptr(), dst.len(), done) }
+}
+
+/// [`pread_from`] into `len` bytes at `dst`, initialised or not.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes, and nothing else may use them.
+unsafe fn pread_raw(file: &File, dst: *mut u8, len: usize, mut done: usize) -> io::Result<usize> {
+    while done < len {
+        // SAFETY: writes at most `len - done` bytes at `dst + done` (the caller's promise).
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
-                dst.as_mut_ptr().add(done).cast(),
-                dst.len() - done,
+                dst.add(done).cast(),
+                len - done,
                 done as libc::off_t,
             )
         };
@@ -415,6 +399,7 @@ fn pread_from(file: &File, dst: &mut [u8], mut done: usize) -> io::Result<usize>
         }
         done += n as usize;
         if done % ALIGN != 0 {
+            // A direct read stops short of a block only at the file's end.
             break;
         }
     }
