@@ -443,6 +443,19 @@ impl Store {
         Err(StoreError::Lost(key))
     }
 
+    /// Whether a chunk's file is kept open (read a moment ago) and in the page cache: a
+    /// cheap look, without opening a file, that spares such a chunk a load (see
+    /// [`Store::load_ahead`]); a random reader's reads often pass for a short stream.
+    pub(super) fn cached_now(&self, key: ChunkKey) -> bool {
+        let kept = self
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peek(&key)
+            .cloned();
+        kept.is_some_and(|f| crate::direct::cached_pages(&f).is_some_and(|n| n > 0))
+    }
+
     fn kept_open(&self, key: ChunkKey) -> bool {
         self.open_files
             .lock()
@@ -559,7 +572,11 @@ impl Store {
         let mut loads = vec![first];
         for c in group..group.saturating_add(LOAD_GROUP_CHUNKS).min(chunks) {
             let k = ChunkKey::new(key.torrent, c);
-            if c == key.index.0 || self.loaded_get(k).is_some() || self.hot_get(k).is_some() {
+            if c == key.index.0
+                || self.loaded_get(k).is_some()
+                || self.hot_get(k).is_some()
+                || self.cached_now(k)
+            {
                 continue;
             }
             if let Ok(Plan::Local {
@@ -740,7 +757,7 @@ impl Store {
                 ..
             } => {
                 match wanted {
-                    Wanted::Ahead => self.load_ahead(
+                    Wanted::Ahead if !self.cached_now(key) => self.load_ahead(
                         Load {
                             key,
                             stamp,
@@ -751,8 +768,9 @@ impl Store {
                     ),
                     // A file's head is read at once: a batch would make its first read
                     // wait for the whole group. Peers' reads stay in the page cache:
-                    // many peers' extents would crowd a reader's out of memory.
-                    Wanted::Next | Wanted::Peer => self.hint_ahead(key, uid, stamp, _pin),
+                    // many peers' extents would crowd a reader's out of memory. A file
+                    // in the page cache is read from there.
+                    _ => self.hint_ahead(key, uid, stamp, _pin),
                 }
                 return Ok(None);
             }

@@ -318,6 +318,19 @@ fn read_ahead_loads_its_group_of_checked_chunks_into_memory_but_not_changed_or_c
     assert_eq!(src.fetches.load(Ordering::SeqCst), 0);
     // Chunk 2 was hashed by its reader and is trusted from now on.
     assert!(f.store.readable_now(f.id, 2 * CHUNK_LEN..3 * CHUNK_LEN));
+    // Chunk 3 was just read from its file (kept open, in the page cache): asked for
+    // again, it is not even queued for a load.
+    if cached_seen {
+        assert!(f.store.cached_now(key(3)));
+        assert!(!f.store.cached_now(key(4)), "never opened");
+        assert!(f
+            .store
+            .prefetch_chunk(key(3), Wanted::Ahead)
+            .unwrap()
+            .is_none());
+        assert!(!f.store.checking.lock().unwrap().contains_key(&key(3)));
+        assert!(f.store.loaded_get(key(3)).is_none());
+    }
     // A file's head (read at once) and a peer's blocks are not loaded.
     assert!(f
         .store
