@@ -1355,8 +1355,6 @@ impl Store {
     }
 }
 
-/// `len` bytes of a chunk held in memory from `offset`: a slice when the chunk holds
-/// them all (always, for a chunk of the length recorded), zero-padded otherwise.
 /// Ends work run ahead (see [`Store::run_ahead`]), however it ends: its chunks leave
 /// `checking`, then their readers wake (the sender drops after this).
 struct Finished {
@@ -1440,6 +1438,8 @@ fn load_checked(
     Ok(out)
 }
 
+/// `len` bytes of a chunk held in memory from `offset`: a slice when the chunk holds
+/// them all (always, for a chunk of the length recorded), zero-padded otherwise.
 fn slice_of(chunk: &Bytes, offset: u64, len: usize) -> Bytes {
     let start = (offset as usize).min(chunk.len());
     let end = (start + len).min(chunk.len());
