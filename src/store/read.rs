@@ -447,20 +447,29 @@ impl Store {
     /// cheap look, without opening a file, that spares such a chunk a load (see
     /// [`Store::load_ahead`]); a random reader's reads often pass for a short stream.
     pub(super) fn cached_now(&self, key: ChunkKey) -> bool {
-        let kept = self
-            .open_files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .peek(&key)
-            .cloned();
-        kept.is_some_and(|f| crate::direct::cached_pages(&f).is_some_and(|n| n > 0))
+        self.kept_file(key)
+            .is_some_and(|f| crate::direct::cached_pages(&f).is_some_and(|n| n > 0))
     }
 
     fn kept_open(&self, key: ChunkKey) -> bool {
+        self.kept_file(key).is_some()
+    }
+
+    /// The chunk's file if it is kept open (without refreshing its place among them).
+    fn kept_file(&self, key: ChunkKey) -> Option<Arc<std::fs::File>> {
         self.open_files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
+            .peek(&key)
+            .cloned()
+    }
+
+    /// Has the kernel start reading a checked chunk's file into the page cache (opening
+    /// it, and keeping it open, only as [`Store::open_checked`] allows). Blocking.
+    fn advise_will_need(&self, key: ChunkKey, path: &std::path::Path, stamp: FileStamp) {
+        if let Ok((file, _)) = self.open_checked(key, path, Some(stamp)) {
+            files::will_need(&file);
+        }
     }
 
     /// Opens a complete chunk's file, or takes it from the open files when its inode is
@@ -611,11 +620,7 @@ impl Store {
             for ((load, path), bytes) in loads.iter().zip(&paths).zip(got) {
                 match bytes {
                     Some(bytes) => s.loaded_put(load.key, bytes),
-                    None => {
-                        if let Ok((file, _)) = s.open_checked(load.key, path, Some(load.stamp)) {
-                            files::will_need(&file);
-                        }
-                    }
+                    None => s.advise_will_need(load.key, path, load.stamp),
                 }
             }
         });
@@ -807,10 +812,7 @@ impl Store {
         }
         let store = Arc::clone(self);
         self.rt.spawn_blocking(move || {
-            let path = store.chunk_file(&uid, key.index);
-            if let Ok((file, _)) = store.open_checked(key, &path, Some(stamp)) {
-                files::will_need(&file);
-            }
+            store.advise_will_need(key, &store.chunk_file(&uid, key.index), stamp);
             drop(pin);
         });
     }
