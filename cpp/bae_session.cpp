@@ -165,6 +165,11 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     // four pieces at random, ignoring the deadlines a waiting read has set (measured:
     // 0.7 s instead of 0.14 s for the first piece over a 4 MB/s link).
     pack.set_int(lt::settings_pack::initial_picker_threshold, 0);
+    // A new torrent's first peers are dialled on the session's tick: 500 ms by default,
+    // the first half of a 1 s album download on a LAN (measured: first piece 0.55 s after
+    // `add`, 0.12 s at 100 ms). Between whole-second ticks a tick only refills rate
+    // quotas, so a tenth of a second costs next to nothing.
+    pack.set_int(lt::settings_pack::tick_interval, 100);
     // Bounded by the cache's size: when downloads must wait, libtorrent still reads
     // whatever a peer's socket holds (it drains it whole), and Linux autotunes loopback
     // and LAN receive buffers up to tcp_rmem's maximum (32 MiB here), far past a small

@@ -3,6 +3,8 @@
 //! - a download lands in the chunk cache and nowhere else on disk;
 //! - `kill -9` mid-download: the restarted daemon finishes without downloading the
 //!   pieces verified before the kill again.
+//! - `add --wait` is answered by the daemon: done when the last piece is verified, an
+//!   error (non-zero exit) when the torrent is removed meanwhile.
 //!
 //! Seeding from the cache and the remote, and corrupt peers: `seeding_e2e.rs`.
 
@@ -141,6 +143,44 @@ fn a_download_lands_in_the_chunk_cache_and_nowhere_else() {
         in_cache > 0,
         "the probes were not found in the cache either: the check is blind"
     );
+    bae.umount();
+}
+
+#[test]
+fn add_wait_fails_when_the_torrent_is_removed_while_it_waits() {
+    let f = fixture(256 << 10, "v1", 3);
+    let bae = Bae::new();
+    bae.mount();
+    // No peer: the download cannot progress, so only the removal can end the wait.
+    let torrent = f.torrent.to_str().unwrap().to_owned();
+    let mut waiter = bae
+        .cmd(&["add", &torrent, "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    bae.wait_torrent("the torrent added", Duration::from_secs(30), |_| true);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "--wait returned before the torrent was complete"
+    );
+    bae.ok(&["remove", NAME]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = waiter.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = waiter.kill();
+            panic!("--wait still waits for a removed torrent\n{}", bae.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = waiter.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "--wait succeeded for a removed torrent");
+    assert!(stderr.contains("torrent"), "unclear error: {stderr}");
     bae.umount();
 }
 

@@ -15,7 +15,7 @@ use crate::model::TorrentId;
 use crate::torrent::{parse_magnet, parse_metainfo};
 
 use super::progress::{Progress, Unit};
-use super::{ask_daemon, nudge_daemon, open_library};
+use super::{ask_daemon_with_progress, nudge_daemon, open_library};
 
 /// How `bae add` records the torrents.
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,8 +87,8 @@ pub fn run(home: &Path, sources: &[String], opts: Options, peers: &[String]) -> 
         println!("added {} ({})", new.name, hex_of(new));
     }
     if opts.wait {
-        for (id, _) in &added {
-            wait_for(&lib, id.0)?;
+        for (id, new) in &added {
+            wait_for(&lib, id.0, &new.name)?;
         }
     }
     Ok(())
@@ -173,35 +173,23 @@ fn hex_of(t: &NewTorrent) -> String {
         .unwrap_or_default()
 }
 
-/// Shows a progress bar until the torrent is fully verified.
-pub fn wait_for(lib: &crate::daemon::Library, id: i64) -> anyhow::Result<()> {
-    let mut bar: Option<Progress> = None;
-    loop {
-        let Some(resp) = ask_daemon(lib, &Request::Status, Duration::from_secs(10))? else {
-            bail!("--wait needs a running daemon (start one with `bae mount MOUNTPOINT`)");
-        };
-        let Response::Status(report) = resp else {
-            bail!("unexpected answer from the daemon");
-        };
-        let Some(t) = report.torrents.iter().find(|t| t.id == id) else {
-            bail!("the torrent was removed");
-        };
-        let b = bar
-            .get_or_insert_with(|| Progress::new(format!("downloading {}", t.name), Unit::Bytes));
-        if t.size_bytes > 0 {
-            // Verified bytes: the daemon's own count, never an estimate.
-            let done = (t.progress * t.size_bytes as f64) as u64;
-            b.set(done.min(t.size_bytes), t.size_bytes);
+/// Shows a progress bar until the torrent is fully verified (the daemon answers then).
+pub fn wait_for(lib: &crate::daemon::Library, id: i64, name: &str) -> anyhow::Result<()> {
+    let mut bar = Progress::new(format!("downloading {name}"), Unit::Bytes);
+    let mut on_progress = |done: u64, total: u64| bar.set(done, total);
+    // Downloads take as long as they take: no deadline but the daemon's answer.
+    let timeout = Duration::from_secs(365 * 24 * 3600);
+    let req = Request::Wait { torrent: id };
+    match ask_daemon_with_progress(lib, &req, timeout, &mut on_progress)? {
+        Some(Response::Done { .. }) => {
+            bar.finish();
+            Ok(())
         }
-        if let Some(e) = &t.error {
-            bail!("{}: {e}", t.name);
+        Some(Response::Error { message }) => {
+            bar.clear();
+            bail!("{message}")
         }
-        if t.size_bytes > 0 && t.progress >= 1.0 {
-            if let Some(b) = bar.take() {
-                b.finish();
-            }
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
+        Some(_) => bail!("unexpected answer from the daemon"),
+        None => bail!("--wait needs a running daemon (start one with `bae mount MOUNTPOINT`)"),
     }
 }

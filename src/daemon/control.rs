@@ -2,7 +2,7 @@
 //! response per line. CLI commands change the catalog themselves (so they work without
 //! a daemon and are durable when they return) and then ask a running daemon to `Sync`;
 //! live numbers (`Status`) and actions on the running process go through here too.
-//! A long request (`Verify`, `Import`) may send `Progress` lines (`done` of `total`
+//! A long request (`Verify`, `Import`, `Wait`) may send `Progress` lines (`done` of `total`
 //! units: checks, bytes) before its one final response; the handler reports them with
 //! [`report_progress`] (or [`progress_reporter`] off its task), a no-op outside a
 //! request.
@@ -49,6 +49,12 @@ pub enum Request {
     Import {
         torrent: i64,
         dir: String,
+    },
+    /// Answers once the torrent is fully verified (`Done`), or with `Error` when it fails
+    /// or is removed. Its verified bytes go out as progress meanwhile, at least once a
+    /// second; a client that went away ends the request.
+    Wait {
+        torrent: i64,
     },
     /// Unmount and stop. `lazy` detaches a busy mount instead of failing.
     Shutdown {
@@ -346,6 +352,8 @@ where
         },
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Ok(req) => {
+                // Only waiting is given up with its client: other work goes on.
+                let ends_with_client = matches!(req, Request::Wait { .. });
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let fut = PROGRESS.scope(tx, handle(req));
                 tokio::pin!(fut);
@@ -370,7 +378,9 @@ where
                             }
                             let line = send(&Response::Progress { done, total });
                             // A client that went away does not stop the work.
-                            let _ = w.write_all(line.as_bytes()).await;
+                            if w.write_all(line.as_bytes()).await.is_err() && ends_with_client {
+                                return;
+                            }
                         }
                     }
                 }
@@ -436,6 +446,64 @@ mod tests {
             assert_eq!(seen.last(), Some(&(total, total)), "{req:?}: {seen:?}");
             assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
         }
+        server.abort();
+    }
+
+    /// A `Wait` whose client hung up is dropped at its next progress line; other work
+    /// (an `Import`) goes on to its end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_ends_with_its_client_and_other_work_does_not() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).unwrap();
+        // Per request kind: progress lines sent, and whether the handler ran to its end.
+        let beats = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let ended = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let (b, e) = (Arc::clone(&beats), Arc::clone(&ended));
+        let server = tokio::spawn(serve(listener, move |req| {
+            let (b, e) = (Arc::clone(&b), Arc::clone(&e));
+            async move {
+                let k = usize::from(matches!(req, Request::Import { .. }));
+                for i in 0..100u64 {
+                    report_progress(i, 100);
+                    b[k].fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                e[k].fetch_add(1, Ordering::SeqCst);
+                Response::Done {
+                    message: "ok".into(),
+                }
+            }
+        }));
+        for req in [
+            Request::Wait { torrent: 1 },
+            Request::Import {
+                torrent: 1,
+                dir: "/x".into(),
+            },
+        ] {
+            // The client gives up after its first progress line.
+            let mut first = |_: u64, _: u64| {};
+            let r = call_with_progress(&path, &req, Duration::from_millis(150), &mut first).await;
+            assert!(matches!(r, Err(ControlError::Timeout(_))), "{r:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            ended[0].load(Ordering::SeqCst),
+            0,
+            "the wait ran to its end"
+        );
+        assert!(
+            beats[0].load(Ordering::SeqCst) < 50,
+            "the wait went on without its client"
+        );
+        assert_eq!(
+            ended[1].load(Ordering::SeqCst),
+            1,
+            "the import was given up"
+        );
         server.abort();
     }
 }

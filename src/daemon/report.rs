@@ -63,35 +63,40 @@ pub fn live(
     store: &Store,
     session: &Session,
 ) -> Result<Vec<TorrentReport>, CatalogError> {
-    let mut out = Vec::new();
-    for t in catalog.torrents()? {
-        let mut r = base(&t);
-        // A torrent the store does not know yet (added, not opened by libtorrent yet)
-        // has no local chunk: its catalog row has every other count.
-        let stats = store
-            .torrent_stats(t.id)
-            .or_else(|| t.geometry.map(|g| recorded_stats(&t, g)));
-        if let Some(s) = stats {
-            apply_stats(&mut r, &s);
-        }
-        match session.status(t.id) {
-            Ok(st) => {
-                r.download_bps = st.download_rate_bps;
-                r.upload_bps = st.upload_rate_bps;
-                r.peers = st.peers;
-                r.state = state_name(st.state, st.paused, t.paused).into();
-                r.error = st.error;
-            }
-            // Not in the session: complete and not seeding (its reads are the store's).
-            Err(_) if !t.paused && r.size_bytes > 0 && r.progress >= 1.0 => {
-                r.state = "complete".into();
-            }
-            Err(_) => {}
-        }
-        (r.peer_downloaded_bytes, r.peer_uploaded_bytes) = super::metrics::peer_bytes_of(t.id.0);
-        out.push(r);
+    Ok(catalog
+        .torrents()?
+        .iter()
+        .map(|t| live_one(t, store, session))
+        .collect())
+}
+
+/// One torrent's part of [`live`].
+pub fn live_one(t: &TorrentRecord, store: &Store, session: &Session) -> TorrentReport {
+    let mut r = base(t);
+    // A torrent the store does not know yet (added, not opened by libtorrent yet)
+    // has no local chunk: its catalog row has every other count.
+    let stats = store
+        .torrent_stats(t.id)
+        .or_else(|| t.geometry.map(|g| recorded_stats(t, g)));
+    if let Some(s) = stats {
+        apply_stats(&mut r, &s);
     }
-    Ok(out)
+    match session.status(t.id) {
+        Ok(st) => {
+            r.download_bps = st.download_rate_bps;
+            r.upload_bps = st.upload_rate_bps;
+            r.peers = st.peers;
+            r.state = state_name(st.state, st.paused, t.paused).into();
+            r.error = st.error;
+        }
+        // Not in the session: complete and not seeding (its reads are the store's).
+        Err(_) if !t.paused && r.size_bytes > 0 && r.progress >= 1.0 => {
+            r.state = "complete".into();
+        }
+        Err(_) => {}
+    }
+    (r.peer_downloaded_bytes, r.peer_uploaded_bytes) = super::metrics::peer_bytes_of(t.id.0);
+    r
 }
 
 /// A torrent's counts as its catalog row keeps them (no local chunks counted).

@@ -66,6 +66,8 @@ const SYNC_META_WAIT: Duration = Duration::from_secs(5);
 /// How long a starting daemon waits for the library lock: a daemon that is still
 /// stopping (or whose process is being torn down after `kill -9`) holds it until then.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How often a `Wait` looks without news (errors, removal) and shows its client it lives.
+const WAIT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// An exclusive lock on the library: one daemon per library. A daemon holds it from
 /// before it mounts until its process ends, so whoever holds it knows that no server
@@ -764,6 +766,7 @@ impl Daemon {
                     },
                 }
             }
+            Request::Wait { torrent } => self.wait_verified(TorrentId(torrent)).await,
             Request::Shutdown { lazy } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let _ = self.shutdown_tx.send((lazy, tx));
@@ -776,6 +779,46 @@ impl Daemon {
                         message: "stopping".into(),
                     },
                 }
+            }
+        }
+    }
+
+    /// Answers [`Request::Wait`]: looks again whenever pieces are verified, and every
+    /// second (errors, removal, and a heartbeat that notices a client gone).
+    async fn wait_verified(&self, t: TorrentId) -> Response {
+        let mut verified = self.store.watch_verified();
+        loop {
+            verified.borrow_and_update();
+            let r = match self.lib.catalog.torrent(t) {
+                Ok(rec) => super::report::live_one(&rec, &self.store, &self.session),
+                Err(e) => {
+                    return Response::Error {
+                        message: e.to_string(),
+                    }
+                }
+            };
+            if let Some(e) = r.error {
+                return Response::Error {
+                    message: format!("{}: {e}", r.name),
+                };
+            }
+            if r.size_bytes > 0 {
+                // Verified bytes: the daemon's own count, never an estimate.
+                let done = (r.progress * r.size_bytes as f64) as u64;
+                super::control::report_progress(done.min(r.size_bytes), r.size_bytes);
+                if r.progress >= 1.0 {
+                    return Response::Done {
+                        message: format!("{} is complete", r.name),
+                    };
+                }
+            }
+            tokio::select! {
+                changed = verified.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(WAIT_HEARTBEAT).await;
+                    }
+                }
+                () = tokio::time::sleep(WAIT_HEARTBEAT) => {}
             }
         }
     }
