@@ -3,11 +3,12 @@
 127.0.0.1 only, TCP only, DHT/LSD/UPnP/NAT-PMP off.
 
 usage: ltpeer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC] [--no-announce]
-       ltpeer.py leech TORRENT SAVE_DIR HOST:PORT
+       ltpeer.py leech TORRENT SAVE_DIR HOST:PORT [--tick MS]
 seed:  (a limit of 0 is none; --no-announce: to no tracker, for seeding behind a relay
        that announces itself) prints "PORT <n>" once seeding, then "UP <bytes> <monotonic s>" whenever its
        payload upload total changes (every 50 ms at most); runs until killed.
-leech: prints "DONE <seconds from add to every piece verified>" and exits 0.
+leech: prints "DONE <seconds from add to every piece verified>" and exits 0. --tick sets
+       tick_interval (the default is 500 ms; peers are dialled on the tick).
 Default settings otherwise: this is the reference a user gets out of the box.
 """
 import os
@@ -25,8 +26,15 @@ from peer import session  # noqa: E402
 def main():
     argv = [a for a in sys.argv if a != "--no-announce"]
     quiet = len(argv) != len(sys.argv)
+    tick = None
+    if "--tick" in argv:
+        i = argv.index("--tick")
+        tick = int(argv[i + 1])
+        del argv[i:i + 2]
     mode, torrent, save = argv[1], argv[2], argv[3]
     ses = session()
+    if tick is not None:
+        ses.apply_settings({"tick_interval": tick})
     if mode == "seed" and len(argv) > 4 and int(argv[4]) > 0:
         # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
         limit = int(argv[4])

@@ -51,13 +51,22 @@ impl Store {
         self.verified_tx.send_modify(|n| *n += 1);
     }
 
-    /// A piece failed its hash check: forget any in-memory claim about it.
+    /// A piece failed its hash check: forget any in-memory claim about it, and close its
+    /// chunks' files kept open for writing, so that its blocks written again go to the
+    /// files as they are now (one deleted meanwhile is created afresh).
     pub fn piece_failed(&self, id: TorrentId, piece: PieceIndex) {
-        let st = self.lock();
-        if let Some(t) = st.torrents.get(&id) {
+        let chunks: Vec<u32> = {
+            let st = self.lock();
+            let Some(t) = st.torrents.get(&id) else {
+                return;
+            };
             if t.verified.contains(piece.0) {
                 tracing::warn!(torrent = %id, piece = piece.0, "verified piece reported as failed");
             }
+            t.geometry.chunks_of_piece(piece).collect()
+        };
+        for c in chunks {
+            self.close_writer(ChunkKey::new(id, c));
         }
     }
 

@@ -42,26 +42,27 @@ pub fn chunk_path(root: &Path, uid: &[u8; 16], index: u32) -> PathBuf {
 
 /// Writes `data` at `offset` in the chunk file, creating it (and its directory).
 pub fn write_at(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-    let file = match OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-    {
-        Ok(f) => f,
+    open_for_write(path)?.write_all_at(data, offset)
+}
+
+/// Opens the chunk file for writing, creating it (and its directory).
+pub fn open_for_write(path: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    };
+    match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)?
+            open()
         }
-        Err(e) => return Err(e),
-    };
-    file.write_all_at(data, offset)
+        r => r,
+    }
 }
 
 /// Fills `buf` from `offset` in an open file; bytes past its end are zeros.

@@ -27,9 +27,9 @@
 //! immutable); a chunk is `Complete` in the catalog only when every piece overlapping it
 //! is recorded there, after its bytes were fsynced.
 //!
-//! Lock order: `commit_lock` → `state` → (`hot` | `loaded` | `open_files` | `uploads` |
-//! `pending`); `inflight` and `checking` are never held while taking `state`; `hinted`
-//! is taken alone. No lock is held across an await or a remote call.
+//! Lock order: `commit_lock` → `state` → (`hot` | `loaded` | `open_files` | `writing` |
+//! `uploads` | `pending`); `inflight` and `checking` are never held while taking
+//! `state`; `hinted` is taken alone. No lock is held across an await or a remote call.
 
 mod cache;
 mod commit;
@@ -41,6 +41,7 @@ mod repair;
 mod upload;
 
 use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -238,6 +239,9 @@ const LOADS_AHEAD: usize = 2;
 /// disk blocks until it is closed: every deletion by the store closes it first.
 const OPEN_FILES: usize = 64;
 
+/// Chunk files kept open for a download's writes (see [`Writers`]).
+const WRITING_FILES: usize = 64;
+
 /// Chunks remembered as hinted to the kernel (see [`Store::hint_ahead`]), and for how
 /// long a hint stands.
 const HINTED_CHUNKS: usize = 256;
@@ -279,6 +283,7 @@ pub struct Store {
     /// (a 4 KiB read or a 16 KiB block for a peer costs one fstat, not open, fstat and
     /// close). Used only while the inode is the one the check vouches for.
     open_files: Mutex<lru::LruCache<ChunkKey, Arc<std::fs::File>>>,
+    writing: Mutex<Writers>,
     /// When each recently hinted chunk was (see [`Store::hint_ahead`]).
     hinted: Mutex<lru::LruCache<ChunkKey, std::time::Instant>>,
     /// Pieces verified in memory, waiting for the committer to make them durable.
@@ -367,6 +372,13 @@ impl Store {
             open_files: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(OPEN_FILES).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
+            writing: Mutex::new(Writers {
+                open: lru::LruCache::new(
+                    std::num::NonZeroUsize::new(WRITING_FILES)
+                        .unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
+                closes: 0,
+            }),
             hinted: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(HINTED_CHUNKS).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
@@ -550,16 +562,33 @@ impl Store {
                 }
                 st.set_present(key, true);
             }
-            let path = self.chunk_file(&uid, span.chunk);
             let lo = (span.stream_offset - stream_offset) as usize;
-            files::write_at(
-                &path,
-                span.offset_in_chunk,
-                &data[lo..lo + span.len as usize],
-            )
-            .map_err(|e| StoreError::io(&path, e))?;
+            let block = &data[lo..lo + span.len as usize];
+            self.writer(key, &uid)
+                .and_then(|f| f.write_all_at(block, span.offset_in_chunk))
+                .map_err(|e| StoreError::io(&self.chunk_file(&uid, span.chunk), e))?;
         }
         Ok(())
+    }
+
+    /// A partial chunk's file open for writing, kept open for the next block (a download
+    /// writes a chunk in 64 blocks of 16 KiB: opening and closing the file for each cost
+    /// more than the write).
+    fn writer(&self, key: ChunkKey, uid: &[u8; 16]) -> std::io::Result<Arc<std::fs::File>> {
+        let closes = {
+            let mut w = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = w.open.get(&key) {
+                return Ok(Arc::clone(f));
+            }
+            w.closes
+        };
+        let file = Arc::new(files::open_for_write(&self.chunk_file(uid, key.index))?);
+        let mut w = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        // A file closed (to be deleted) while this one was being opened may be this one.
+        if w.closes == closes {
+            w.open.put(key, Arc::clone(&file));
+        }
+        Ok(file)
     }
 
     fn torrent_geometry(
@@ -705,13 +734,20 @@ impl Store {
         }
     }
 
-    /// Closes the chunk's file if it is kept open (before the file is deleted, so that its
-    /// blocks are freed).
+    /// Closes the chunk's file if it is kept open, for reads or writes (before the file is
+    /// deleted, so that its blocks are freed and no write goes to it).
     fn close_file(&self, key: ChunkKey) {
         self.open_files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop(&key);
+        self.close_writer(key);
+    }
+
+    fn close_writer(&self, key: ChunkKey) {
+        let mut w = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        w.closes += 1;
+        w.open.pop(&key);
     }
 
     /// Drops a torrent's local chunks and in-memory state. The catalog row is the
@@ -722,6 +758,19 @@ impl Store {
         drop_torrent_entries(&self.hot, id);
         drop_torrent_entries(&self.loaded, id);
         drop_torrent_entries(&self.open_files, id);
+        {
+            let mut w = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            w.closes += 1;
+            let keys: Vec<ChunkKey> = w
+                .open
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| k.torrent == id)
+                .collect();
+            for k in keys {
+                w.open.pop(&k);
+            }
+        }
         if let Some(t) = removed {
             let dir = files::torrent_dir(&self.root, &t.uid);
             match std::fs::remove_dir_all(&dir) {
@@ -763,6 +812,13 @@ fn stats_of(t: &cache::TorrentEntry) -> TorrentStats {
 }
 
 /// Drops a torrent's entries from one of the store's per-chunk LRU caches.
+/// Chunk files open for writing. `closes` counts the closings (each before a deletion),
+/// so that a file opened while one was closed is not kept: it may be the deleted one.
+struct Writers {
+    open: lru::LruCache<ChunkKey, Arc<std::fs::File>>,
+    closes: u64,
+}
+
 fn drop_torrent_entries<V>(cache: &Mutex<lru::LruCache<ChunkKey, V>>, id: TorrentId) {
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     let keys: Vec<ChunkKey> = cache

@@ -197,6 +197,41 @@ fn blocks_become_complete_chunks_and_read_back() {
     assert_eq!(s.bytes_verified, total);
 }
 
+/// Blocks of a chunk go to its file kept open; a file deleted under a download (its
+/// piece then fails its hash) is created afresh when the piece's blocks come again.
+#[test]
+fn a_chunk_file_deleted_mid_download_is_written_afresh_after_its_piece_fails() {
+    let total = 2 * CHUNK_LEN;
+    let f = fixture(total);
+    let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+    let file0 = f.root.join(&uid).join("0");
+    let write = |range: std::ops::Range<u64>| {
+        for off in range.step_by(16384) {
+            let end = (off + 16384).min(total) as usize;
+            f.store
+                .write(f.id, off, &f.data[off as usize..end])
+                .unwrap();
+        }
+    };
+    write(0..PIECE / 2);
+    std::fs::remove_file(&file0).unwrap();
+    write(PIECE / 2..PIECE);
+    assert!(
+        !file0.exists(),
+        "the rest went to the kept-open (deleted) file"
+    );
+    // libtorrent hashes the piece (a hole where the deleted blocks were): it fails.
+    f.store.piece_failed(f.id, PieceIndex(0));
+    write(0..PIECE);
+    assert_eq!(
+        std::fs::read(&file0).unwrap(),
+        &f.data[..PIECE as usize],
+        "the piece written again is in the file"
+    );
+    f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+    assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
+}
+
 #[test]
 fn a_range_is_readable_now_only_when_verified_and_local() {
     let total = 4 * CHUNK_LEN;
