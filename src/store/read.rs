@@ -714,7 +714,7 @@ impl Store {
     }
 
     /// Records that a chunk's file, as stamped, matches `hash` (if it still is that chunk).
-    fn mark_checked(&self, key: ChunkKey, hash: [u8; 32], stamp: FileStamp) {
+    pub(super) fn mark_checked(&self, key: ChunkKey, hash: [u8; 32], stamp: FileStamp) {
         let mut st = self.lock();
         if st
             .entry(key)

@@ -232,6 +232,46 @@ fn a_chunk_file_deleted_mid_download_is_written_afresh_after_its_piece_fails() {
     assert_eq!(&f.read(0..total).unwrap()[..], &f.data[..]);
 }
 
+/// The uploader gets a chunk's file as its check left it; a file changed since is
+/// hashed again: uploaded if its bytes are still right, damaged (never uploaded) if not.
+#[test]
+fn a_chunk_changed_after_its_check_is_not_uploaded() {
+    let total = 3 * CHUNK_LEN;
+    for alter in [false, true] {
+        let f = fixture(total);
+        let uid = hex::encode(f.catalog.torrent(f.id).unwrap().uid);
+        f.download(0..f.store.geometry(f.id).unwrap().num_pieces());
+        let chunk =
+            |c: u64| f.data[(c * CHUNK_LEN) as usize..((c + 1) * CHUNK_LEN) as usize].to_vec();
+        // The last chunk queued: rewritten with the bytes it had (a new stamp), or altered.
+        let mut bytes = chunk(2);
+        if alter {
+            bytes[12345] ^= 0x40;
+        }
+        std::fs::write(f.root.join(&uid).join("2"), &bytes).unwrap();
+        let mut seen = HashMap::new();
+        while f.store.pending_uploads() > 0 {
+            let key = f.rt.block_on(f.store.next_upload());
+            let got = match f.store.upload_payload(key).unwrap() {
+                UploadPayload::Ready(_, data) => Some(data == chunk(u64::from(key.index.0))),
+                UploadPayload::Damaged => None,
+                UploadPayload::Gone => panic!("chunk {key} gone"),
+            };
+            seen.insert(key.index.0, got);
+        }
+        assert_eq!((seen[&0], seen[&1]), (Some(true), Some(true)));
+        if alter {
+            assert_eq!(seen[&2], None, "an altered chunk was uploaded");
+        } else {
+            assert_eq!(
+                seen[&2],
+                Some(true),
+                "a rewritten, intact chunk was refused"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_range_is_readable_now_only_when_verified_and_local() {
     let total = 4 * CHUNK_LEN;

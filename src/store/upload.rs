@@ -2,8 +2,10 @@
 //!
 //! A chunk enters the queue when the committer records it complete (or at start-up),
 //! leaves it when the uploader takes it, and comes back after a failed attempt. The
-//! payload handed to the uploader is re-hashed against the recorded hash: a local copy
-//! that changed since it was verified is never uploaded — the chunk is damaged instead.
+//! payload handed to the uploader is the file its last check vouches for (the same
+//! stamp before and after the read: the committer hashed it from the file moments
+//! before), or else is hashed again: a local copy that changed since it was verified is
+//! never uploaded — the chunk is damaged instead.
 //! A chunk becomes `Uploaded` (and evictable) only through [`Store::mark_uploaded`], which
 //! the uploader calls after the remote confirmed the object (and its metadata).
 
@@ -63,7 +65,7 @@ impl Store {
 
     /// The plaintext and identity of a complete chunk, for the uploader. Blocking.
     pub fn upload_payload(self: &Arc<Self>, key: ChunkKey) -> Result<UploadPayload, StoreError> {
-        let (chunk, path, _pin) = {
+        let (chunk, checked, path, _pin) = {
             let mut st = self.lock();
             let Some(t) = st.torrents.get(&key.torrent) else {
                 return Ok(UploadPayload::Gone);
@@ -89,19 +91,28 @@ impl Store {
                 store: Arc::clone(self),
                 key,
             };
-            (chunk, self.chunk_file(&uid, key.index), pin)
+            (chunk, c.checked, self.chunk_file(&uid, key.index), pin)
         };
         let data = match files::open_stamped(&path) {
-            Ok((file, _)) => {
+            Ok((file, stamp)) => {
                 let mut data = vec![0u8; chunk.len as usize];
                 files::read_file_at(&file, 0, &mut data).map_err(|e| StoreError::io(&path, e))?;
-                Some(data)
+                let steady = file
+                    .metadata()
+                    .is_ok_and(|m| files::FileStamp::of(&m) == stamp);
+                Some((data, steady.then_some(stamp)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(StoreError::io(&path, e)),
         };
         match data {
-            Some(data) if *blake3::hash(&data).as_bytes() == chunk.hash => {
+            Some((data, steady)) if steady.is_some() && steady == checked => {
+                Ok(UploadPayload::Ready(chunk, data))
+            }
+            Some((data, steady)) if *blake3::hash(&data).as_bytes() == chunk.hash => {
+                if let Some(stamp) = steady {
+                    self.mark_checked(key, chunk.hash, stamp);
+                }
                 Ok(UploadPayload::Ready(chunk, data))
             }
             _ => {
