@@ -6,6 +6,7 @@
 //! libtorrent). Nothing below `fs` knows about FUSE, nothing but `torrent` knows about
 //! libtorrent, nothing but `remote` knows about aws-sdk-s3.
 
+pub mod background;
 pub mod catalog;
 pub mod cli;
 pub mod daemon;

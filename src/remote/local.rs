@@ -198,7 +198,11 @@ impl ObjectStore for LocalDirStore {
         validate_key(key)?;
         let root = self.root.clone();
         let key = key.to_string();
-        blocking(move || put_blocking(&root, &key, &body)).await
+        // Uploads and the metadata journal write objects: work that can wait for a
+        // download, at a lower CPU priority (see `background`).
+        crate::background::run(move || put_blocking(&root, &key, &body))
+            .await
+            .map_err(|e| RemoteError::Transient(format!("local remote: {e}")))?
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, RemoteError> {

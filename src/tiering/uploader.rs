@@ -432,7 +432,8 @@ async fn try_upload(
 ) -> Result<Option<u64>, UploadFailure> {
     let store = s.store.clone();
     let crypto_key = s.key.clone();
-    let sealed = tokio::task::spawn_blocking(move || {
+    // At a lower CPU priority: an upload can wait for a download (see `background`).
+    let sealed = crate::background::run(move || {
         match store.upload_payload(key).map_err(UploadFailure::local)? {
             UploadPayload::Ready(chunk, data) => {
                 let object = crypto::seal(&crypto_key, &chunk_identity(&chunk).aad(), &data);
