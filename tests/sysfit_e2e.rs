@@ -231,6 +231,13 @@ fn metrics_move_during_a_download_and_agree_with_status() {
         Some(down),
         "status and metrics differ"
     );
+    // Its only peer was a seeder: nothing went up to peers (libtorrent's own hash checks
+    // read every piece back, and are not counted as sent).
+    let up = sample(&m, "bae_peer_upload_bytes_total").unwrap();
+    assert!(
+        up < a.size as f64 / 10.0,
+        "{up} bytes counted as sent to peers"
+    );
     assert!(
         sample(&m, "bae_fuse_read_seconds_count").unwrap() > 0.0,
         "{m}"

@@ -419,7 +419,7 @@ fn add_status(reg: &mut Registry, r: &StatusReport) {
         "Bytes received from peers since the daemon started",
         down_bytes,
     );
-    reg.register("torrent_peer_upload_bytes", "Bytes libtorrent read from the store since the daemon started (sent to peers, or re-read for checks)", up_bytes);
+    reg.register("torrent_peer_upload_bytes", "Bytes libtorrent read from the store for peers since the daemon started (its own hash checks not counted)", up_bytes);
     gauge(
         reg,
         "torrents",
@@ -445,7 +445,7 @@ fn add_status(reg: &mut Registry, r: &StatusReport) {
         "Bytes received from peers since the daemon started",
         total_down_bytes,
     );
-    counter(reg, "peer_upload_bytes", "Bytes libtorrent read from the store since the daemon started (sent to peers, or re-read for checks)", total_up_bytes);
+    counter(reg, "peer_upload_bytes", "Bytes libtorrent read from the store for peers since the daemon started (its own hash checks not counted)", total_up_bytes);
 
     let c = &r.cache;
     gauge(

@@ -95,6 +95,15 @@ impl TorrentStorage for StoreStorage {
 
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         super::metrics::peer_bytes(t.0, 0, buf.len() as u64);
+        self.read_to_hash(t, stream_offset, buf)
+    }
+
+    fn read_to_hash(
+        &self,
+        t: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
         self.store
             .read_raw_blocking(t, stream_offset, buf)
             .map_err(storage_err)

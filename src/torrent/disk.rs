@@ -154,6 +154,20 @@ impl Slot {
             .unwrap_or(Ok(()))
     }
 
+    /// [`Slot::read_through`] for a hash check.
+    fn read_through_to_hash(
+        &self,
+        storage: &dyn TorrentStorage,
+        t: TorrentId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        self.read_overlaid(offset, buf, |buf| {
+            Some(storage.read_to_hash(t, offset, buf))
+        })
+        .unwrap_or(Ok(()))
+    }
+
     /// [`Slot::read_through`] with the storage's `read_now`: `None` when the storage
     /// cannot answer without waiting.
     fn read_through_now(
@@ -629,12 +643,7 @@ fn complete_read(
 }
 
 impl Target {
-    /// `len` stream bytes at `start`, as stored or still queued for writing.
-    fn read(&self, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
-        self.read_into(start, vec![0u8; len as usize])
-    }
-
-    /// [`Target::read`] into `buf` (its length is the read's).
+    /// `buf.len()` stream bytes at `start`, as stored or still queued for writing.
     fn read_into(&self, start: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, StorageError> {
         self.slot
             .read_through(self.storage.as_ref(), self.torrent, start, &mut buf)?;
@@ -871,8 +880,8 @@ impl DiskHandle {
             let read_len = if v1 { size_v1 } else { size_v2.min(size_v1) };
             let start = u64::from(piece.0) * layout.piece_len;
             target.slot.wait_for_writes(start, read_len);
-            match target.read(start, read_len) {
-                Ok(buf) => ffi::complete_job(job, ok(piece_hashes(&buf, v1, size_v2, v2_blocks))),
+            match target.hash(start, read_len, v1, size_v2, v2_blocks) {
+                Ok(hashes) => ffi::complete_job(job, ok(hashes)),
                 Err(e) => {
                     tracing::warn!(torrent = %target.torrent, piece = piece.0, error = %e, "hash read failed");
                     ffi::complete_job(job, failed(DiskOp::Read, &e))
@@ -900,8 +909,8 @@ impl DiskHandle {
             let len = (size_v2 - offset).min(BLOCK_LEN);
             let start = u64::from(piece) * layout.piece_len + offset;
             target.slot.wait_for_writes(start, len);
-            match target.read(start, len) {
-                Ok(buf) => ffi::complete_job(job, ok(Sha256::digest(&buf).to_vec())),
+            match target.hash(start, len, false, len, 1) {
+                Ok(hashes) => ffi::complete_job(job, ok(hashes[20..].to_vec())),
                 Err(e) => ffi::complete_job(job, failed(DiskOp::Read, &e)),
             }
         }));
@@ -1006,18 +1015,97 @@ fn store_retrying(target: &Target, start: u64, data: &[u8]) -> Result<(), Storag
 /// The answer to libtorrent's `async_hash`: 20 bytes of SHA-1 over `piece` (zeros if
 /// `v1` is false), then one SHA-256 per 16 KiB block of the piece's first `size_v2`
 /// bytes (the last block may be short), at most `v2_blocks` of them.
+#[cfg(test)]
 fn piece_hashes(piece: &[u8], v1: bool, size_v2: u64, v2_blocks: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20 + 32 * v2_blocks as usize);
-    if v1 {
-        out.extend_from_slice(&Sha1::digest(piece));
-    } else {
+    let mut h = PieceHasher::new(v1, size_v2, v2_blocks);
+    h.update(piece);
+    h.finish()
+}
+
+/// Bytes of a piece read and hashed at a time: they are hashed while still in the CPU's
+/// cache, and no buffer the size of a piece is allocated and zeroed for each.
+const HASH_SLICE: usize = 256 * 1024;
+
+thread_local! {
+    static HASH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`piece_hashes`] over a piece fed in slices (each a whole number of blocks, but the
+/// last).
+struct PieceHasher {
+    sha1: Option<Sha1>,
+    size_v2: u64,
+    v2_left: u32,
+    at: u64,
+    out: Vec<u8>,
+}
+
+impl PieceHasher {
+    fn new(v1: bool, size_v2: u64, v2_blocks: u32) -> PieceHasher {
+        let mut out = Vec::with_capacity(20 + 32 * v2_blocks as usize);
         out.extend_from_slice(&[0u8; 20]);
+        PieceHasher {
+            sha1: v1.then(Sha1::new),
+            size_v2,
+            v2_left: v2_blocks,
+            at: 0,
+            out,
+        }
     }
-    let v2_data = &piece[..(size_v2 as usize).min(piece.len())];
-    for block in v2_data.chunks(BLOCK_LEN as usize).take(v2_blocks as usize) {
-        out.extend_from_slice(&Sha256::digest(block));
+
+    fn update(&mut self, slice: &[u8]) {
+        if let Some(h) = &mut self.sha1 {
+            h.update(slice);
+        }
+        let v2_end = self.size_v2.saturating_sub(self.at).min(slice.len() as u64) as usize;
+        for block in slice[..v2_end].chunks(BLOCK_LEN as usize) {
+            if self.v2_left == 0 {
+                break;
+            }
+            self.v2_left -= 1;
+            self.out.extend_from_slice(&Sha256::digest(block));
+        }
+        self.at += slice.len() as u64;
     }
-    out
+
+    fn finish(mut self) -> Vec<u8> {
+        if let Some(h) = self.sha1 {
+            self.out[..20].copy_from_slice(&h.finalize());
+        }
+        self.out
+    }
+}
+
+impl Target {
+    /// Reads `len` stream bytes at `start` and hashes them for `async_hash`, a slice at a
+    /// time into this thread's buffer.
+    fn hash(
+        &self,
+        start: u64,
+        len: u64,
+        v1: bool,
+        size_v2: u64,
+        v2_blocks: u32,
+    ) -> Result<Vec<u8>, StorageError> {
+        let mut h = PieceHasher::new(v1, size_v2, v2_blocks);
+        HASH_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(HASH_SLICE, 0);
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(HASH_SLICE as u64) as usize;
+                self.slot.read_through_to_hash(
+                    self.storage.as_ref(),
+                    self.torrent,
+                    start + at,
+                    &mut buf[..n],
+                )?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Ok(h.finish())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1107,5 +1195,21 @@ mod tests {
         let v2_only = piece_hashes(&piece[..16_384], false, 16_384, 2);
         assert_eq!(&v2_only[..20], &[0u8; 20]);
         assert_eq!(v2_only.len(), 20 + 32);
+        // Fed in slices of whole blocks, the hashes are the same.
+        let big: Vec<u8> = (0..(3 * HASH_SLICE + 20_000) as u32)
+            .map(|i| (i / 7) as u8)
+            .collect();
+        let whole = piece_hashes(&big, true, 2 * HASH_SLICE as u64 + 5_000, 40);
+        let mut h = PieceHasher::new(true, 2 * HASH_SLICE as u64 + 5_000, 40);
+        for slice in big.chunks(HASH_SLICE) {
+            h.update(slice);
+        }
+        assert_eq!(h.finish(), whole);
+        assert_eq!(&whole[..20], Sha1::digest(&big).as_slice());
+        assert_eq!(
+            whole.len(),
+            20 + 33 * 32,
+            "the v2 blocks of the first 2.02 slices"
+        );
     }
 }

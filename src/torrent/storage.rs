@@ -185,6 +185,16 @@ pub trait TorrentStorage: Send + Sync + 'static {
     /// Blocking read of stream bytes; may fetch an evicted chunk from the remote (slow).
     /// Pad bytes read as zeros.
     fn read(&self, t: TorrentId, stream_offset: u64, buf: &mut [u8]) -> Result<(), StorageError>;
+    /// `read` for libtorrent's own hash checks, not for a peer (not counted as bytes sent
+    /// to peers).
+    fn read_to_hash(
+        &self,
+        t: TorrentId,
+        stream_offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        self.read(t, stream_offset, buf)
+    }
     /// `read` on a thread that must never wait (libtorrent's network thread): `None`
     /// unless the bytes are at hand (in memory or the page cache); `read` follows then,
     /// on a worker. Must not block, start a fetch, or take a lock held across I/O.
