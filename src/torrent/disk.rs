@@ -45,7 +45,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,8 +116,10 @@ struct Slot {
     prepared: Prepared,
     /// Blocks queued for writing and not yet stored: stream offset → (sequence, bytes).
     pending: Mutex<BTreeMap<u64, PendingBlock>>,
-    /// Signalled whenever a block leaves `pending`.
+    /// Signalled whenever a block leaves `pending` and someone waits (`waiting`).
     stored: Condvar,
+    /// Threads waiting on `stored`; changed and read under `pending`'s lock.
+    waiting: AtomicUsize,
     next_seq: Mutex<u64>,
     /// The chunk (+1) of the last peer read hinted to the storage: a peer asks for a
     /// piece block by block, and one hint per chunk in a row is enough.
@@ -133,10 +135,12 @@ impl Slot {
             .range(offset.saturating_sub(BLOCK_LEN)..end)
             .any(|(&at, (_, data))| at + data.len() as u64 > offset)
         {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
             pending = self
                 .stored
                 .wait(pending)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -214,14 +218,26 @@ type Task = Box<dyn FnOnce() + Send>;
 /// A FIFO of tasks served by its own workers until closed; closing lets the workers
 /// drain what is queued, then exit.
 struct Queue {
-    state: Mutex<(VecDeque<Task>, bool)>,
+    state: Mutex<QueueState>,
     ready: Condvar,
+}
+
+struct QueueState {
+    tasks: VecDeque<Task>,
+    closed: bool,
+    /// Workers waiting for a task: only they need waking (a wake-up is a system call,
+    /// and a busy worker takes the next task without one).
+    idle: usize,
 }
 
 impl Queue {
     fn new() -> Arc<Queue> {
         Arc::new(Queue {
-            state: Mutex::new((VecDeque::new(), false)),
+            state: Mutex::new(QueueState {
+                tasks: VecDeque::new(),
+                closed: false,
+                idle: 0,
+            }),
             ready: Condvar::new(),
         })
     }
@@ -229,14 +245,16 @@ impl Queue {
     fn push(&self, task: Task) {
         let mut state = lock(&self.state);
         // A task pushed after close is dropped; its DiskJob completes as aborted.
-        if !state.1 {
-            state.0.push_back(task);
-            self.ready.notify_one();
+        if !state.closed {
+            state.tasks.push_back(task);
+            if state.idle > 0 {
+                self.ready.notify_one();
+            }
         }
     }
 
     fn close(&self) {
-        lock(&self.state).1 = true;
+        lock(&self.state).closed = true;
         self.ready.notify_all();
     }
 
@@ -245,16 +263,18 @@ impl Queue {
             let task = {
                 let mut state = lock(&self.state);
                 loop {
-                    if let Some(task) = state.0.pop_front() {
+                    if let Some(task) = state.tasks.pop_front() {
                         break task;
                     }
-                    if state.1 {
+                    if state.closed {
                         return;
                     }
+                    state.idle += 1;
                     state = self
                         .ready
                         .wait(state)
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state.idle -= 1;
                 }
             };
             // A panicking storage must not take the worker down; the job's DiskJob is
@@ -699,6 +719,7 @@ impl DiskHandle {
             prepared,
             pending: Mutex::new(BTreeMap::new()),
             stored: Condvar::new(),
+            waiting: AtomicUsize::new(0),
             next_seq: Mutex::new(0),
             last_hint: AtomicU64::new(0),
         });
@@ -817,7 +838,9 @@ impl DiskHandle {
                 if pending.get(&start).is_some_and(|(s, _)| *s == seq) {
                     pending.remove(&start);
                 }
-                target.slot.stored.notify_all();
+                if target.slot.waiting.load(Ordering::Relaxed) > 0 {
+                    target.slot.stored.notify_all();
+                }
             }
             target.bp.stored(cost);
             let Some(job) = job else { return };
@@ -1147,6 +1170,7 @@ mod tests {
             prepared: Prepared::default(),
             pending: Mutex::new(BTreeMap::new()),
             stored: Condvar::new(),
+            waiting: AtomicUsize::new(0),
             next_seq: Mutex::new(0),
             last_hint: AtomicU64::new(0),
         };
