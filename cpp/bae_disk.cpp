@@ -41,8 +41,44 @@ lt::storage_error unsupported() {
 
 }  // namespace
 
-DiskJob::DiskJob(lt::io_context& ioc, Finish finish)
-    : ioc_(ioc), finish_(std::move(finish)), guard_(boost::asio::make_work_guard(ioc)) {}
+struct Completions::Done {
+    Finish finish;
+    JobResult result;
+    WorkGuard guard;
+};
+
+Completions::Completions(lt::io_context& ioc) : ioc_(ioc) {}
+Completions::~Completions() = default;
+
+void Completions::add(Finish finish, JobResult result, WorkGuard guard) {
+    bool post = false;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ready_.push_back(Done{std::move(finish), std::move(result), std::move(guard)});
+        post = !posted_;
+        posted_ = true;
+    }
+    if (post) boost::asio::post(ioc_, [self = shared_from_this()] { self->run(); });
+}
+
+void Completions::run() {
+    std::vector<Done> batch;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        batch.swap(ready_);
+        posted_ = false;
+    }
+    // Handlers may submit jobs that finish at once: they go to the next post.
+    for (auto& d : batch) {
+        d.finish(d.result);
+        d.guard.reset();
+    }
+}
+
+DiskJob::DiskJob(std::shared_ptr<Completions> completions, Finish finish)
+    : completions_(std::move(completions)),
+      finish_(std::move(finish)),
+      guard_(boost::asio::make_work_guard(completions_->ioc())) {}
 
 DiskJob::~DiskJob() {
     if (completed_) return;
@@ -56,11 +92,7 @@ DiskJob::~DiskJob() {
 void DiskJob::complete(JobResult result) {
     if (completed_) return;
     completed_ = true;
-    boost::asio::post(ioc_, [finish = std::move(finish_), result = std::move(result),
-                             guard = std::move(guard_)]() mutable {
-        finish(result);
-        guard.reset();
-    });
+    completions_->add(std::move(finish_), std::move(result), std::move(guard_));
 }
 
 void complete_job(std::unique_ptr<DiskJob> job, JobResult result) {
@@ -92,7 +124,7 @@ Layout layout_of(lt::file_storage const& fs) {
 }
 
 BaeDisk::BaeDisk(lt::io_context& ioc, lt::settings_interface const& settings, DiskHandle const& rust)
-    : ioc_(ioc), settings_(settings), rust_(rust) {
+    : ioc_(ioc), completions_(std::make_shared<Completions>(ioc)), settings_(settings), rust_(rust) {
     settings_updated();
 }
 
@@ -107,7 +139,7 @@ void BaeDisk::settings_updated() {
 }
 
 std::unique_ptr<DiskJob> BaeDisk::job(DiskJob::Finish finish) {
-    return std::make_unique<DiskJob>(ioc_, std::move(finish));
+    return std::make_unique<DiskJob>(completions_, std::move(finish));
 }
 
 lt::storage_holder BaeDisk::new_torrent(lt::storage_params const& p, std::shared_ptr<void> const&) {

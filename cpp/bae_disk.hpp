@@ -2,7 +2,9 @@
 //
 // Shape: storages are indexed by storage_index_t; each async_* call wraps its handler in
 // a DiskJob and hands it to Rust (DiskHandle), whose workers do the I/O and hashing and
-// call complete_job(), which posts the handler back to libtorrent's io_context.
+// call complete_job(), which hands the handler to Completions: one post to libtorrent's
+// io_context carries every job finished before it runs (not a post, and a wake-up of
+// the network thread, per 16 KiB block).
 // Invariants:
 //  - nothing blocks the network thread: the async_* calls only copy and enqueue;
 //  - every DiskJob holds a work guard, so the io_context keeps running until its
@@ -18,6 +20,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -34,21 +37,44 @@ namespace bae::ffi {
 struct JobResult;
 struct DiskHandle;
 
-class DiskJob {
+using WorkGuard = boost::asio::executor_work_guard<lt::io_context::executor_type>;
+
+// Handlers of finished jobs waiting for the network thread, run there in the order
+// they finished. Any thread adds; a post is made only when none is pending.
+class Completions : public std::enable_shared_from_this<Completions> {
 public:
     using Finish = std::function<void(JobResult const&)>;
-    DiskJob(lt::io_context& ioc, Finish finish);
+    // Out of line: `Done` holds a JobResult, complete only in the .cpp.
+    explicit Completions(lt::io_context& ioc);
+    ~Completions();
+    lt::io_context& ioc() { return ioc_; }
+    void add(Finish finish, JobResult result, WorkGuard guard);
+
+private:
+    struct Done;
+    void run();
+
+    lt::io_context& ioc_;
+    std::mutex mutex_;
+    std::vector<Done> ready_;
+    bool posted_ = false;
+};
+
+class DiskJob {
+public:
+    using Finish = Completions::Finish;
+    DiskJob(std::shared_ptr<Completions> completions, Finish finish);
     ~DiskJob();
     DiskJob(DiskJob const&) = delete;
     DiskJob& operator=(DiskJob const&) = delete;
 
-    // Posts finish(result) to the io_context. At most once.
+    // Hands finish(result) to the network thread. At most once.
     void complete(JobResult result);
 
 private:
-    lt::io_context& ioc_;
+    std::shared_ptr<Completions> completions_;
     Finish finish_;
-    boost::asio::executor_work_guard<lt::io_context::executor_type> guard_;
+    WorkGuard guard_;
     bool completed_ = false;
 };
 
@@ -108,6 +134,7 @@ private:
     void wake_waiting();
 
     lt::io_context& ioc_;
+    std::shared_ptr<Completions> completions_;
     lt::settings_interface const& settings_;
     DiskHandle const& rust_;
     // Storage slots in use; freed indices are reused. Network thread only.
