@@ -239,6 +239,10 @@ const LOADS_AHEAD: usize = 2;
 /// disk blocks until it is closed: every deletion by the store closes it first.
 const OPEN_FILES: usize = 64;
 
+/// Fetched chunks that may wait at once to be written into the cache at background
+/// priority (each holds its bytes in memory meanwhile); more are written at once.
+const INSTALLS_BEHIND: usize = 8;
+
 /// Chunk files kept open for a download's writes (see [`Writers`]).
 const WRITING_FILES: usize = 64;
 
@@ -303,6 +307,8 @@ pub struct Store {
     /// re-uploaded, forgotten, torrent removed): a fetch that started before is not
     /// installed into the cache.
     remote_epoch: AtomicU64,
+    /// Fetched chunks waiting to be written into the cache at background priority.
+    installs_behind: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: AtomicBool,
 }
 
@@ -392,6 +398,7 @@ impl Store {
             revoked_rx: Mutex::new(Some(revoked_rx)),
             counters: Counters::default(),
             remote_epoch: AtomicU64::new(0),
+            installs_behind: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             shutdown: false.into(),
         });
         let weak = Arc::downgrade(&store);

@@ -1150,11 +1150,21 @@ impl Store {
         self.note_fetch_took(took);
         let bytes = data;
         self.hot_put(chunk.key, bytes.clone());
-        // The readers are served from memory now; the cache copy is written behind them.
+        // The readers are served from memory now; the cache copy is written behind them,
+        // at background priority unless too many wait already.
         let store = Arc::clone(self);
         let (chunk, b) = (chunk.clone(), bytes.clone());
-        self.rt
-            .spawn_blocking(move || store.install_fetched(&chunk, &b, epoch));
+        let behind = Behind::count(&self.installs_behind);
+        if behind.waiting <= super::INSTALLS_BEHIND {
+            self.rt.spawn(crate::background::run(move || {
+                store.install_fetched(&chunk, &b, epoch);
+                drop(behind);
+            }));
+        } else {
+            drop(behind);
+            self.rt
+                .spawn_blocking(move || store.install_fetched(&chunk, &b, epoch));
+        }
         Ok(bytes)
     }
 
@@ -1452,4 +1462,28 @@ fn slice_of(chunk: &Bytes, offset: u64, len: usize) -> Bytes {
     out.extend_from_slice(&chunk[start..end]);
     out.resize(len, 0);
     Bytes::from(out)
+}
+
+/// One fetched chunk counted among those waiting to be written into the cache, until
+/// dropped (also if its job never runs).
+struct Behind {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    /// How many wait, this one included.
+    waiting: usize,
+}
+
+impl Behind {
+    fn count(count: &Arc<std::sync::atomic::AtomicUsize>) -> Behind {
+        let waiting = count.fetch_add(1, Ordering::SeqCst) + 1;
+        Behind {
+            count: Arc::clone(count),
+            waiting,
+        }
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
 }
