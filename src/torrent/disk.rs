@@ -105,6 +105,13 @@ pub(crate) struct Prepared {
     pub info_hash_v2: Option<[u8; 32]>,
 }
 
+/// Whom a read is for: a peer, or libtorrent's own hash check.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Peer,
+    Check,
+}
+
 /// A block queued for writing: its write sequence number and bytes.
 type PendingBlock = (u64, Arc<[u8]>);
 
@@ -150,24 +157,15 @@ impl Slot {
     fn read_through(
         &self,
         storage: &dyn TorrentStorage,
-        t: TorrentId,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), StorageError> {
-        self.read_overlaid(offset, buf, |buf| Some(storage.read(t, offset, buf)))
-            .unwrap_or(Ok(()))
-    }
-
-    /// [`Slot::read_through`] for a hash check.
-    fn read_through_to_hash(
-        &self,
-        storage: &dyn TorrentStorage,
-        t: TorrentId,
+        (t, purpose): (TorrentId, Purpose),
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), StorageError> {
         self.read_overlaid(offset, buf, |buf| {
-            Some(storage.read_to_hash(t, offset, buf))
+            Some(match purpose {
+                Purpose::Peer => storage.read(t, offset, buf),
+                Purpose::Check => storage.read_to_hash(t, offset, buf),
+            })
         })
         .unwrap_or(Ok(()))
     }
@@ -665,8 +663,12 @@ fn complete_read(
 impl Target {
     /// `buf.len()` stream bytes at `start`, as stored or still queued for writing.
     fn read_into(&self, start: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, StorageError> {
-        self.slot
-            .read_through(self.storage.as_ref(), self.torrent, start, &mut buf)?;
+        self.slot.read_through(
+            self.storage.as_ref(),
+            (self.torrent, Purpose::Peer),
+            start,
+            &mut buf,
+        )?;
         Ok(buf)
     }
 
@@ -1117,9 +1119,9 @@ impl Target {
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(HASH_SLICE as u64) as usize;
-                self.slot.read_through_to_hash(
+                self.slot.read_through(
                     self.storage.as_ref(),
-                    self.torrent,
+                    (self.torrent, Purpose::Check),
                     start + at,
                     &mut buf[..n],
                 )?;
@@ -1180,7 +1182,7 @@ mod tests {
         // A read straddling stored, pending and stored bytes, starting mid-block.
         let start = BLOCK_LEN / 2;
         let mut buf = vec![0u8; 2 * BLOCK_LEN as usize];
-        slot.read_through(&storage, TorrentId(1), start, &mut buf)
+        slot.read_through(&storage, (TorrentId(1), Purpose::Peer), start, &mut buf)
             .unwrap();
         let half = BLOCK_LEN as usize / 2;
         assert!(buf[..half].iter().all(|&b| b == 1));
@@ -1188,8 +1190,13 @@ mod tests {
         assert!(buf[half + BLOCK_LEN as usize..].iter().all(|&b| b == 1));
         // A read inside the last pending block only.
         let mut buf = vec![0u8; 100];
-        slot.read_through(&storage, TorrentId(1), 3 * BLOCK_LEN + 7, &mut buf)
-            .unwrap();
+        slot.read_through(
+            &storage,
+            (TorrentId(1), Purpose::Peer),
+            3 * BLOCK_LEN + 7,
+            &mut buf,
+        )
+        .unwrap();
         assert!(buf.iter().all(|&b| b == 3));
     }
 
