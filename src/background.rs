@@ -26,12 +26,15 @@ pub enum BackgroundError {
     NoThreads,
 }
 
-/// Runs `f` on a background thread and returns its result.
+/// Runs `f` on a background thread and returns its result (on the runtime's blocking
+/// threads, at their priority, if no background thread could be started).
 pub async fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BackgroundError> {
     let Some(queue) = queue() else {
-        return Err(BackgroundError::NoThreads);
+        return tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|_| BackgroundError::Panicked);
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
@@ -43,6 +46,7 @@ pub async fn run<T: Send + 'static>(
         .send(job)
         .is_err()
     {
+        // Every thread is gone (they only end with the queue): nothing to run it.
         return Err(BackgroundError::NoThreads);
     }
     match rx.await {

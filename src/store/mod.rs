@@ -768,15 +768,7 @@ impl Store {
         {
             let mut w = self.writing.lock().unwrap_or_else(|e| e.into_inner());
             w.closes += 1;
-            let keys: Vec<ChunkKey> = w
-                .open
-                .iter()
-                .map(|(k, _)| *k)
-                .filter(|k| k.torrent == id)
-                .collect();
-            for k in keys {
-                w.open.pop(&k);
-            }
+            pop_torrent(&mut w.open, id);
         }
         if let Some(t) = removed {
             let dir = files::torrent_dir(&self.root, &t.uid);
@@ -827,7 +819,10 @@ struct Writers {
 }
 
 fn drop_torrent_entries<V>(cache: &Mutex<lru::LruCache<ChunkKey, V>>, id: TorrentId) {
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    pop_torrent(&mut cache.lock().unwrap_or_else(|e| e.into_inner()), id);
+}
+
+fn pop_torrent<V>(cache: &mut lru::LruCache<ChunkKey, V>, id: TorrentId) {
     let keys: Vec<ChunkKey> = cache
         .iter()
         .map(|(k, _)| *k)
