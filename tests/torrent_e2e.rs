@@ -4,7 +4,7 @@
 //! - `kill -9` mid-download: the restarted daemon finishes without downloading the
 //!   pieces verified before the kill again.
 //! - `add --wait` is answered by the daemon: done when the last piece is verified, an
-//!   error (non-zero exit) when the torrent is removed meanwhile.
+//!   error (non-zero exit) when the torrent is removed meanwhile; refused with `--paused`.
 //!
 //! Seeding from the cache and the remote, and corrupt peers: `seeding_e2e.rs`.
 
@@ -151,8 +151,17 @@ fn add_wait_fails_when_the_torrent_is_removed_while_it_waits() {
     let f = fixture(256 << 10, "v1", 3);
     let bae = Bae::new();
     bae.mount();
-    // No peer: the download cannot progress, so only the removal can end the wait.
     let torrent = f.torrent.to_str().unwrap().to_owned();
+    // Waiting for a torrent added paused would never end: refused, nothing added.
+    let err = bae.fails(&["add", &torrent, "--paused", "--wait"]);
+    assert!(err.contains("--paused"), "unclear error: {err}");
+    assert!(
+        bae.status_json()["torrents"]
+            .as_array()
+            .is_none_or(|t| t.is_empty()),
+        "a refused add added a torrent"
+    );
+    // No peer: the download cannot progress, so only the removal can end the wait.
     let mut waiter = bae
         .cmd(&["add", &torrent, "--wait"])
         .stdout(std::process::Stdio::piped())

@@ -91,7 +91,7 @@ pub enum Command {
         #[arg(long)]
         paused: bool,
         /// Wait for the download to finish, with a progress bar.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "paused")]
         wait: bool,
         /// Seed without pinning the chunks in the cache: once uploaded they may be
         /// evicted and are fetched back when a peer or a reader asks (a library larger
