@@ -168,7 +168,9 @@ Session::Session(SessionOptions const& opts, rust::Box<DiskHandle> disk) : disk_
     // A new torrent's first peers are dialled on the session's tick: 500 ms by default,
     // the first half of a 1 s album download on a LAN (measured: first piece 0.55 s after
     // `add`, 0.12 s at 100 ms). Between whole-second ticks a tick only refills rate
-    // quotas, so a tenth of a second costs next to nothing.
+    // quotas, so a tenth of a second costs next to nothing. The price: request queues
+    // fill sooner, so a crash loses more requested bytes (chaos kill -9 campaign: 13 %
+    // re-downloaded against 4.5 % at 500 ms, within its bound of 1 MiB per kill).
     pack.set_int(lt::settings_pack::tick_interval, 100);
     // Bounded by the cache's size: when downloads must wait, libtorrent still reads
     // whatever a peer's socket holds (it drains it whole), and Linux autotunes loopback
