@@ -855,16 +855,18 @@ fn full_cache_filesystem() {
     // Room by eviction (everything uploaded can go once unpinned): the download should
     // go on by itself.
     let before_evict = torrent_status(bae, &a.name).unwrap_or_default();
-    // Pieces completing begun chunks go first, so at the stall most of what is local
+    // Pieces completing begun chunks go first, so at the stall much of what is local
     // is complete (uploaded, evictable once unpinned). With libtorrent's own order it
-    // was 3-7 chunks of 34-39; with the chunk order 12-16 of 19-26.
+    // was 3-7 chunks of 34-39 (at most a fifth); with the chunk order 12-16 of 19-26,
+    // and 8 of 26 once in CI (libtorrent's first requests, made before any piece is
+    // verified, are random): a quarter tells the two apart.
     let (complete, local) = (
         before_evict["chunks_complete"].as_u64().unwrap_or(0),
         before_evict["chunks_local"].as_u64().unwrap_or(0),
     );
     v.check(
-        "at the stall, begun chunks were finished first (a third or more of the local chunks are complete)",
-        local > 0 && complete * 3 >= local,
+        "at the stall, begun chunks were finished first (a quarter or more of the local chunks are complete)",
+        local > 0 && complete * 4 >= local,
         || format!("{complete} of {local} local chunks complete; {before_evict}"),
     );
     let _ = ok_cmd(
@@ -941,8 +943,9 @@ fn full_cache_filesystem() {
     let enospc = bae.log().matches("No space left").count();
     drop(seeder);
     v.finish(&format!(
-        "20 MiB free on the cache disk, 40 MiB torrent: stalled at {:.0} %, status says why: \
-         {says_why}, resumed after evict: {moved}, completed once space was freed: {done}{}; \
+        "20 MiB free on the cache disk, 40 MiB torrent: stalled at {:.0} % with {complete} of \
+         {local} local chunks complete, status says why: {says_why}, resumed after evict: \
+         {moved}, completed once space was freed: {done}{}; \
          {enospc} ENOSPC log lines; {}",
         stalled_at * 100.0,
         if restarted { " (needed a restart)" } else { "" },
