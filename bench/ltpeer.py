@@ -3,12 +3,13 @@
 127.0.0.1 only, TCP only, DHT/LSD/UPnP/NAT-PMP off.
 
 usage: ltpeer.py seed  TORRENT SAVE_DIR [UPLOAD_LIMIT_BYTES_PER_SEC] [--no-announce]
-       ltpeer.py leech TORRENT SAVE_DIR HOST:PORT [--tick MS]
+       ltpeer.py leech TORRENT SAVE_DIR HOST:PORT [--tick MS] [--files]
 seed:  (a limit of 0 is none; --no-announce: to no tracker, for seeding behind a relay
        that announces itself) prints "PORT <n>" once seeding, then "UP <bytes> <monotonic s>" whenever its
        payload upload total changes (every 50 ms at most); runs until killed.
 leech: prints "DONE <seconds from add to every piece verified>" and exits 0. --tick sets
-       tick_interval (the default is 500 ms; peers are dialled on the tick).
+       tick_interval (the default is 500 ms; peers are dialled on the tick). --files: prints
+       "FILE <path under SAVE_DIR>" as each file completes, for a player reading them.
 Default settings otherwise: this is the reference a user gets out of the box.
 """
 import os
@@ -26,6 +27,8 @@ from peer import session  # noqa: E402
 def main():
     argv = [a for a in sys.argv if a != "--no-announce"]
     quiet = len(argv) != len(sys.argv)
+    files = "--files" in argv
+    argv = [a for a in argv if a != "--files"]
     tick = None
     if "--tick" in argv:
         i = argv.index("--tick")
@@ -35,6 +38,9 @@ def main():
     ses = session()
     if tick is not None:
         ses.apply_settings({"tick_interval": tick})
+    if files:
+        ses.apply_settings({"alert_mask": lt.alert_category.error | lt.alert_category.status
+                            | lt.alert_category.file_progress})
     if mode == "seed" and len(argv) > 4 and int(argv[4]) > 0:
         # Peers on 127.0.0.1 are in libtorrent's unlimited "local" class: limit it too.
         limit = int(argv[4])
@@ -63,6 +69,8 @@ def main():
                 if isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
                     print("ERROR", a.message(), file=sys.stderr, flush=True)
                     sys.exit(2)
+                if files and isinstance(a, lt.file_completed_alert):
+                    print("FILE", params.ti.files().file_path(a.index), flush=True)
                 if isinstance(a, lt.torrent_finished_alert):
                     print("DONE %.4f" % (time.monotonic() - t0), flush=True)
                     return
