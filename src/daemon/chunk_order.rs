@@ -50,6 +50,16 @@ impl ChunkOrder {
         self.raise(store, session, t, &rest);
     }
 
+    /// `pieces` of `t` were raised to the top priority for a reader: the chunk order
+    /// leaves them there (its priority is lower).
+    pub fn claim(&self, t: TorrentId, pieces: &[PieceIndex]) {
+        if let Some(set) = self.lock().get_mut(&t) {
+            for p in pieces {
+                set.insert(p.0);
+            }
+        }
+    }
+
     /// `t` finished or left the session.
     pub fn forget(&self, t: TorrentId) {
         self.lock().remove(&t);
@@ -60,13 +70,7 @@ impl ChunkOrder {
             return;
         }
         let Some(g) = store.geometry(t) else { return };
-        let fresh: Vec<PieceIndex> = {
-            let mut raised = self.lock();
-            let set = raised
-                .entry(t)
-                .or_insert_with(|| BitSet::empty(g.num_pieces()));
-            pieces.iter().copied().filter(|p| set.insert(p.0)).collect()
-        };
+        let fresh = self.fresh(t, g.num_pieces(), pieces);
         for p in fresh {
             if let Err(e) = session.set_piece_priority(t, p, BEGUN_CHUNK_PRIORITY) {
                 // Gone from the session: nothing to order any more.
@@ -77,7 +81,37 @@ impl ChunkOrder {
         }
     }
 
+    /// The pieces of `pieces` not raised (or claimed) before, now marked raised.
+    fn fresh(&self, t: TorrentId, num_pieces: u32, pieces: &[PieceIndex]) -> Vec<PieceIndex> {
+        let mut raised = self.lock();
+        let set = raised.entry(t).or_insert_with(|| BitSet::empty(num_pieces));
+        pieces.iter().copied().filter(|p| set.insert(p.0)).collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TorrentId, BitSet>> {
         self.raised.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_a_reader_claimed_are_not_lowered() {
+        let o = ChunkOrder::default();
+        let t = TorrentId(1);
+        let p = |v: &[u32]| v.iter().map(|&i| PieceIndex(i)).collect::<Vec<_>>();
+        // Not in the session's order yet: nothing to remember.
+        o.claim(t, &p(&[1]));
+        assert_eq!(o.fresh(t, 8, &p(&[1, 2])), p(&[1, 2]));
+        // Each piece is raised once.
+        assert_eq!(o.fresh(t, 8, &p(&[2, 3])), p(&[3]));
+        // A reader's top priority is left alone.
+        o.claim(t, &p(&[5, 6]));
+        assert_eq!(o.fresh(t, 8, &p(&[4, 5, 6, 7])), p(&[4, 7]));
+        // A torrent added afresh starts over.
+        o.forget(t);
+        assert_eq!(o.fresh(t, 8, &p(&[5])), p(&[5]));
     }
 }

@@ -37,6 +37,8 @@ pub struct StoreContent {
     read_timeout: Duration,
     events: Mutex<Events>,
     rates: Mutex<lru::LruCache<TorrentId, RateSample>>,
+    /// Told which pieces a reader raised, so that it does not lower them.
+    chunk_order: Arc<super::chunk_order::ChunkOrder>,
 }
 
 /// Where a torrent's download rate was last measured (see
@@ -101,7 +103,12 @@ const JOIN_GRACE: Duration = Duration::from_millis(250);
 const READAHEAD_DEADLINE_MS: u32 = 3_000;
 
 impl StoreContent {
-    pub fn new(store: Arc<Store>, catalog: Arc<Catalog>, read_timeout: Duration) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        catalog: Arc<Catalog>,
+        read_timeout: Duration,
+        chunk_order: Arc<super::chunk_order::ChunkOrder>,
+    ) -> Self {
         StoreContent {
             store,
             catalog,
@@ -109,6 +116,7 @@ impl StoreContent {
             read_timeout,
             events: Mutex::new(Events::default()),
             rates: Mutex::new(lru::LruCache::new(RATES_KEPT)),
+            chunk_order,
         }
     }
 
@@ -230,6 +238,7 @@ impl StoreContent {
             return false;
         };
         if !late && self.download_rate(t) >= FAST_DOWNLOAD_BPS {
+            self.chunk_order.claim(t, pieces);
             for p in pieces {
                 if let Err(e) = session.set_piece_priority(t, *p, TOP_PRIORITY) {
                     tracing::debug!(torrent = %t, piece = p.0, error = %e, "could not raise a piece");

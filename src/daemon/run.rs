@@ -56,7 +56,7 @@ struct Daemon {
     added: Mutex<HashMap<TorrentId, bool>>,
     shutdown_tx: mpsc::UnboundedSender<StopRequest>,
     journal: Arc<Journal>,
-    chunk_order: ChunkOrder,
+    chunk_order: Arc<ChunkOrder>,
 }
 
 /// How long `bae add` (a Sync request) waits for the new torrent's metadata to reach the
@@ -310,10 +310,12 @@ impl Daemon {
                 lib.config.upload_concurrency,
             )
         };
+        let chunk_order = Arc::new(ChunkOrder::default());
         let content = Arc::new(StoreContent::new(
             store.clone(),
             lib.catalog.clone(),
             Duration::from_secs(lib.config.read_timeout_secs),
+            chunk_order.clone(),
         ));
         let pressure = Arc::new(CachePressure::new(
             store.clone(),
@@ -346,7 +348,7 @@ impl Daemon {
             added: Mutex::new(HashMap::new()),
             shutdown_tx,
             journal,
-            chunk_order: ChunkOrder::default(),
+            chunk_order,
         });
         daemon.sync();
         let weak = Arc::downgrade(&daemon);
