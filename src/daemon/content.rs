@@ -50,6 +50,20 @@ struct RateSample {
     bps: u64,
 }
 
+impl RateSample {
+    /// The rate with `bytes` verified by `now`: measured afresh once [`RATE_SAMPLE`]
+    /// has passed since the last measure, else the last one.
+    fn update(&mut self, now: Instant, bytes: u64) -> u64 {
+        let dt = now.saturating_duration_since(self.at);
+        if dt >= RATE_SAMPLE {
+            self.bps = (bytes.saturating_sub(self.bytes) as f64 / dt.as_secs_f64()) as u64;
+            self.at = now;
+            self.bytes = bytes;
+        }
+        self.bps
+    }
+}
+
 /// What the mount has been told.
 #[derive(Default)]
 struct Events {
@@ -267,15 +281,7 @@ impl StoreContent {
         let now = Instant::now();
         let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
         match rates.get_mut(&t) {
-            Some(r) => {
-                let dt = now.duration_since(r.at);
-                if dt >= RATE_SAMPLE {
-                    r.bps = (bytes.saturating_sub(r.bytes) as f64 / dt.as_secs_f64()) as u64;
-                    r.at = now;
-                    r.bytes = bytes;
-                }
-                r.bps
-            }
+            Some(r) => r.update(now, bytes),
             None => {
                 rates.put(
                     t,
@@ -571,6 +577,25 @@ mod tests {
         // Asked with deadlines: again only every few seconds while still waiting.
         assert_eq!(wait_step(ms(900), Asked::Late), (Asked::Not, ASK_AGAIN));
         assert_eq!(wait_step(ms(5_600), Asked::Again), (Asked::Late, ASK_AGAIN));
+    }
+
+    #[test]
+    fn a_download_rate_is_measured_over_a_tenth_of_a_second_or_more() {
+        let t0 = Instant::now();
+        let mut r = RateSample {
+            at: t0,
+            bytes: 0,
+            bps: 0,
+        };
+        // Too soon to say: still the last measure.
+        assert_eq!(r.update(t0 + Duration::from_millis(40), 50_000_000), 0);
+        // 30 MB in 100 ms.
+        assert_eq!(r.update(t0 + RATE_SAMPLE, 30_000_000), 300_000_000);
+        assert!(r.update(t0 + RATE_SAMPLE, 30_000_000) >= FAST_DOWNLOAD_BPS);
+        // Stalled for a second: slow, so reads ask with deadlines again.
+        assert_eq!(r.update(t0 + Duration::from_millis(1_100), 30_000_000), 0);
+        // Bytes counted down (pieces revoked): not a negative rate.
+        assert_eq!(r.update(t0 + Duration::from_millis(1_300), 1_000), 0);
     }
 
     #[test]
