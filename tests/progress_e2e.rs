@@ -443,3 +443,72 @@ fn evict_counts_the_chunks_it_drops() {
     );
     bae.umount();
 }
+
+/// `add --wait` whose torrent another shell pauses: the bar says so (and how to go on)
+/// while it stands still, and the wait ends once the torrent is resumed and complete.
+#[test]
+fn add_wait_says_when_its_torrent_was_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let album = make_album(&dir.path().join("seed"), NAME, ALBUM, 11);
+    let torrent = dir.path().join("album.torrent");
+    common::swarm::python_torrent(&album, &torrent, 64 * 1024, "v1");
+    // About 5 s for the album: room to pause it midway.
+    let seeder = common::swarm::PyPeer::seed_limited(&torrent, album.parent().unwrap(), 500_000);
+    let bae = Bae::new();
+    bae.mount();
+    let out_path = dir.path().join("pty.out");
+    let line = format!(
+        "stty rows 40 cols 160; exec {} add {} --peer {} --wait",
+        quote(env!("CARGO_BIN_EXE_bae")),
+        quote(torrent.to_str().unwrap()),
+        seeder.addr()
+    );
+    let child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("BAE_HOME", &bae.home)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut script = Reap(child);
+    let out_now = || strip_escapes(&std::fs::read_to_string(&out_path).unwrap_or_default());
+    let wait_for = |what: &str, script: &mut Reap| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !out_now().contains(what) {
+            assert!(
+                script.0.try_wait().unwrap().is_none(),
+                "ended before {what:?}: {:?}",
+                out_now()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} in {:?}",
+                out_now()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for("downloading ", &mut script);
+    bae.ok(&["pause", NAME]);
+    wait_for("(paused: `bae resume` goes on)", &mut script);
+    let progress = bae.status_json()["torrents"][0]["progress"]
+        .as_f64()
+        .unwrap();
+    assert!(progress < 1.0, "paused too late to tell: {progress}");
+    bae.ok(&["resume", NAME]);
+    let status = script.0.wait().unwrap();
+    let out = out_now();
+    assert_eq!(status.code(), Some(0), "{out:?}");
+    // The bar drawn last is without the note, at the album's size.
+    let whole = format!("{}/{}", bytes(album_bytes()), bytes(album_bytes()));
+    let drawn = out
+        .rfind("downloading ")
+        .map(|i| &out[i..])
+        .unwrap_or_else(|| panic!("no bar in {out:?}"));
+    assert!(
+        drawn.contains(&whole) && !drawn.contains("paused"),
+        "{drawn:?} in {out:?}"
+    );
+    bae.umount();
+}

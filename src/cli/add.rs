@@ -173,10 +173,26 @@ fn hex_of(t: &NewTorrent) -> String {
         .unwrap_or_default()
 }
 
+/// How often `add --wait` looks whether its torrent was paused meanwhile.
+const PAUSED_LOOK_EVERY: Duration = Duration::from_millis(500);
+
 /// Shows a progress bar until the torrent is fully verified (the daemon answers then).
 pub fn wait_for(lib: &crate::daemon::Library, id: i64, name: &str) -> anyhow::Result<()> {
     let mut bar = Progress::new(format!("downloading {name}"), Unit::Bytes);
-    let mut on_progress = |done: u64, total: u64| bar.set(done, total);
+    // The daemon counts verified bytes; whether the torrent was paused (another shell's
+    // `bae pause`) is in the catalog, looked at now and then while the bar is drawn.
+    let mut looked: Option<std::time::Instant> = None;
+    let mut on_progress = |done: u64, total: u64| {
+        bar.set(done, total);
+        if looked.is_none_or(|at| at.elapsed() >= PAUSED_LOOK_EVERY) {
+            looked = Some(std::time::Instant::now());
+            let paused = lib
+                .catalog
+                .torrent(crate::model::TorrentId(id))
+                .is_ok_and(|t| t.paused);
+            bar.set_note(paused.then_some("paused: `bae resume` goes on"));
+        }
+    };
     // Downloads take as long as they take: no deadline but the daemon's answer.
     let timeout = Duration::from_secs(365 * 24 * 3600);
     let req = Request::Wait { torrent: id };

@@ -224,6 +224,20 @@ pub struct Progress {
     label: String,
     unit: Unit,
     inner: Inner,
+    /// Why the count stands still, shown after the label (e.g. "paused").
+    note: Option<String>,
+}
+
+/// A bar's message: `label`, cut to fit `width` with `numbers` columns beside it, and
+/// `note` after it in parentheses, never cut (it says why nothing moves).
+pub fn noted_label(label: &str, note: Option<&str>, width: usize, numbers: usize) -> String {
+    match note {
+        None => fit_label(label, width, numbers),
+        Some(n) => {
+            let room = numbers + n.chars().count() + 3;
+            format!("{} ({n})", fit_label(label, width, room))
+        }
+    }
 }
 
 impl Progress {
@@ -256,7 +270,41 @@ impl Progress {
                 }
             }
         };
-        Progress { label, unit, inner }
+        Progress {
+            label,
+            unit,
+            inner,
+            note: None,
+        }
+    }
+
+    /// Says why the count stands still (`None`: it moves again). A plain line is
+    /// written when the note changes.
+    pub fn set_note(&mut self, note: Option<&str>) {
+        if self.note.as_deref() == note {
+            return;
+        }
+        let was = self.note.take();
+        self.note = note.map(str::to_owned);
+        match &self.inner {
+            Inner::Off => {}
+            Inner::Lines { .. } => {
+                let now = note.unwrap_or(if was.is_some() { "going on" } else { "" });
+                if !now.is_empty() {
+                    let _ = writeln!(std::io::stderr(), "{}: {now}", self.label);
+                }
+            }
+            Inner::Bar {
+                bar, known_total, ..
+            } => {
+                let numbers = if *known_total {
+                    NUMBERS_WIDTH
+                } else {
+                    SPINNER_NUMBERS_WIDTH
+                };
+                bar.set_message(noted_label(&self.label, note, term_width(), numbers));
+            }
+        }
     }
 
     /// `done` of `total` (0: unknown) units are finished.
@@ -288,7 +336,12 @@ impl Progress {
                 if total > 0 && !*known_total {
                     *known_total = true;
                     bar.disable_steady_tick();
-                    bar.set_message(fit_label(&self.label, term_width(), NUMBERS_WIDTH));
+                    bar.set_message(noted_label(
+                        &self.label,
+                        self.note.as_deref(),
+                        term_width(),
+                        NUMBERS_WIDTH,
+                    ));
                     bar.set_style(style(self.unit, *color, true));
                 }
             }
@@ -430,6 +483,22 @@ mod tests {
             fit_label(long, 80, SPINNER_NUMBERS_WIDTH).chars().count(),
             44
         );
+    }
+
+    #[test]
+    fn a_note_follows_the_label_and_is_never_cut() {
+        assert_eq!(
+            noted_label("downloading Album", None, 120, NUMBERS_WIDTH),
+            "downloading Album"
+        );
+        assert_eq!(
+            noted_label("downloading Album", Some("paused"), 120, NUMBERS_WIDTH),
+            "downloading Album (paused)"
+        );
+        let long = "downloading Ünïcode Artist - A Very Long Album Title (Deluxe Edition)";
+        let m = noted_label(long, Some("paused"), 100, NUMBERS_WIDTH);
+        assert!(m.ends_with("… (paused)"), "{m}");
+        assert_eq!(m.chars().count(), 100 - NUMBERS_WIDTH);
     }
 
     #[test]
