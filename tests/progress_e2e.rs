@@ -36,15 +36,8 @@ fn on_pty(bae: &Bae, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
 
 /// [`on_pty`] for the library at `home`.
 fn on_pty_in(home: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut line = quote(env!("CARGO_BIN_EXE_bae"));
-    for a in args {
-        line.push(' ');
-        line.push_str(&quote(a));
-    }
-    // A size, as a real terminal has (a pty made by `script` without one has none).
-    let line = format!("stty rows 40 cols 160; exec {line}");
     let mut c = Command::new("script");
-    c.args(["-qfec", &line, "/dev/null"])
+    c.args(["-qfec", &pty_line(args), "/dev/null"])
         .env("BAE_HOME", home)
         .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY)
@@ -59,6 +52,31 @@ fn on_pty_in(home: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, 
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// The shell line `script` runs for `bae ARGS`.
+fn pty_line(args: &[&str]) -> String {
+    let mut line = quote(env!("CARGO_BIN_EXE_bae"));
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    // A size, as a real terminal has (a pty made by `script` without one has none).
+    format!("stty rows 40 cols 160; exec {line}")
+}
+
+/// `bae ARGS` started on a pseudo-terminal in the background, all it writes going to
+/// `out`; killed with its `script` if the test ends first.
+fn spawn_on_pty(home: &Path, args: &[&str], out: &Path) -> Reap {
+    let child = Command::new("script")
+        .args(["-qfec", &pty_line(args), "/dev/null"])
+        .env("BAE_HOME", home)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .spawn()
+        .unwrap();
+    Reap(child)
 }
 
 /// The text with escape sequences (CSI) removed.
@@ -374,20 +392,7 @@ fn ctrl_c_clears_the_bar_and_exits_130() {
     drop(f);
     let bae = Bae::new();
     let out_path = dir.path().join("pty.out");
-    let line = format!(
-        "stty rows 40 cols 160; exec {} import {}",
-        quote(env!("CARGO_BIN_EXE_bae")),
-        quote(album.to_str().unwrap())
-    );
-    let child = Command::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .env("BAE_HOME", &bae.home)
-        .env("TERM", "xterm")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut script = Reap(child);
+    let mut script = spawn_on_pty(&bae.home, &["import", album.to_str().unwrap()], &out_path);
     // Once the spinner is drawn, Ctrl-C (SIGINT, as the terminal sends it) to bae.
     let bae_pid = loop {
         let out = std::fs::read_to_string(&out_path).unwrap_or_default();
@@ -457,21 +462,9 @@ fn add_wait_says_when_its_torrent_was_paused() {
     let bae = Bae::new();
     bae.mount();
     let out_path = dir.path().join("pty.out");
-    let line = format!(
-        "stty rows 40 cols 160; exec {} add {} --peer {} --wait",
-        quote(env!("CARGO_BIN_EXE_bae")),
-        quote(torrent.to_str().unwrap()),
-        seeder.addr()
-    );
-    let child = Command::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .env("BAE_HOME", &bae.home)
-        .env("TERM", "xterm")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut script = Reap(child);
+    let peer = seeder.addr().to_string();
+    let args = ["add", torrent.to_str().unwrap(), "--peer", &peer, "--wait"];
+    let mut script = spawn_on_pty(&bae.home, &args, &out_path);
     let out_now = || strip_escapes(&std::fs::read_to_string(&out_path).unwrap_or_default());
     let wait_for = |what: &str, script: &mut Reap| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
