@@ -46,12 +46,16 @@ impl ChunkOrder {
     /// session starts with default priorities).
     pub fn torrent_added(&self, store: &Store, session: &Session, t: TorrentId) {
         self.forget(t);
+        // Downloading: here from the start, so that a reader's claims are kept.
+        if let Some(g) = store.geometry(t).filter(|_| !store.is_complete(t)) {
+            self.lock().insert(t, BitSet::empty(g.num_pieces()));
+        }
         let rest = store.rest_of_begun_chunks(t, None);
         self.raise(store, session, t, &rest);
     }
 
     /// `pieces` of `t` were raised to the top priority for a reader: the chunk order
-    /// leaves them there (its priority is lower).
+    /// leaves them there (its priority is lower). Nothing for a torrent not downloading.
     pub fn claim(&self, t: TorrentId, pieces: &[PieceIndex]) {
         if let Some(set) = self.lock().get_mut(&t) {
             for p in pieces {
