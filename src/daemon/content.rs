@@ -3,8 +3,8 @@
 //!
 //! A read of verified bytes is served from the cache or fetched from the remote by the
 //! store. A read that touches unverified pieces asks libtorrent for them with piece
-//! deadlines (streaming; top priority while the download is fast) and waits — bounded by the configured read timeout — for the
-//! store to report them verified.
+//! deadlines (streaming; top priority while the download is fast) and waits — bounded
+//! by the configured read timeout — for the store to report them verified.
 //!
 //! The set of torrents reaches the mount as events ([`ContentEvent`]): the daemon says
 //! which torrent changed ([`StoreContent::torrent_changed`], [`StoreContent::sync`],
@@ -84,11 +84,11 @@ fn name_tag(name: &str) -> u64 {
 /// Deadline libtorrent gets for a piece a reader is waiting on right now.
 const URGENT_DEADLINE_MS: u32 = 500;
 /// How long a read waits for its pieces before it asks for them (with
-/// [`URGENT_DEADLINE_MS`], or top priority: see [`FAST_DOWNLOAD_BPS`]). On a fast link what is missing is already on its way (and
-/// the read-ahead gave it a deadline): a player reading an album as it downloaded at
-/// 300 MB/s slowed the download by a fifth when every waiting read set deadlines on
-/// pieces in flight (libtorrent's time-critical requests reshuffle its queue). On a
-/// slow link this is small beside one piece's time.
+/// [`URGENT_DEADLINE_MS`], or top priority: see [`FAST_DOWNLOAD_BPS`]). On a fast link
+/// what is missing is already on its way (and the read-ahead asked for it): a player
+/// reading an album as it downloaded at 300 MB/s slowed the download by a fifth when
+/// every waiting read set deadlines on pieces in flight. On a slow link this is small
+/// beside one piece's time.
 const URGENT_AFTER: Duration = Duration::from_millis(50);
 /// A torrent downloading at least this fast gets a reader's pieces asked for with top
 /// priority rather than deadlines. libtorrent cancels every request outstanding to its
@@ -380,11 +380,13 @@ impl StoreContent {
                             self.want_pieces(t, &missing, URGENT_DEADLINE_MS, ask == Asked::Late);
                         asked = if deadlines { Asked::Late } else { ask };
                     }
-                    // Woken sooner by any verification; asked again once the ask is stale.
+                    // Woken sooner by any verification. Deadlines asked for
+                    // [`ASK_AGAIN`] ago with nothing verified since are stale: asked
+                    // for again.
                     if tokio::time::timeout(nap, verified.changed()).await.is_err()
                         && asked == Asked::Late
                     {
-                        asked = Asked::Again;
+                        asked = Asked::Soon;
                     }
                 }
                 Err(e) => return Err(content_err(e)),
@@ -405,8 +407,6 @@ enum Asked {
     Soon,
     /// After [`DEADLINE_AFTER`]: deadlines in any case.
     Late,
-    /// [`ASK_AGAIN`] passed since the last ask and the pieces are still missing.
-    Again,
 }
 
 /// A read waiting `waiting` for its pieces, having `asked` so far: what to ask for now
@@ -414,17 +414,11 @@ enum Asked {
 fn wait_step(waiting: Duration, asked: Asked) -> (Asked, Duration) {
     let until = |t: Duration| t.saturating_sub(waiting);
     match asked {
-        Asked::Not if waiting < URGENT_AFTER => (Asked::Not, until(URGENT_AFTER)),
-        Asked::Not | Asked::Soon if waiting < DEADLINE_AFTER => {
-            let ask = if asked == Asked::Not {
-                Asked::Soon
-            } else {
-                Asked::Not
-            };
-            (ask, until(DEADLINE_AFTER))
-        }
         Asked::Late => (Asked::Not, ASK_AGAIN),
-        _ => (Asked::Late, ASK_AGAIN),
+        Asked::Not if waiting < URGENT_AFTER => (Asked::Not, until(URGENT_AFTER)),
+        Asked::Not if waiting < DEADLINE_AFTER => (Asked::Soon, until(DEADLINE_AFTER)),
+        Asked::Soon if waiting < DEADLINE_AFTER => (Asked::Not, until(DEADLINE_AFTER)),
+        Asked::Not | Asked::Soon => (Asked::Late, ASK_AGAIN),
     }
 }
 
@@ -576,7 +570,8 @@ mod tests {
         assert_eq!(wait_step(ms(700), Asked::Not), (Asked::Late, ASK_AGAIN));
         // Asked with deadlines: again only every few seconds while still waiting.
         assert_eq!(wait_step(ms(900), Asked::Late), (Asked::Not, ASK_AGAIN));
-        assert_eq!(wait_step(ms(5_600), Asked::Again), (Asked::Late, ASK_AGAIN));
+        // Stale deadlines (nothing verified for a while): asked for again.
+        assert_eq!(wait_step(ms(5_600), Asked::Soon), (Asked::Late, ASK_AGAIN));
     }
 
     #[test]
