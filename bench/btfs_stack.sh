@@ -17,9 +17,13 @@ port=$(awk '/PORT/ {print $2}' "$dir/tracker.out")
   | tee "$dir/seeder.out" &
 for _ in $(seq 1 1200); do grep -q PORT "$dir/seeder.out" 2>/dev/null && break; sleep 0.05; done
 seed_port=$(awk '/PORT/ {print $2; exit}' "$dir/seeder.out")
-# Start btfs once the link has announced itself, so btfs's first announce finds it.
+# Start btfs once the link has announced itself, so btfs's first announce finds it. The
+# link gets an address of its own: btfs keeps one peer per IP address (libtorrent's
+# allow_multiple_connections_per_ip is off, with no switch in btfs), and its own listen
+# sockets on 127.0.0.1, which its announces and local discovery hand back to it, would
+# take the link's place in its peer list; it would never dial the link.
 /usr/bin/python3 "$here/throttle.py" "$seed_port" "$rate" "http://127.0.0.1:$port/announce" \
-  "$dir/btfs.torrent" > "$dir/throttle.out" &
+  "$dir/btfs.torrent" --bind 127.0.0.2 > "$dir/throttle.out" &
 for _ in $(seq 1 200); do grep -q PORT "$dir/throttle.out" 2>/dev/null && break; sleep 0.05; done
 mkdir -p "$dir/data"
 t0=$(/usr/bin/python3 -c 'import time; print(time.monotonic())')

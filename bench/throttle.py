@@ -8,17 +8,16 @@ A seeder capped with libtorrent's own rate limiter sends nothing for ~1.3 s on e
 new connection (its quota is handed out per tick), whoever the leecher is; a capped link
 has no such start-up stall, and is what "a slow seeder" is on a real network.
 
-usage: throttle.py UPSTREAM_PORT RATE [ANNOUNCE_URL TORRENT]
-Prints "PORT <n>" once listening. With ANNOUNCE_URL and TORRENT, announces its own port
-for that torrent to the tracker (so clients that only know the tracker come through it).
-Runs until killed.
+usage: throttle.py UPSTREAM_PORT RATE [ANNOUNCE_URL TORRENT] [--bind ADDR]
+Prints "PORT <n>" once listening on ADDR (default 127.0.0.1). With ANNOUNCE_URL and
+TORRENT, announces its own address for that torrent to the tracker, from ADDR (so clients
+that only know the tracker come through it). Runs until killed.
 """
 import socket
 import sys
 import threading
 import time
 import urllib.parse
-import urllib.request
 
 BUF = 64 * 1024
 SLICE = 16 * 1024
@@ -66,26 +65,38 @@ def pipe(src, dst, link):
                 pass
 
 
-def announce(url, torrent, port):
+def announce(url, torrent, addr, port):
+    import http.client
     import libtorrent as lt
     ih = lt.torrent_info(torrent).info_hash().to_bytes()
     q = urllib.parse.urlencode({"info_hash": ih, "peer_id": b"-BT0001-throttlerelay",
                                 "port": port, "uploaded": 0, "downloaded": 0, "left": 0,
                                 "compact": 1, "event": "started"})
-    urllib.request.urlopen(f"{url}?{q}", timeout=10).read()
+    u = urllib.parse.urlsplit(url)
+    # Sent from ADDR: the tracker lists the address an announce comes from.
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10, source_address=(addr, 0))
+    conn.request("GET", f"{u.path}?{q}")
+    conn.getresponse().read()
+    conn.close()
 
 
 def main():
-    upstream, rate = int(sys.argv[1]), float(sys.argv[2])
+    args = sys.argv[1:]
+    addr = "127.0.0.1"
+    if "--bind" in args:
+        i = args.index("--bind")
+        addr = args[i + 1]
+        del args[i:i + 2]
+    upstream, rate = int(args[0]), float(args[1])
     link = Link(rate)
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     small(srv)  # accepted sockets inherit the buffer sizes
-    srv.bind(("127.0.0.1", 0))
+    srv.bind((addr, 0))
     srv.listen(64)
     port = srv.getsockname()[1]
-    if len(sys.argv) > 4:
-        announce(sys.argv[3], sys.argv[4], port)
+    if len(args) > 3:
+        announce(args[2], args[3], addr, port)
     print("PORT", port, flush=True)
     while True:
         c, _ = srv.accept()
