@@ -934,7 +934,7 @@ def mode_streaming(ctx):
                       "the whole download's time", "×", "lower", [("abs", "≤", 0.3)])
     # Found through a tracker, as a user's torrent is (and as btfs finds it below): the
     # first reply makes libtorrent dial at once, where a peer given with --peer waits
-    # for its once-a-second connection round (up to 1 s more; see the README).
+    # for its once-a-second connection round (up to 1 s more; see docs/performance-log.md).
     tracker, announce = start_tracker()
     torrent = c.make_torrent(ctx.album, os.path.join(ctx.work, "stream.torrent"), 256 * KiB,
                              tracker=announce)
