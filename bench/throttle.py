@@ -13,6 +13,7 @@ Prints "PORT <n>" once listening on ADDR (default 127.0.0.1). With ANNOUNCE_URL 
 TORRENT, announces its own address for that torrent to the tracker, from ADDR (so clients
 that only know the tracker come through it). Runs until killed.
 """
+import http.client
 import socket
 import sys
 import threading
@@ -66,7 +67,6 @@ def pipe(src, dst, link):
 
 
 def announce(url, torrent, addr, port):
-    import http.client
     import libtorrent as lt
     ih = lt.torrent_info(torrent).info_hash().to_bytes()
     q = urllib.parse.urlencode({"info_hash": ih, "peer_id": b"-BT0001-throttlerelay",
