@@ -45,11 +45,30 @@ def spawn(args, **kw):
 
 
 def stop(p, sig=signal.SIGTERM, timeout=10):
-    if p is None or p.poll() is not None:
+    """Stops `p`'s whole process group, also when `p` itself has already exited: what
+    it started in the background (a script's seeder, link and tracker) can outlive it."""
+    if p is None or getattr(p, "bae_stopped", False):
         return
+    # Once stopped, never signalled again: its group id could belong to others by then.
+    p.bae_stopped = True
+    leader_gone = p.poll() is not None
     try:
         os.killpg(p.pid, sig)
     except ProcessLookupError:
+        return
+    if leader_gone:
+        # Not our children: nothing to wait on but the group's existence.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(p.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         return
     try:
         p.wait(timeout)
