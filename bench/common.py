@@ -45,39 +45,35 @@ def spawn(args, **kw):
 
 
 def stop(p, sig=signal.SIGTERM, timeout=10):
-    """Stops `p`'s whole process group, also when `p` itself has already exited: what
-    it started in the background (a script's seeder, link and tracker) can outlive it."""
+    """Stops `p`'s whole process group and waits for all of it, also when `p` itself has
+    already exited: what it started in the background (a script's seeder, link and
+    tracker) can outlive it. SIGKILL after `timeout` s."""
     if p is None or getattr(p, "bae_stopped", False):
         return
     # Once stopped, never signalled again: its group id could belong to others by then.
     p.bae_stopped = True
-    leader_gone = p.poll() is not None
     try:
         os.killpg(p.pid, sig)
     except ProcessLookupError:
         return
-    if leader_gone:
-        # Not our children: nothing to wait on but the group's existence.
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(p.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+    deadline = time.monotonic() + timeout
+    while True:
+        p.poll()  # reaps the leader, whose zombie would keep the group alive
         try:
-            os.killpg(p.pid, signal.SIGKILL)
+            os.killpg(p.pid, 0)
         except ProcessLookupError:
-            pass
-        return
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
         p.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def is_mounted(path):
